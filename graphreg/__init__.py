@@ -1,0 +1,14 @@
+"""graphreg: deformable registration of 3D lung CT by geometric graph learning on keypoints.
+
+Conventions (see ``DESIGN.md`` of the project): volumes are ``(z, y, x)`` arrays or
+``(B, C, D, H, W)`` tensors; geometry travels in :class:`graphreg.geometry.Grid`; displacement
+fields are voxels ``(z, y, x)`` on the fixed grid pointing fixed -> moving.
+"""
+
+from .errors import GraphregError
+from .geometry import Grid
+from .volume import Volume
+
+__version__ = "0.1.0"
+
+__all__ = ["GraphregError", "Grid", "Volume", "__version__"]

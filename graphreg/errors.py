@@ -1,0 +1,59 @@
+"""The library's own exceptions.
+
+Every error that a user can cause (a bad file, a wrong shape, an odd argument) is raised as one of
+these, with a message that names the file or argument, what was expected and what was found. All
+of them subclass :class:`ValueError` so callers that already catch ``ValueError`` keep working.
+"""
+
+from __future__ import annotations
+
+
+class GraphregError(ValueError):
+    """Base class of every error graphreg raises on purpose."""
+
+
+class InputFileError(GraphregError):
+    """A file is missing, unreadable, corrupt, or not of the expected format."""
+
+
+class ShapeError(GraphregError):
+    """An array or tensor does not have the documented shape."""
+
+
+class GeometryError(GraphregError):
+    """Images, grids, masks or fields do not fit together in physical space."""
+
+
+class ConfigError(GraphregError):
+    """A configuration has an unknown key or a value of the wrong type."""
+
+
+def check_shape(name: str, value, expected: str, ok: bool) -> None:
+    """Raise :class:`ShapeError` naming ``name`` when ``ok`` is false.
+
+    Args:
+        name: the argument's name as the user wrote it.
+        value: the array or tensor (its ``shape`` is reported).
+        expected: human-readable expected shape, e.g. ``"(N, 3)"``.
+        ok: the result of the caller's check.
+    """
+    if not ok:
+        shape = tuple(getattr(value, "shape", ()))
+        raise ShapeError(f"{name}: expected shape {expected}, got {shape}")
+
+
+def check_finite(name: str, value) -> None:
+    """Raise :class:`GraphregError` when ``value`` (numpy array or tensor) holds NaN or Inf."""
+    import numpy as np
+
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            bad = int((~torch.isfinite(value)).sum())
+        else:
+            bad = int((~np.isfinite(np.asarray(value))).sum())
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        bad = int((~np.isfinite(np.asarray(value))).sum())
+    if bad:
+        raise GraphregError(f"{name}: expected finite values, found {bad} NaN/Inf entries")

@@ -1,0 +1,1 @@
+"""Stages of the keypoint registration pipeline (one module per stage)."""

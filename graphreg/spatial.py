@@ -1,0 +1,107 @@
+"""Differentiable warping and point sampling on voxel grids (torch).
+
+Convention:
+    Displacements are in voxels of the grid they live on, components ``(z, y, x)``, shape
+    ``(B, 3, D, H, W)``, pointing fixed -> moving: ``warp(moving, u)(x) = moving(x + u(x))``.
+    Points are ``(N, 3)`` voxel ``(z, y, x)``. All conversion to ``grid_sample`` coordinates goes
+    through :class:`graphreg.geometry.Grid`; this module never normalises by hand.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ShapeError
+from .geometry import ALIGN_CORNERS, Grid
+
+
+def _check_volume(name: str, tensor: torch.Tensor) -> None:
+    if tensor.ndim != 5:
+        raise ShapeError(f"{name}: expected shape (B, C, D, H, W), got {tuple(tensor.shape)}")
+
+
+def _check_field(name: str, field: torch.Tensor) -> None:
+    if field.ndim != 5 or field.shape[1] != 3:
+        raise ShapeError(f"{name}: expected shape (B, 3, D, H, W), got {tuple(field.shape)}")
+
+
+def identity_grid(shape: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates of every voxel, ``(1, 3, D, H, W)`` in ``(z, y, x)`` order."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
+
+
+def warp(volume: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear",
+         padding_mode: str = "border") -> torch.Tensor:
+    """Sample ``volume`` at ``x + u(x)`` for every voxel ``x`` of the displacement's grid.
+
+    Shapes:
+        volume: ``(B, C, D, H, W)`` — the moving image, on the same voxel grid as the field.
+        displacement: ``(B or 1, 3, D, H, W)`` voxels ``(z, y, x)``.
+        returns: ``(B, C, D, H, W)``.
+
+    ``mode`` is ``"bilinear"`` (trilinear) or ``"nearest"`` (label maps).
+    """
+    _check_volume("volume", volume)
+    _check_field("displacement", displacement)
+    shape = tuple(displacement.shape[2:])
+    if tuple(volume.shape[2:]) != shape:
+        raise ShapeError(f"displacement: expected the volume's grid {tuple(volume.shape[2:])}, "
+                         f"got {shape}")
+    points = identity_grid(shape, displacement.device, displacement.dtype) + displacement
+    grid = Grid(shape).field_voxel_to_normalized(points) - 1.0
+    if grid.shape[0] != volume.shape[0]:
+        grid = grid.expand(volume.shape[0], -1, -1, -1, -1)
+    return F.grid_sample(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode,
+                         align_corners=ALIGN_CORNERS)
+
+
+def sample_points(volume: torch.Tensor, points: torch.Tensor, mode: str = "bilinear",
+                  padding_mode: str = "border") -> torch.Tensor:
+    """Values of ``volume`` at voxel positions ``points`` (trilinear).
+
+    Shapes:
+        volume: ``(B, C, D, H, W)``.
+        points: ``(N, 3)`` voxel ``(z, y, x)`` of ``volume``'s grid (same for all B) or ``(B, N, 3)``.
+        returns: ``(B, C, N)``.
+    """
+    _check_volume("volume", volume)
+    if points.shape[-1] != 3 or points.ndim not in (2, 3):
+        raise ShapeError(f"points: expected shape (N, 3) or (B, N, 3), got {tuple(points.shape)}")
+    batch = volume.shape[0]
+    pts = points.expand(batch, -1, -1) if points.ndim == 2 else points
+    normalized = Grid(tuple(volume.shape[2:])).voxel_to_normalized(pts.to(volume.dtype))
+    grid = normalized[:, :, None, None, :]  # (B, N, 1, 1, 3)
+    values = F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode,
+                           align_corners=ALIGN_CORNERS)
+    return values[:, :, :, 0, 0]
+
+
+def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Displacement of ``x -> y = x + first(x) -> y + second(y)`` on ``first``'s grid.
+
+    Shapes:
+        first, second: ``(B, 3, D, H, W)`` voxels on the same grid; returns the same shape.
+    """
+    _check_field("first", first)
+    _check_field("second", second)
+    return first + warp(second, first, padding_mode="border")
+
+
+def resize_field(displacement: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinear resize of a voxel displacement to a grid of ``shape`` over the same extent.
+
+    The voxel units are rescaled per axis (``(n_new - 1) / (n_old - 1)``, the ``align_corners``
+    relation), so the physical displacement is kept.
+
+    Shapes:
+        displacement: ``(B, 3, D, H, W)``; returns ``(B, 3, *shape)``.
+    """
+    _check_field("displacement", displacement)
+    old = displacement.shape[2:]
+    scale = torch.tensor([(n - 1) / (o - 1) if o > 1 else 1.0 for n, o in zip(shape, old)],
+                         dtype=displacement.dtype, device=displacement.device)
+    resized = F.interpolate(displacement, size=tuple(shape), mode="trilinear",
+                            align_corners=ALIGN_CORNERS)
+    return resized * scale.view(1, 3, 1, 1, 1)
