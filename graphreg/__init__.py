@@ -6,9 +6,12 @@ fields are voxels ``(z, y, x)`` on the fixed grid pointing fixed -> moving.
 """
 
 from .errors import GraphregError
+from .field import DisplacementField
 from .geometry import Grid
+from .io import read_image, read_landmarks, write_image, write_landmarks
 from .volume import Volume
 
 __version__ = "0.1.0"
 
-__all__ = ["GraphregError", "Grid", "Volume", "__version__"]
+__all__ = ["DisplacementField", "GraphregError", "Grid", "Volume", "__version__", "read_image",
+           "read_landmarks", "write_image", "write_landmarks"]

@@ -1,0 +1,96 @@
+"""``graphreg.register``: one call from two lung CTs to a dense field in physical space."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .config import RegistrationConfig, load_config
+from .errors import GraphregError
+from .inputs import as_optional_mask, as_volume
+from .registration import Registration
+
+#: methods of :func:`register`; each maps to the sparse regulariser the keypoint pipeline uses
+METHODS = ("corrfield",)
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``None`` -> CUDA when available, else CPU; an explicit ``"cuda"`` without a GPU is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise GraphregError(f"device: expected 'cpu' or 'cuda[:N]', got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise GraphregError("device: 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
+             method: str = "corrfield", config: Any = None, device: Optional[str] = None,
+             progress: Optional[Callable[[str], None]] = None) -> Registration:
+    """Register a moving lung CT to a fixed one.
+
+    Args:
+        fixed, moving: path (NIfTI, MHA/MHD, NRRD, DICOM folder, DIR-Lab ``.img`` with a known
+            name), ``SimpleITK.Image``, :class:`~graphreg.volume.Volume` or ``(array (z, y, x),
+            Grid)``; intensities in Hounsfield units.
+        fixed_mask, moving_mask: lung masks in the same forms (computed when None; a mask on
+            another grid than its image is resampled with a warning).
+        method: ``"corrfield"`` (learning-free graph regulariser).
+        config: a :class:`~graphreg.config.RegistrationConfig`, a YAML path or a mapping of
+            overrides (unknown keys are rejected).
+        device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
+        progress: optional callback receiving one line per stage.
+
+    Returns:
+        :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
+        exportable), ``.transform_points``, ``.warp``, ``.save`` and ``.timings``.
+    """
+    from .pipeline.driver import run_keypoint_pipeline
+    from .pipeline.preprocess import optional_mask, working_pair
+
+    if method not in METHODS:
+        raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    cfg: RegistrationConfig = load_config(config)
+    torch_device = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+
+    fixed_volume = as_volume(fixed, "fixed")
+    moving_volume = as_volume(moving, "moving")
+    fixed_lungs = optional_mask(as_optional_mask(fixed_mask, "fixed_mask"), fixed_volume, "fixed_mask")
+    moving_lungs = optional_mask(as_optional_mask(moving_mask, "moving_mask"), moving_volume, "moving_mask")
+    pair = working_pair(fixed_volume, moving_volume, fixed_lungs, moving_lungs, cfg.preprocess, torch_device)
+    timings = {"preprocess": time.perf_counter() - start}
+    if progress:
+        progress(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
+                 f"({timings['preprocess']:.1f} s)")
+
+    output = run_keypoint_pipeline(pair, cfg, method, progress=progress)
+    timings.update(output.timings)
+    timings["total"] = time.perf_counter() - start
+
+    grid = pair.grid
+    keypoints_mm = grid.voxel_to_world(output.keypoints.double().cpu().numpy())
+    keypoint_disp_mm = grid.voxel_vectors_to_mm(output.keypoint_displacements.double().cpu().numpy()) \
+        + pair.translation_mm
+    spread = None if output.keypoint_spread is None else \
+        output.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm
+    return Registration(
+        working_field=output.field(pair),
+        fixed_grid=fixed_volume.grid,
+        moving=moving_volume,
+        method=method,
+        config=cfg.to_dict(),
+        timings=timings,
+        keypoints_mm=keypoints_mm,
+        keypoint_displacements_mm=keypoint_disp_mm,
+        keypoint_uncertainty_mm=spread,
+        extras={"device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
+                "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist()},
+    )

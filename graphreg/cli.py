@@ -1,0 +1,166 @@
+"""The ``graphreg`` command line (Typer).
+
+Every subcommand has ``--help``. Errors the user can cause (bad files, wrong arguments) are
+printed as one line ``error: ...`` with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import GraphregError
+
+app = typer.Typer(
+    name="graphreg",
+    help="Deformable registration of 3D lung CT by geometric graph learning on keypoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def info(image: Path = typer.Argument(..., help="Image file (NIfTI, MHA/MHD, NRRD, DIR-Lab .img) or DICOM folder."),
+         dirlab_case: Optional[str] = typer.Option(None, help="DIR-Lab case for a raw .img (4dct1..4dct10, copd1..copd10)."),
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text.")) -> None:
+    """Print the geometry and intensity range of an image."""
+    from .io.images import image_info, read_image
+
+    summary = image_info(read_image(image, dirlab_case=dirlab_case))
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        typer.echo(f"{key:>12}: {value}")
+
+
+@app.command()
+def evaluate(
+    fixed_landmarks: Path = typer.Option(..., help="Landmarks in the fixed image (DIR-Lab txt, Learn2Reg CSV or x,y,z mm CSV)."),
+    moving_landmarks: Path = typer.Option(..., help="Corresponding landmarks in the moving image (same format rules)."),
+    moved_landmarks: Optional[Path] = typer.Option(None, help="Fixed landmarks mapped into the moving image by a registration."),
+    field: Optional[Path] = typer.Option(None, help="Displacement field (ITK vector image in mm, fixed -> moving) to map the fixed landmarks."),
+    dirlab_case: Optional[str] = typer.Option(None, help="DIR-Lab case whose geometry converts voxel landmarks (4dct1..10, copd1..10)."),
+    spacing: Optional[str] = typer.Option(None, help="Voxel spacing 'SX,SY,SZ' in mm for voxel landmarks (origin 0, identity direction)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Target registration error of landmark pairs, before and (when given) after registration."""
+    from .evaluation import evaluate_landmarks
+
+    if moved_landmarks is not None and field is not None:
+        _fail("--moved-landmarks and --field: give one of them, not both")
+    result = evaluate_landmarks(fixed_landmarks, moving_landmarks, moved_path=moved_landmarks,
+                                field_path=field, dirlab_case=dirlab_case, spacing=spacing)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(result_table(result))
+
+
+def result_table(result: dict) -> str:
+    """Plain-text rendering of :func:`graphreg.evaluation.evaluate_landmarks`'s result."""
+    rows = [("", "mean", "std", "p25", "p50", "p75", "max")]
+    for label, prefix in (("before", "tre_before_"), ("after", "tre_")):
+        if f"{prefix}mean_mm" in result and (label == "before" or result.get("registered")):
+            rows.append((f"TRE {label} (mm)",) + tuple(
+                f"{result[f'{prefix}{k}_mm']:.2f}" for k in ("mean", "std", "p25", "p50", "p75", "max")))
+    lines = [f"{result['n_points']} landmark pairs"]
+    lines += ["  ".join(f"{c:>15}" if i == 0 else f"{c:>7}" for i, c in enumerate(r)) for r in rows]
+    for key in ("std_log_jacobian", "folding_percent", "jacobian_min", "jacobian_max"):
+        if key in result:
+            lines.append(f"{key}: {result[key]:.4g}")
+    return "\n".join(lines)
+
+
+def _not_built(name: str) -> None:
+    _fail(f"'graphreg {name}' is not built yet in this version", code=3)
+
+
+@app.command()
+def register(
+    fixed: Path = typer.Argument(..., help="Fixed image (e.g. inhale CT): NIfTI, MHA/MHD, NRRD, DICOM folder or DIR-Lab .img."),
+    moving: Path = typer.Argument(..., help="Moving image (e.g. exhale CT), same formats."),
+    fixed_mask: Optional[Path] = typer.Option(None, help="Fixed lung mask (computed when omitted)."),
+    moving_mask: Optional[Path] = typer.Option(None, help="Moving lung mask (computed when omitted)."),
+    method: str = typer.Option("corrfield", help="Registration method."),
+    config: Optional[Path] = typer.Option(None, help="YAML config overriding the defaults (see configs/)."),
+    landmarks: Optional[Path] = typer.Option(None, help="CSV 'x,y,z' world-mm points on the fixed image to map into the moving one."),
+    out: Path = typer.Option(Path("graphreg_out"), help="Output folder."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    overwrite: bool = typer.Option(False, help="Replace the results in an existing output folder."),
+) -> None:
+    """Register MOVING to FIXED; write field.nii.gz (ITK mm), disp_l2r.nii.gz, warped.nii.gz, report.json."""
+    from .api import register as run_registration
+    from .io.landmarks import read_landmarks
+    from .registration import file_checksum
+
+    points = None
+    if landmarks is not None:
+        marks = read_landmarks(landmarks)
+        if marks.space != "world":
+            _fail(f"--landmarks {landmarks}: expected a world-mm CSV with an 'x,y,z' header")
+        points = marks.points
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        _fail(f"--out {out}: the folder already holds results; pass --overwrite to replace them")
+    result = run_registration(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
+                              device=device, progress=lambda line: typer.echo(line, err=True))
+    inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
+              "moving_mask": moving_mask and str(moving_mask)}
+    checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
+    result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inputs=inputs, input_sha256=checksums)
+    typer.echo(f"wrote {out} ({result.timings['total']:.1f} s)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train() -> None:
+    """Train a learned model from a config (not built yet)."""
+    _not_built("train")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def viz() -> None:
+    """Figures, point clouds and an HTML report of a result (not built yet)."""
+    _not_built("viz")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench() -> None:
+    """Make the benchmark pairs and run methods on them (not built yet)."""
+    _not_built("bench")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (report.json, field, warped image)."),
+         method: str = typer.Option("corrfield", help="Registration method."),
+         device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+         overwrite: bool = typer.Option(True, help="Replace an earlier demo result in --out.")) -> None:
+    """Register the bundled demo pair (assets/demo) and print the landmark TRE before and after."""
+    from .demo import run_demo
+
+    report = run_demo(out, method=method, device=device, overwrite=overwrite,
+                      progress=lambda line: typer.echo(line, err=True))
+    typer.echo(f"method {report['method']}: TRE {report['tre_before_mm']:.2f} mm -> {report['tre_after_mm']:.2f} mm "
+               f"(p75 {report['tre_after_p75_mm']:.2f} mm), {report['seconds_total']:.1f} s; wrote {out}/report.json")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning library errors into one-line messages."""
+    try:
+        app()
+    except GraphregError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

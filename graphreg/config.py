@@ -1,0 +1,183 @@
+"""Configuration of the registration pipeline: dataclasses with documented defaults, loaded from YAML.
+
+Every field has a default that is the recommended setting for inhale/exhale lung CT; a YAML file
+(see ``configs/``) overrides any subset of them. Unknown keys and values of the wrong type are
+rejected with :class:`graphreg.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+from .errors import ConfigError
+
+
+@dataclass
+class PreprocessConfig:
+    """Working grid and intensities."""
+
+    spacing_mm: float = 1.75  #: isotropic working voxel size (mm)
+    hu_min: float = -1000.0  #: intensities are clipped to [hu_min, hu_max] and scaled to [0, 1]
+    hu_max: float = 1500.0
+    crop_margin_mm: float = 12.0  #: margin around the fixed lung bounding box (mm)
+    prealign: bool = True  #: translate the moving lungs' centre of mass onto the fixed one's first
+
+
+@dataclass
+class KeypointConfig:
+    """Förstner keypoints in the fixed lungs."""
+
+    sigma: float = 1.4  #: Gaussian sigma of the structure tensor (working voxels)
+    nms_size: int = 5  #: side of the non-maximum-suppression cube (working voxels, odd)
+    num_points: int = 2000  #: keypoints kept after farthest-point thinning
+    erode_mask: int = 1  #: erosion of the fixed lung mask before detection (voxels)
+
+
+@dataclass
+class MindConfig:
+    """MIND-SSC descriptors."""
+
+    radius: int = 1  #: patch radius of the box filter (voxels)
+    dilation: int = 2  #: distance of the six-neighbourhood samples (voxels)
+
+
+@dataclass
+class SearchLevel:
+    """One level of the discrete correlation search and its graph regularisation."""
+
+    radius: int = 14  #: number of candidate steps on each side, per axis
+    step: float = 2.0  #: distance between candidates (working voxels)
+    alpha: float = 1.0  #: weight of the quadratic pairwise penalty of belief propagation
+    gamma: float = 1.0  #: inverse temperature of the soft correspondences
+
+
+def _default_levels() -> list:
+    return [SearchLevel(radius=14, step=2.0), SearchLevel(radius=6, step=1.0)]
+
+
+@dataclass
+class RegulariserConfig:
+    """Graph regulariser shared by all levels."""
+
+    k: int = 8  #: neighbours in the keypoint graph
+    symmetric: bool = True  #: combine forward and backward estimates
+
+
+@dataclass
+class DensifyConfig:
+    """Sparse-to-dense interpolation of the keypoint displacements."""
+
+    method: str = "tps"  #: ``"tps"`` (thin-plate spline) or ``"bspline"``
+    smoothing: float = 0.1  #: TPS regularisation lambda / B-spline smoothness weight
+    grid_step: int = 3  #: TPS evaluated every ``grid_step`` voxels, then upsampled
+    control_spacing: int = 4  #: B-spline control-point spacing (working voxels)
+
+
+@dataclass
+class InstanceOptConfig:
+    """Adam instance optimisation of the dense field."""
+
+    enabled: bool = True
+    iterations: int = 50
+    lr: float = 1.0  #: Adam learning rate (working voxels)
+    lambda_diffusion: float = 1.0  #: weight of the diffusion regulariser
+    grid_factor: int = 2  #: the parameter lives at 1 / grid_factor resolution
+    smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
+
+
+@dataclass
+class RegistrationConfig:
+    """Everything ``graphreg.register`` needs besides the images."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    mind: MindConfig = field(default_factory=MindConfig)
+    levels: list = field(default_factory=_default_levels)
+    regulariser: RegulariserConfig = field(default_factory=RegulariserConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    instance_opt: InstanceOptConfig = field(default_factory=InstanceOptConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (JSON/YAML serialisable)."""
+        return dataclasses.asdict(self)
+
+
+_LIST_ITEM_TYPES = {("RegistrationConfig", "levels"): SearchLevel}
+
+
+def _coerce(value: Any, expected: Any, key: str) -> Any:
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, str, bool) and type(value) is expected:
+        return value
+    if expected in (int, float, str, bool):
+        raise ConfigError(f"config key '{key}': expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"config key '{key}': unsupported type {expected}")  # pragma: no cover
+
+
+def from_mapping(cls, data: Mapping[str, Any], prefix: str = ""):
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"config key '{prefix}{unknown[0]}': unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        expected = hints[name]
+        item_type = _LIST_ITEM_TYPES.get((cls.__name__, name))
+        if item_type is not None:
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"config key '{key}': expected a non-empty list, got {value!r}")
+            kwargs[name] = [from_mapping(item_type, v, f"{key}[{i}].") for i, v in enumerate(value)]
+        elif dataclasses.is_dataclass(expected):
+            kwargs[name] = from_mapping(expected, value, f"{key}.")
+        else:
+            kwargs[name] = _coerce(value, expected, key)
+    return cls(**kwargs)
+
+
+def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationConfig] = None) -> RegistrationConfig:
+    """A :class:`RegistrationConfig` from defaults, a YAML file, a mapping, or an existing config.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys, wrong types (the key is named).
+    """
+    if source is None:
+        return RegistrationConfig()
+    if isinstance(source, RegistrationConfig):
+        return source
+    if isinstance(source, (str, Path)):
+        import yaml
+
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path}: not valid YAML ({error})") from None
+        return from_mapping(RegistrationConfig, data)
+    return from_mapping(RegistrationConfig, source)
+
+
+def save_config(config: RegistrationConfig, path: Union[str, Path]) -> None:
+    """Write ``config`` as YAML."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+__all__ = [
+    "PreprocessConfig", "KeypointConfig", "MindConfig", "SearchLevel", "RegulariserConfig",
+    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "load_config", "save_config",
+    "from_mapping",
+]

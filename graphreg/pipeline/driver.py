@@ -1,0 +1,146 @@
+"""The keypoint registration pipeline on the working grid: stages in order, timed.
+
+keypoints -> MIND-SSC -> for each search level: correlation cost volume -> graph regulariser ->
+densification; then Adam instance optimisation. Every displacement here is in working-grid voxels
+``(z, y, x)``, fixed -> moving, *without* the pre-alignment translation (added by
+:meth:`PipelineOutput.field`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field as dataclass_field
+from typing import Callable, Optional
+
+import torch
+
+from ..config import RegistrationConfig, SearchLevel
+from ..errors import GeometryError
+from ..field import DisplacementField
+from ..spatial import sample_points, warp
+from .correlation import candidate_displacements, correlation_cost
+from .densify import densify
+from .instance_opt import instance_optimise
+from .keypoints import foerstner_keypoints
+from .mind import mind_ssc
+from .preprocess import WorkingPair
+from .regularise import combine_symmetric_marginals, regularise_mst_bp, soft_displacements
+
+#: fewest keypoints the graph stages can work with
+MIN_KEYPOINTS = 16
+
+
+@dataclass
+class PipelineOutput:
+    """What the pipeline found on the working grid.
+
+    Shapes:
+        displacement: ``(1, 3, D, H, W)`` working voxels.
+        keypoints: ``(N, 3)`` working voxels ``(z, y, x)``.
+        keypoint_displacements: ``(N, 3)`` working voxels (sparse estimate before densification).
+        keypoint_spread: ``(N,)`` standard deviation (working voxels) of each keypoint's
+            displacement distribution at the first search level, or None.
+    """
+
+    displacement: torch.Tensor
+    keypoints: torch.Tensor
+    keypoint_displacements: torch.Tensor
+    keypoint_spread: Optional[torch.Tensor]
+    timings: dict = dataclass_field(default_factory=dict)
+
+    def field(self, pair: WorkingPair) -> DisplacementField:
+        """The full fixed -> moving field on the working grid, pre-alignment translation included."""
+        shift = pair.grid.mm_vectors_to_voxel(torch.as_tensor(pair.translation_mm, dtype=torch.float64))
+        shift = shift.to(self.displacement).view(1, 3, 1, 1, 1)
+        return DisplacementField(self.displacement + shift, pair.grid)
+
+
+def displacement_spread(marginals: torch.Tensor, candidates: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Standard deviation of the soft correspondence distribution ``softmax(-gamma * marginals)``.
+
+    Shapes:
+        marginals: ``(N, L)``; candidates: ``(L, 3)`` voxels; returns ``(N,)`` voxels.
+    """
+    weights = torch.softmax(-gamma * marginals, dim=1)
+    mean = weights @ candidates
+    second = weights @ (candidates ** 2)
+    return (second - mean ** 2).sum(1).clamp_min(0).sqrt()
+
+
+def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
+                       level: SearchLevel, k: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One level: cost volume, tree belief propagation, optional symmetric combination.
+
+    Returns:
+        displacements ``(N, 3)``, marginals ``(N, L)`` and the candidate set ``(L, 3)`` (voxels).
+    """
+    candidates = candidate_displacements(level.radius, level.step).to(keypoints)
+    count = len(keypoints)
+    cost = correlation_cost(fixed_features, moving_features, keypoints, level.radius, level.step).reshape(count, -1)
+    forward, marginals = regularise_mst_bp(cost, candidates, keypoints, k=k, alpha=level.alpha, gamma=level.gamma)
+    if not symmetric:
+        return forward, marginals, candidates
+    moved = keypoints + forward
+    cost_back = correlation_cost(moving_features, fixed_features, moved, level.radius, level.step).reshape(count, -1)
+    _, marginals_back = regularise_mst_bp(cost_back, candidates, moved, k=k, alpha=level.alpha, gamma=level.gamma)
+    combined = combine_symmetric_marginals(marginals, marginals_back, candidates)
+    return soft_displacements(combined, candidates, level.gamma), combined, candidates
+
+
+def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method: str = "corrfield",
+                          progress: Optional[Callable[[str], None]] = None) -> PipelineOutput:
+    """Run every stage on a preprocessed pair (see :func:`graphreg.pipeline.preprocess.working_pair`)."""
+    timings: dict = {}
+    say = progress or (lambda line: None)
+
+    def timed(name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    with torch.no_grad():
+        kp_cfg = config.keypoints
+        keypoints = timed("keypoints", foerstner_keypoints, pair.fixed, pair.fixed_mask, sigma=kp_cfg.sigma,
+                          nms_size=kp_cfg.nms_size, num_points=kp_cfg.num_points, erode_mask=kp_cfg.erode_mask)
+        if len(keypoints) < MIN_KEYPOINTS:
+            raise GeometryError(f"fixed_mask: found only {len(keypoints)} keypoints inside the fixed lungs "
+                                f"(need {MIN_KEYPOINTS}); check the mask and the image contrast")
+        say(f"keypoints: {len(keypoints)} ({timings['keypoints']:.1f} s)")
+        fixed_features = timed("mind", mind_ssc, pair.fixed, config.mind.radius, config.mind.dilation)
+        moving_features = timed("mind", mind_ssc, pair.moving, config.mind.radius, config.mind.dilation)
+        say(f"mind: 2 x {tuple(fixed_features.shape[1:])} ({timings['mind']:.1f} s)")
+
+        shape = tuple(pair.fixed.shape[2:])
+        dense = torch.zeros((1, 3) + shape, dtype=fixed_features.dtype, device=fixed_features.device)
+        sparse = torch.zeros_like(keypoints)
+        spread = None
+        for index, level in enumerate(config.levels):
+            warped = moving_features if index == 0 else timed("warp", warp, moving_features, dense)
+            delta, marginals, candidates = timed(
+                f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints, level,
+                config.regulariser.k, config.regulariser.symmetric)
+            if spread is None:
+                spread = displacement_spread(marginals, candidates, level.gamma)
+            previous = sample_points(dense, keypoints)[0].T if index else torch.zeros_like(keypoints)
+            sparse = previous + delta
+            dense = timed("densify", densify, keypoints, sparse, shape, method=config.densify.method,
+                          **_densify_options(config))
+            say(f"level {index + 1}: ±{level.radius * level.step:g} voxels in steps of {level.step:g}, "
+                f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
+
+    io_cfg = config.instance_opt
+    if io_cfg.enabled and io_cfg.iterations > 0:
+        mask = pair.fixed_mask
+        dense, _ = timed("instance_opt", instance_optimise, fixed_features, moving_features, dense, mask=mask,
+                         iterations=io_cfg.iterations, lr=io_cfg.lr, lambda_diffusion=io_cfg.lambda_diffusion,
+                         grid_factor=io_cfg.grid_factor, smoothing_passes=io_cfg.smoothing_passes)
+        say(f"instance optimisation: {io_cfg.iterations} Adam steps ({timings['instance_opt']:.1f} s)")
+    return PipelineOutput(dense.detach(), keypoints, sparse, spread, timings)
+
+
+def _densify_options(config: RegistrationConfig) -> dict:
+    options = config.densify
+    if options.method == "tps":
+        return {"smoothing": options.smoothing, "grid_step": options.grid_step}
+    return {"smoothing": options.smoothing, "control_spacing": options.control_spacing}

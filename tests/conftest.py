@@ -1,0 +1,18 @@
+"""Shared test fixtures: paths of the shared reference data and of the bundled assets."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+DEMO_PAIR = ROOT / "assets" / "demo"
+
+
+@pytest.fixture(scope="session")
+def dirlab_dir() -> Path:
+    """The real DIR-Lab landmark files (../shared/data/dirlab)."""
+    path = SHARED_DATA / "dirlab"
+    if not path.is_dir():
+        pytest.fail(f"reference data missing: {path} (the project expects ../shared beside the repository)")
+    return path

@@ -1,0 +1,80 @@
+"""The command line: help texts, `evaluate` end to end on DIR-Lab landmarks, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from graphreg.cli import app, main
+
+runner = CliRunner()
+SUBCOMMANDS = ["info", "evaluate", "register", "train", "viz", "bench", "demo"]
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "graphreg.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_subcommand_help(name):
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_evaluate_dirlab_json(dirlab_dir):
+    case = dirlab_dir / "4dct" / "case4"
+    result = runner.invoke(app, ["evaluate", "--fixed-landmarks", str(case / "Case4_300_T00_xyz.txt"),
+                                 "--moving-landmarks", str(case / "Case4_300_T50_xyz.txt"),
+                                 "--dirlab-case", "4dct4", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n_points"] == 300
+    assert abs(report["tre_mean_mm"] - 9.83) < 0.01
+    for key in ("tre_std_mm", "tre_p75_mm", "tre_max_mm", "tre_before_mean_mm"):
+        assert key in report
+
+
+def test_evaluate_with_moved_landmarks_and_text_table(dirlab_dir, tmp_path):
+    case = dirlab_dir / "4dct" / "case1"
+    moving = case / "Case1_300_T50_xyz.txt"
+    result = runner.invoke(app, ["evaluate", "--fixed-landmarks", str(case / "Case1_300_T00_xyz.txt"),
+                                 "--moving-landmarks", str(moving), "--moved-landmarks", str(moving),
+                                 "--spacing", "0.97,0.97,2.5"])
+    assert result.exit_code == 0, result.output
+    assert "TRE before" in result.output and "TRE after" in result.output
+    after_line = [line for line in result.output.splitlines() if line.strip().startswith("TRE after")][0]
+    assert float(after_line.split()[3]) == 0.0  # mean after mapping onto the targets themselves
+
+
+def run_main(args, monkeypatch, capsys):
+    """Run the console-script entry point in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["graphreg"] + args)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_evaluate_errors_are_one_line(dirlab_dir, tmp_path, monkeypatch, capsys):
+    case = dirlab_dir / "4dct" / "case1"
+    fixed = case / "Case1_300_T00_xyz.txt"
+    short = tmp_path / "short.txt"
+    short.write_text("1 2 3\n4 5 6\n")
+    cases = [
+        (["--moving-landmarks", str(short), "--dirlab-case", "4dct1"], "300"),
+        (["--moving-landmarks", str(tmp_path / "nope.txt"), "--dirlab-case", "4dct1"], "nope.txt"),
+        (["--moving-landmarks", str(case / "Case1_300_T50_xyz.txt")], "--dirlab-case"),
+        (["--moving-landmarks", str(case / "Case1_300_T50_xyz.txt"), "--spacing", "1,x,2"], "--spacing"),
+        (["--moving-landmarks", str(case / "Case1_300_T50_xyz.txt"), "--dirlab-case", "4dct99"], "4dct99"),
+    ]
+    for extra, needle in cases:
+        code, _, err = run_main(["evaluate", "--fixed-landmarks", str(fixed)] + extra, monkeypatch, capsys)
+        assert code == 2, (extra, err)
+        assert err.startswith("error: ") and needle in err, err
+        assert "Traceback" not in err

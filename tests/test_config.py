@@ -1,0 +1,45 @@
+"""Configuration loading: defaults, YAML overrides, strict keys and types."""
+
+import pytest
+
+from graphreg.config import RegistrationConfig, SearchLevel, load_config, save_config
+from graphreg.errors import ConfigError
+
+
+def test_defaults_are_documented_values():
+    config = load_config()
+    assert isinstance(config, RegistrationConfig)
+    assert config.preprocess.spacing_mm == 1.75
+    assert [level.radius for level in config.levels] == [14, 6]
+
+
+def test_yaml_round_trip(tmp_path):
+    config = load_config({"keypoints": {"num_points": 500}, "levels": [{"radius": 4, "step": 1}]})
+    path = tmp_path / "c.yaml"
+    save_config(config, path)
+    again = load_config(path)
+    assert again == config
+    assert again.levels == [SearchLevel(radius=4, step=1.0)]
+    assert again.keypoints.num_points == 500
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"keypoints": {"num_pointz": 5}}, "keypoints.num_pointz"),
+    ({"bogus": 1}, "bogus"),
+    ({"keypoints": {"num_points": "many"}}, "keypoints.num_points"),
+    ({"instance_opt": {"enabled": 1}}, "instance_opt.enabled"),
+    ({"levels": [{"radius": 2}, {"rad": 1}]}, "levels[1].rad"),
+    ({"levels": []}, "levels"),
+])
+def test_exception_names_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(overrides)
+
+
+def test_exception_bad_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("keypoints: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
