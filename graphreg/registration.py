@@ -128,7 +128,7 @@ class Registration:
     def save(self, out_dir, fixed_landmarks_mm: Optional[np.ndarray] = None,
              overwrite: bool = False, **report_extras: Any) -> Path:
         """Write ``field.nii.gz`` (ITK mm), ``disp_l2r.nii.gz``, ``warped.nii.gz`` (when the moving image
-        is known), ``landmarks_moved.csv`` (given fixed landmarks) and ``report.json``.
+        is known), ``landmarks_moved.csv`` (given fixed landmarks), ``keypoints.csv`` and ``report.json``.
 
         Files are written to a temporary folder beside ``out_dir`` and moved into place at the
         end, so an interrupted run leaves no half-written result. An existing non-empty
@@ -149,9 +149,26 @@ class Registration:
             if fixed_landmarks_mm is not None:
                 moved = self.transform_points(np.asarray(fixed_landmarks_mm, dtype=np.float64))
                 write_landmarks(Landmarks(moved, "world"), staging / "landmarks_moved.csv", fmt="world")
+            if self.keypoints_mm is not None:
+                self.write_keypoints(staging / "keypoints.csv")
             report = self.report(jacobian=self.jacobian_stats(), **report_extras)
             (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
         return Path(out_dir)
+
+
+    def write_keypoints(self, path) -> None:
+        """CSV of the keypoints: ``x,y,z`` (world mm, fixed), ``dx,dy,dz`` (mm, fixed -> moving) and,
+        when known, ``uncertainty_mm`` (spread of the keypoint's displacement distribution)."""
+        from .io.atomic import atomic_write_text
+
+        columns = [self.keypoints_mm, self.keypoint_displacements_mm]
+        header = "x,y,z,dx,dy,dz"
+        if self.keypoint_uncertainty_mm is not None:
+            columns.append(np.asarray(self.keypoint_uncertainty_mm)[:, None])
+            header += ",uncertainty_mm"
+        rows = np.concatenate(columns, axis=1)
+        body = "\n".join(",".join(f"{value:.4f}" for value in row) for row in rows)
+        atomic_write_text(path, header + "\n" + body + "\n")
 
 
 def file_checksum(path) -> str:

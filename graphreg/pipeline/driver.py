@@ -132,9 +132,9 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
     io_cfg = config.instance_opt
     if io_cfg.enabled and io_cfg.iterations > 0:
         mask = pair.fixed_mask
-        dense, _ = timed("instance_opt", instance_optimise, fixed_features, moving_features, dense, mask=mask,
+        dense = timed("instance_opt", instance_optimise, fixed_features, moving_features, dense, mask=mask,
                          iterations=io_cfg.iterations, lr=io_cfg.lr, lambda_diffusion=io_cfg.lambda_diffusion,
-                         grid_factor=io_cfg.grid_factor, smoothing_passes=io_cfg.smoothing_passes)
+                         grid_factor=io_cfg.grid_factor, smoothing_passes=io_cfg.smoothing_passes).displacement
         say(f"instance optimisation: {io_cfg.iterations} Adam steps ({timings['instance_opt']:.1f} s)")
     return PipelineOutput(dense.detach(), keypoints, sparse, spread, timings)
 
