@@ -13,8 +13,13 @@ from .errors import GraphregError
 from .inputs import as_optional_mask, as_volume
 from .registration import Registration
 
-#: methods of :func:`register`; each maps to the sparse regulariser the keypoint pipeline uses
-METHODS = ("corrfield",)
+#: the keypoint pipeline's methods (each names its sparse regulariser)
+KEYPOINT_METHODS = ("corrfield",)
+#: SimpleITK's classical methods (:mod:`graphreg.classical`)
+CLASSICAL_METHODS = ("demons", "bspline-ffd")
+#: dense CNN baselines (:mod:`graphreg.cnn`); they need trained weights (``model=``)
+CNN_METHODS = ("voxelmorph", "bspline-cnn", "linear-deformable")
+METHODS = KEYPOINT_METHODS + CLASSICAL_METHODS + CNN_METHODS
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -32,7 +37,7 @@ def resolve_device(device: Optional[str]) -> torch.device:
 
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
-             progress: Optional[Callable[[str], None]] = None) -> Registration:
+             progress: Optional[Callable[[str], None]] = None, model: Any = None) -> Registration:
     """Register a moving lung CT to a fixed one.
 
     Args:
@@ -41,11 +46,14 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             Grid)``; intensities in Hounsfield units.
         fixed_mask, moving_mask: lung masks in the same forms (computed when None; a mask on
             another grid than its image is resampled with a warning).
-        method: ``"corrfield"`` (learning-free graph regulariser).
+        method: ``"corrfield"`` (keypoint pipeline with the learning-free graph regulariser),
+            ``"demons"`` / ``"bspline-ffd"`` (SimpleITK), or a dense CNN baseline
+            (``"voxelmorph"``, ``"bspline-cnn"``, ``"linear-deformable"``, given ``model``).
         config: a :class:`~graphreg.config.RegistrationConfig`, a YAML path or a mapping of
             overrides (unknown keys are rejected).
         device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
         progress: optional callback receiving one line per stage.
+        model: checkpoint path (or network) of a CNN method; ignored by the others.
 
     Returns:
         :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
@@ -56,6 +64,19 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
 
     if method not in METHODS:
         raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if method in CLASSICAL_METHODS:
+        from .classical import register_classical
+
+        return register_classical(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
+                                  progress=progress)
+    if method in CNN_METHODS:
+        from .cnn.register import register_cnn
+
+        if model is None:
+            raise GraphregError(f"model: method {method!r} needs trained weights; train them with "
+                                f"'graphreg train --config configs/<recipe>.yaml' and pass model=PATH")
+        return register_cnn(fixed, moving, fixed_mask, moving_mask, model=model, config=config,
+                            device=device, progress=progress)
     cfg: RegistrationConfig = load_config(config)
     torch_device = resolve_device(device)
     torch.manual_seed(cfg.seed)

@@ -92,8 +92,9 @@ def register(
     moving: Path = typer.Argument(..., help="Moving image (e.g. exhale CT), same formats."),
     fixed_mask: Optional[Path] = typer.Option(None, help="Fixed lung mask (computed when omitted)."),
     moving_mask: Optional[Path] = typer.Option(None, help="Moving lung mask (computed when omitted)."),
-    method: str = typer.Option("corrfield", help="Registration method."),
+    method: str = typer.Option("corrfield", help="corrfield | demons | bspline-ffd | voxelmorph | bspline-cnn | linear-deformable."),
     config: Optional[Path] = typer.Option(None, help="YAML config overriding the defaults (see configs/)."),
+    model: Optional[Path] = typer.Option(None, help="Trained weights (model.pt) for a CNN method."),
     landmarks: Optional[Path] = typer.Option(None, help="CSV 'x,y,z' world-mm points on the fixed image to map into the moving one."),
     out: Path = typer.Option(Path("graphreg_out"), help="Output folder."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -113,7 +114,7 @@ def register(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         _fail(f"--out {out}: the folder already holds results; pass --overwrite to replace them")
     result = run_registration(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
-                              device=device, progress=lambda line: typer.echo(line, err=True))
+                              device=device, progress=lambda line: typer.echo(line, err=True), model=model)
     inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
               "moving_mask": moving_mask and str(moving_mask)}
     checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
@@ -121,10 +122,17 @@ def register(
     typer.echo(f"wrote {out} ({result.timings['total']:.1f} s)")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Train a learned model from a config (not built yet)."""
-    _not_built("train")
+@app.command()
+def train(config: Path = typer.Option(..., help="Training recipe (configs/voxelmorph.yaml, configs/bspline_cnn.yaml, ...)."),
+          out: Path = typer.Option(Path("runs/train"), help="Folder for checkpoints, history and the final model.pt."),
+          variant: Optional[str] = typer.Option(None, help="Recipe section merged over it, e.g. 'gpu' for the full recipe."),
+          max_minutes: Optional[float] = typer.Option(None, help="Wall-time budget; stops with a checkpoint (resume later)."),
+          resume: bool = typer.Option(True, help="Continue from the latest checkpoint in --out.")) -> None:
+    """Train a learned registration model from a YAML recipe (seeded, resumable, checkpointed)."""
+    from .training import train_from_config
+
+    result = train_from_config(config, out, resume=resume, max_minutes=max_minutes, variant=variant)
+    typer.echo(f"trained to step {result.step}; wrote {out}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

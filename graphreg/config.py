@@ -20,7 +20,7 @@ from .errors import ConfigError
 class PreprocessConfig:
     """Working grid and intensities."""
 
-    spacing_mm: float = 1.75  #: isotropic working voxel size (mm)
+    spacing_mm: float = 2.0  #: isotropic working voxel size (mm)
     hu_min: float = -1000.0  #: intensities are clipped to [hu_min, hu_max] and scaled to [0, 1]
     hu_max: float = 1500.0
     crop_margin_mm: float = 12.0  #: margin around the fixed lung bounding box (mm)
@@ -49,14 +49,14 @@ class MindConfig:
 class SearchLevel:
     """One level of the discrete correlation search and its graph regularisation."""
 
-    radius: int = 14  #: number of candidate steps on each side, per axis
-    step: float = 2.0  #: distance between candidates (working voxels)
-    alpha: float = 1.0  #: weight of the quadratic pairwise penalty of belief propagation
-    gamma: float = 1.0  #: inverse temperature of the soft correspondences
+    radius: int = 8  #: number of candidate steps on each side, per axis
+    step: float = 2.0  #: distance between candidates (working voxels); keep <= 2 (MIND aliasing)
+    alpha: float = 0.01  #: weight of the quadratic pairwise penalty (cost units per voxel^2)
+    gamma: float = 10.0  #: inverse temperature of the soft correspondences (per cost unit)
 
 
 def _default_levels() -> list:
-    return [SearchLevel(radius=14, step=2.0), SearchLevel(radius=6, step=1.0)]
+    return [SearchLevel(radius=8, step=2.0), SearchLevel(radius=4, step=1.0)]
 
 
 @dataclass
@@ -64,7 +64,8 @@ class RegulariserConfig:
     """Graph regulariser shared by all levels."""
 
     k: int = 8  #: neighbours in the keypoint graph
-    symmetric: bool = True  #: combine forward and backward estimates
+    symmetric: bool = False  #: combine forward and backward estimates (twice the search time)
+    inference: str = "sum-product"  #: tree belief propagation: ``"sum-product"`` or ``"min-sum"``
 
 
 @dataclass
@@ -82,11 +83,12 @@ class InstanceOptConfig:
     """Adam instance optimisation of the dense field."""
 
     enabled: bool = True
-    iterations: int = 50
+    iterations: int = 30
     lr: float = 1.0  #: Adam learning rate (working voxels)
     lambda_diffusion: float = 1.0  #: weight of the diffusion regulariser
     grid_factor: int = 2  #: the parameter lives at 1 / grid_factor resolution
     smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
+    similarity_factor: int = 2  #: the MIND similarity is evaluated at 1 / similarity_factor resolution
 
 
 @dataclass

@@ -8,8 +8,10 @@ from typing import Callable, Optional
 
 from .errors import GraphregError
 
-#: the embedded demo pair (made by ``tools/make_demo_assets.py``)
+#: the embedded demo pair (made by ``tools/make_demo_assets.py``), stored at 3 mm
 DEMO_PAIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
+#: settings for 3 mm images (used when no config is given)
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lowres_3mm.yaml"
 
 
 def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overwrite: bool = True,
@@ -26,6 +28,8 @@ def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overw
     if not DEMO_PAIR.is_dir():
         raise GraphregError(f"demo pair not found at {DEMO_PAIR}; run tools/make_demo_assets.py")
     pair = read_pair(DEMO_PAIR)
+    if config is None and method == "corrfield":
+        config = DEMO_CONFIG
     result = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method=method,
                       config=config, device=device, progress=progress)
     before = summarize_errors(landmark_errors(pair.fixed_landmarks_mm, pair.moving_landmarks_mm))

@@ -9,8 +9,8 @@ from graphreg.errors import ConfigError
 def test_defaults_are_documented_values():
     config = load_config()
     assert isinstance(config, RegistrationConfig)
-    assert config.preprocess.spacing_mm == 1.75
-    assert [level.radius for level in config.levels] == [14, 6]
+    assert config.preprocess.spacing_mm == 2.0
+    assert [level.radius for level in config.levels] == [8, 4]
 
 
 def test_yaml_round_trip(tmp_path):

@@ -68,7 +68,7 @@ def displacement_spread(marginals: torch.Tensor, candidates: torch.Tensor, gamma
 
 
 def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
-                       level: SearchLevel, k: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       level: SearchLevel, k: int, symmetric: bool, inference: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One level: cost volume, tree belief propagation, optional symmetric combination.
 
     Returns:
@@ -77,12 +77,13 @@ def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tens
     candidates = candidate_displacements(level.radius, level.step).to(keypoints)
     count = len(keypoints)
     cost = correlation_cost(fixed_features, moving_features, keypoints, level.radius, level.step).reshape(count, -1)
-    forward, marginals = regularise_mst_bp(cost, candidates, keypoints, k=k, alpha=level.alpha, gamma=level.gamma)
+    options = {"k": k, "alpha": level.alpha, "gamma": level.gamma, "inference": inference}
+    forward, marginals = regularise_mst_bp(cost, candidates, keypoints, **options)
     if not symmetric:
         return forward, marginals, candidates
     moved = keypoints + forward
     cost_back = correlation_cost(moving_features, fixed_features, moved, level.radius, level.step).reshape(count, -1)
-    _, marginals_back = regularise_mst_bp(cost_back, candidates, moved, k=k, alpha=level.alpha, gamma=level.gamma)
+    _, marginals_back = regularise_mst_bp(cost_back, candidates, moved, **options)
     combined = combine_symmetric_marginals(marginals, marginals_back, candidates)
     return soft_displacements(combined, candidates, level.gamma), combined, candidates
 
@@ -119,7 +120,7 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             warped = moving_features if index == 0 else timed("warp", warp, moving_features, dense)
             delta, marginals, candidates = timed(
                 f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints, level,
-                config.regulariser.k, config.regulariser.symmetric)
+                config.regulariser.k, config.regulariser.symmetric, config.regulariser.inference)
             if spread is None:
                 spread = displacement_spread(marginals, candidates, level.gamma)
             previous = sample_points(dense, keypoints)[0].T if index else torch.zeros_like(keypoints)
@@ -134,7 +135,8 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
         mask = pair.fixed_mask
         dense = timed("instance_opt", instance_optimise, fixed_features, moving_features, dense, mask=mask,
                          iterations=io_cfg.iterations, lr=io_cfg.lr, lambda_diffusion=io_cfg.lambda_diffusion,
-                         grid_factor=io_cfg.grid_factor, smoothing_passes=io_cfg.smoothing_passes).displacement
+                         grid_factor=io_cfg.grid_factor, smoothing_passes=io_cfg.smoothing_passes,
+                         similarity_factor=io_cfg.similarity_factor).displacement
         say(f"instance optimisation: {io_cfg.iterations} Adam steps ({timings['instance_opt']:.1f} s)")
     return PipelineOutput(dense.detach(), keypoints, sparse, spread, timings)
 

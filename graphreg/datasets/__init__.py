@@ -1,0 +1,33 @@
+"""Registration pairs with exact ground truth, made from one real CT.
+
+- :mod:`~graphreg.datasets.lungmask`: lung segmentation by thresholding and components.
+- :mod:`~graphreg.datasets.breathing`: breathing motion models (DIR-Lab landmark motion,
+  parametric) and the synthesis of the exhale image by exact inverse warping.
+- :mod:`~graphreg.datasets.pairs`: the on-disk pair folder format.
+- :mod:`~graphreg.datasets.benchmark`: the ten-pair benchmark (one per DIR-Lab 4DCT case).
+- :mod:`~graphreg.datasets.training`: random training pairs on the fly.
+"""
+
+from .benchmark import make_benchmark, make_benchmark_command
+from .breathing import (dirlab_motion, invert_field, parametric_motion, sliding_weight,
+                        synthesize_pair, vessel_landmarks)
+from .lungmask import lung_mask
+from .pairs import PairData, dense_field, read_pair, write_pair
+from .training import TrainingPairSampler
+
+__all__ = [
+    "PairData",
+    "TrainingPairSampler",
+    "dense_field",
+    "dirlab_motion",
+    "invert_field",
+    "lung_mask",
+    "make_benchmark",
+    "make_benchmark_command",
+    "parametric_motion",
+    "read_pair",
+    "sliding_weight",
+    "synthesize_pair",
+    "vessel_landmarks",
+    "write_pair",
+]
