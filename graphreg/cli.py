@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from .bench.commands import bench_app
 from .errors import GraphregError
 
 app = typer.Typer(
@@ -82,10 +83,6 @@ def result_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _not_built(name: str) -> None:
-    _fail(f"'graphreg {name}' is not built yet in this version", code=3)
-
-
 @app.command()
 def register(
     fixed: Path = typer.Argument(..., help="Fixed image (e.g. inhale CT): NIfTI, MHA/MHD, NRRD, DICOM folder or DIR-Lab .img."),
@@ -99,6 +96,7 @@ def register(
     out: Path = typer.Option(Path("graphreg_out"), help="Output folder."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     overwrite: bool = typer.Option(False, help="Replace the results in an existing output folder."),
+    report: bool = typer.Option(False, "--report", help="Also write figures and a self-contained report.html (graphreg viz)."),
 ) -> None:
     """Register MOVING to FIXED; write field.nii.gz (ITK mm), disp_l2r.nii.gz, warped.nii.gz, report.json."""
     from .api import register as run_registration
@@ -120,6 +118,11 @@ def register(
     checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
     result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inputs=inputs, input_sha256=checksums)
     typer.echo(f"wrote {out} ({result.timings['total']:.1f} s)")
+    if report:
+        from .viz.commands import viz_command
+
+        written = viz_command(out, echo=typer.echo)
+        typer.echo(f"wrote {written['report']}")
 
 
 @app.command()
@@ -135,16 +138,24 @@ def train(config: Path = typer.Option(..., help="Training recipe (configs/voxelm
     typer.echo(f"trained to step {result.step}; wrote {out}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def viz() -> None:
-    """Figures, point clouds and an HTML report of a result (not built yet)."""
-    _not_built("viz")
+@app.command()
+def viz(result_dir: Path = typer.Argument(..., help="A folder written by 'graphreg register' or 'graphreg demo'."),
+        fixed: Optional[Path] = typer.Option(None, help="Fixed image (default: from report.json)."),
+        moving: Optional[Path] = typer.Option(None, help="Moving image (default: from report.json)."),
+        fixed_mask: Optional[Path] = typer.Option(None, help="Fixed lung mask (default: from report.json)."),
+        moving_mask: Optional[Path] = typer.Option(None, help="Moving lung mask (default: from report.json)."),
+        fixed_landmarks: Optional[Path] = typer.Option(None, help="Fixed landmarks, CSV x,y,z mm."),
+        moving_landmarks: Optional[Path] = typer.Option(None, help="Moving landmarks, CSV x,y,z mm."),
+        out: Optional[Path] = typer.Option(None, help="Output folder (default: RESULT_DIR/viz)."),
+        no_3d: bool = typer.Option(False, "--no-3d", help="Skip the 3D point-cloud scenes."),
+        interactive: bool = typer.Option(False, help="Open an interactive 3D window when a display exists.")) -> None:
+    """Slice figures, 3D point-cloud scenes (PNG + .ply) and a self-contained report.html of a result."""
+    from .viz.commands import viz_command
 
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench() -> None:
-    """Make the benchmark pairs and run methods on them (not built yet)."""
-    _not_built("bench")
+    written = viz_command(result_dir, fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                          fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, out_dir=out,
+                          render_3d=not no_3d, interactive=interactive, echo=typer.echo)
+    typer.echo(f"wrote {written['report']}")
 
 
 @app.command()
@@ -159,6 +170,9 @@ def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (re
                       progress=lambda line: typer.echo(line, err=True))
     typer.echo(f"method {report['method']}: TRE {report['tre_before_mm']:.2f} mm -> {report['tre_after_mm']:.2f} mm "
                f"(p75 {report['tre_after_p75_mm']:.2f} mm), {report['seconds_total']:.1f} s; wrote {out}/report.json")
+
+
+app.add_typer(bench_app, name="bench", help="Make the benchmark pairs and run methods on them side by side.")
 
 
 def main() -> None:

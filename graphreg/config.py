@@ -164,7 +164,7 @@ def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationCo
         if not path.is_file():
             raise ConfigError(f"config file {path}: not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path}: not valid YAML ({error})") from None
         return from_mapping(RegistrationConfig, data)
@@ -175,7 +175,7 @@ def save_config(config: RegistrationConfig, path: Union[str, Path]) -> None:
     """Write ``config`` as YAML."""
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
 
 
 __all__ = [

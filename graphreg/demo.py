@@ -40,4 +40,4 @@ def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overw
            "tre_after_max_mm": after["max_mm"], "n_landmarks": after["n_points"]}
     result.save(out, fixed_landmarks_mm=pair.fixed_landmarks_mm, overwrite=overwrite,
                 pair=str(DEMO_PAIR), **tre)
-    return json.loads((Path(out) / "report.json").read_text())
+    return json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .field import DisplacementField
+from .jsonable import to_jsonable
 from .geometry import Grid
 from .spatial import sample_points
 from .volume import Volume
@@ -152,7 +153,7 @@ class Registration:
             if self.keypoints_mm is not None:
                 self.write_keypoints(staging / "keypoints.csv")
             report = self.report(jacobian=self.jacobian_stats(), **report_extras)
-            (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+            (staging / "report.json").write_text(json.dumps(to_jsonable(report), indent=2), encoding="utf-8")
         return Path(out_dir)
 
 
@@ -181,13 +182,3 @@ def file_checksum(path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -78,3 +78,34 @@ def test_evaluate_errors_are_one_line(dirlab_dir, tmp_path, monkeypatch, capsys)
         assert code == 2, (extra, err)
         assert err.startswith("error: ") and needle in err, err
         assert "Traceback" not in err
+
+
+def test_register_writes_the_documented_outputs(tmp_path, monkeypatch, capsys):
+    from graphreg.demo import DEMO_CONFIG, DEMO_PAIR
+
+    config = tmp_path / "fast.yaml"
+    config.write_text(DEMO_CONFIG.read_text().replace("instance_opt:", "instance_opt:\n  enabled: false"))
+    out = tmp_path / "out"
+    args = ["register", str(DEMO_PAIR / "fixed.nii.gz"), str(DEMO_PAIR / "moving.nii.gz"),
+            "--fixed-mask", str(DEMO_PAIR / "fixed_mask.nii.gz"), "--moving-mask", str(DEMO_PAIR / "moving_mask.nii.gz"),
+            "--config", str(config), "--landmarks", str(DEMO_PAIR / "fixed_landmarks.csv"), "--out", str(out),
+            "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("field.nii.gz", "disp_l2r.nii.gz", "warped.nii.gz", "report.json", "landmarks_moved.csv",
+                 "keypoints.csv"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["instance_opt"]["enabled"] is False
+    assert set(report["input_sha256"]) == {"fixed", "moving", "fixed_mask", "moving_mask"}
+    # the mapped landmarks are far closer to the true moving landmarks than the unmapped ones
+    from graphreg.io.landmarks import read_landmarks
+    from graphreg.metrics import landmark_errors
+
+    moved = read_landmarks(out / "landmarks_moved.csv").points
+    target = read_landmarks(DEMO_PAIR / "moving_landmarks.csv").points
+    fixed = read_landmarks(DEMO_PAIR / "fixed_landmarks.csv").points
+    assert landmark_errors(moved, target).mean() < 0.35 * landmark_errors(fixed, target).mean()
+    # a second run into the same folder is refused without --overwrite
+    code, _, err = run_main(args, monkeypatch, capsys)
+    assert code == 2 and "--overwrite" in err

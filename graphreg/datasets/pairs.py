@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..jsonable import to_jsonable
 from ..errors import GraphregError, InputFileError
 from ..field import DisplacementField
 from ..io.atomic import atomic_write_text
@@ -129,7 +130,7 @@ def write_pair(pair: PairData, out_dir: str | os.PathLike) -> Path:
     target = out / FILES["gt_field"]
     if pair.gt_field is not None or pair.gt_field_path is None or Path(pair.gt_field_path) != target:
         write_itk_field(pair.load_gt_field(), target, precision="float32")
-    atomic_write_text(out / FILES["meta"], json.dumps(_jsonable(pair.meta), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / FILES["meta"], json.dumps(to_jsonable(pair.meta), indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -208,18 +209,3 @@ def dense_field(field: DisplacementField, grid: Grid) -> DisplacementField:
 
 def _as_uint8(mask: Volume) -> Volume:
     return Volume((np.asarray(mask.array) > 0).astype(np.uint8), mask.grid)
-
-
-def _jsonable(value):
-    """``value`` with numpy scalars / arrays and paths turned into plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value

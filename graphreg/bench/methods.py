@@ -1,0 +1,194 @@
+"""Registry of registration methods the benchmark can run, by name.
+
+A *method* is any callable
+
+    ``fn(fixed, moving, fixed_mask, moving_mask, device) -> MethodResult``
+
+taking :class:`~graphreg.volume.Volume` images (masks may be ``None``) and a torch device string,
+and returning the displacement on the fixed image's grid together with the seconds spent per stage.
+The graphreg pipeline, dense baselines and peer tools (elastix, ConvexAdam) all plug in with one
+call to :func:`register_method`.
+
+Methods that need an optional package are registered *lazily*: the callable is given as an import
+path ``"package.module:function"`` together with the packages it ``requires``; nothing is imported
+until :func:`get_method` is called, and a missing package is reported as
+:class:`MethodUnavailableError` with the ``pip install`` line that fixes it.
+
+Convention:
+    ``MethodResult.field`` is a :class:`~graphreg.field.DisplacementField` on ``fixed.grid``,
+    pointing fixed -> moving. ``MethodResult.timings`` maps stage names to wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from dataclasses import dataclass, field as dataclass_field
+from typing import Optional, Protocol, Union
+
+from ..errors import ConfigError, GraphregError
+from ..volume import Volume
+
+
+class MethodUnavailableError(GraphregError):
+    """A registered method cannot run here because an optional package is not installed."""
+
+
+@dataclass
+class MethodResult:
+    """What a method returns.
+
+    Attributes:
+        field: :class:`~graphreg.field.DisplacementField` on the fixed grid, fixed -> moving.
+        timings: seconds per stage, e.g. ``{"preprocess": 0.4, "optimise": 12.1}``.
+        extras: anything else worth recording (parameters, iteration counts); JSON-serialisable.
+    """
+
+    field: object
+    timings: dict[str, float] = dataclass_field(default_factory=dict)
+    extras: dict = dataclass_field(default_factory=dict)
+
+
+class Method(Protocol):
+    """Signature of a registration method (see the module docstring)."""
+
+    def __call__(self, fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
+                 moving_mask: Optional[Volume], device: str) -> MethodResult: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registry entry.
+
+    Attributes:
+        name: the name used on the command line.
+        target: the callable, or its import path ``"module:attribute"`` (resolved on first use).
+        description: one line shown by ``available_methods``.
+        requires: ``(import name, pip name)`` pairs that must be importable to run it.
+    """
+
+    name: str
+    target: Union[Method, str]
+    description: str
+    requires: tuple[tuple[str, str], ...] = ()
+
+    def missing(self) -> list[str]:
+        """pip names of the required packages that are not installed."""
+        return [pip for module, pip in self.requires if not _importable(module)]
+
+
+def _importable(module: str) -> bool:
+    """True when ``module`` (dotted names allowed) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, fn: Union[Method, str], description: str, *,
+                    requires: dict[str, str] | None = None, overwrite: bool = False) -> None:
+    """Make ``fn`` available to the benchmark as ``name``.
+
+    Args:
+        name: short lower-case name without commas or spaces (``"graphregnet"``).
+        fn: the method callable, or ``"module:function"`` to import it on first use.
+        description: one line for listings.
+        requires: ``{import name: pip name}`` of optional packages ``fn`` needs.
+        overwrite: replace an existing entry of the same name instead of raising.
+
+    Raises:
+        ConfigError: bad name, ``fn`` neither callable nor ``"module:attr"``, or a duplicate name.
+    """
+    if not isinstance(name, str) or not name or any(c in name for c in ", \t\n"):
+        raise ConfigError(f"name: expected a non-empty name without commas or spaces, got {name!r}")
+    if not callable(fn) and not (isinstance(fn, str) and fn.count(":") == 1):
+        raise ConfigError(f"fn: expected a callable or an import path 'module:attr', got {fn!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ConfigError(f"name: method {name!r} is already registered (pass overwrite=True)")
+    _REGISTRY[name] = MethodSpec(name, fn, description, tuple((requires or {}).items()))
+
+
+def unregister_method(name: str) -> None:
+    """Remove ``name`` from the registry (no error when absent)."""
+    _REGISTRY.pop(name, None)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The registry entry of ``name``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the known ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"method: expected one of {sorted(_REGISTRY)}, got {name!r}") from None
+
+
+def get_method(name: str) -> Method:
+    """The callable registered as ``name``, importing it if it was registered lazily.
+
+    Raises:
+        ConfigError: unknown name.
+        MethodUnavailableError: a package the method requires is not installed.
+    """
+    spec = method_spec(name)
+    missing = spec.missing()
+    if missing:
+        raise MethodUnavailableError(
+            f"method {name!r}: not installed: needs {', '.join(missing)} "
+            f"(pip install {' '.join(missing)}, or pip install 'graphreg[peers]')"
+        )
+    if callable(spec.target):
+        return spec.target
+    module_name, attr = spec.target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def available_methods() -> dict[str, str]:
+    """``{name: description}`` of every registered method; unavailable ones say so."""
+    listing = {}
+    for name in sorted(_REGISTRY):
+        spec = _REGISTRY[name]
+        missing = spec.missing()
+        note = f" [not installed: pip install {' '.join(missing)}]" if missing else ""
+        listing[name] = spec.description + note
+    return listing
+
+
+def identity_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
+                    moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
+    """No registration: the zero displacement on the fixed grid (gives the initial TRE)."""
+    from ..field import DisplacementField
+
+    start = time.perf_counter()
+    zero = DisplacementField.identity(fixed.grid)
+    return MethodResult(zero, {"total": time.perf_counter() - start})
+
+
+def corrfield_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
+                     moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
+    """The graphreg keypoint pipeline with the classical (corrField) graph regulariser."""
+    from ..api import register
+
+    registration = register(fixed, moving, fixed_mask, moving_mask, method="corrfield", device=device)
+    timings = {k: float(v) for k, v in registration.timings.items() if k != "total"}
+    return MethodResult(registration.field, timings, dict(registration.extras))
+
+
+register_method("identity", identity_method, "no registration (zero displacement)")
+register_method("corrfield", corrfield_method,
+                "graphreg keypoint pipeline, classical graph regulariser (corrField)")
+register_method("elastix", "graphreg.bench.peers:elastix_method",
+                "itk-elastix: affine + B-spline (10 mm grid), MI, bending energy, masked",
+                requires={"itk.ElastixPython": "itk-elastix"})
+register_method("convexadam", "graphreg.bench.peers:convexadam_method",
+                "ConvexAdam: MIND-SSC, coupled convex + Adam, 1.75 mm isotropic lungs",
+                requires={"convexAdam": "convexadam"})
+
+__all__ = ["Method", "MethodResult", "MethodSpec", "MethodUnavailableError", "available_methods",
+           "corrfield_method", "get_method", "identity_method", "method_spec", "register_method", "unregister_method"]

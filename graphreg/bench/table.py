@@ -1,0 +1,65 @@
+"""Plain-text table of benchmark rows (see :mod:`graphreg.bench.runner` for the row keys).
+
+One line per (method, pair), then per method a ``median`` and a ``mean`` line over the pairs
+that succeeded. Units: TRE in mm, folding in percent of lung voxels, time in seconds, memory in
+MiB. Stage times are shown compactly as ``name=seconds`` in the last column.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .runner import scalar_metrics, summarize
+
+_COLUMNS = (  # header, width, alignment
+    ("method", 12, "<"), ("pair", 12, "<"), ("TRE0", 6, ">"), ("TRE", 6, ">"), ("±std", 5, ">"),
+    ("p75", 6, ">"), ("max", 6, ">"), ("SDlogJ", 6, ">"), ("fold%", 6, ">"), ("Dice", 5, ">"),
+    ("total s", 8, ">"), ("peak MB", 8, ">"), ("stages s", 0, "<"),
+)
+
+
+def _number(value: Optional[float], digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _stages(timings: dict) -> str:
+    return " ".join(f"{name}={seconds:.1f}" for name, seconds in timings.items())
+
+
+def _line(cells: Sequence[str]) -> str:
+    parts = []
+    for (header, width, align), cell in zip(_COLUMNS, cells):
+        parts.append(f"{cell:{align}{width}}" if width else cell)
+    return "  ".join(parts).rstrip()
+
+
+def _metric_cells(m: dict) -> list[str]:
+    return [_number(m["tre_before_mean_mm"], 2), _number(m["tre_mean_mm"], 2), _number(m["tre_std_mm"], 2),
+            _number(m["tre_p75_mm"], 2), _number(m["tre_max_mm"], 2), _number(m["std_log_jacobian"], 3),
+            _number(m["folding_percent"], 2), _number(m["dice"], 3), _number(m["seconds_total"], 1),
+            _number(m["peak_rss_mb"], 0)]
+
+
+def format_table(rows: Sequence[dict], summary: Optional[dict] = None) -> str:
+    """The benchmark table as text (``summary`` defaults to :func:`~graphreg.bench.runner.summarize`)."""
+    summary = summarize(rows) if summary is None else summary
+    header = _line([c[0] for c in _COLUMNS])
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        name = [row["method"][:12], str(row["pair"])[:12]]
+        if row["status"] != "ok":
+            lines.append(_line(name + ["FAILED: " + str(row.get("error"))[:100]]).rstrip())
+            continue
+        lines.append(_line(name + _metric_cells(scalar_metrics(row)) + [_stages(row.get("timings", {}))]))
+    if summary:
+        lines.append("-" * len(header))
+    for method, entry in summary.items():
+        label = f"n={entry['n_ok']}/{entry['n_pairs']}"
+        for statistic in ("median", "mean"):
+            stages = entry.get("stages_median", {}) if statistic == "median" else {}
+            lines.append(_line([method[:12], f"{statistic} {label}"[:12]]
+                               + _metric_cells(entry[statistic]) + [_stages(stages)]))
+    return "\n".join(lines)
+
+
+__all__ = ["format_table"]

@@ -1,0 +1,17 @@
+"""Dense CNN registration baselines: VoxelMorph-style U-Net, DIRNet-style B-spline network and the
+linear + deformable network, with scaling-and-squaring integration and inference.
+
+Every network takes ``forward(fixed, moving)`` images ``(B, 1, D, H, W)`` and returns a displacement
+``(B, 3, D, H, W)`` in voxels ``(z, y, x)``, fixed -> moving; importing this package registers the
+architectures ``"voxelmorph"``, ``"bspline-cnn"`` and ``"linear-deformable"`` for
+:func:`graphreg.training.checkpoint.load_model`.
+"""
+
+from .bspline_net import BSplineNet
+from .integrate import ScalingAndSquaring, integrate_velocity
+from .linear_deformable import LinearDeformableNet
+from .register import dense_registration, prepare_dense_pair, register_cnn
+from .unet import UNet3d, VoxelMorph
+
+__all__ = ["BSplineNet", "LinearDeformableNet", "ScalingAndSquaring", "UNet3d", "VoxelMorph", "dense_registration",
+           "integrate_velocity", "prepare_dense_pair", "register_cnn"]

@@ -1,0 +1,163 @@
+"""Inference of the dense methods: preprocess like the keypoint pipeline, predict, wrap as a Registration.
+
+:func:`register_cnn` runs a trained network (a checkpoint path or a loaded
+:class:`~graphreg.training.checkpoint.LoadableModel`) on a fixed/moving pair, optionally refines
+the prediction by Adam instance optimisation (:func:`graphreg.pipeline.instance_opt.instance_optimise`)
+and returns a :class:`~graphreg.registration.Registration` exactly like :func:`graphreg.api.register`.
+:func:`prepare_dense_pair` and :func:`dense_registration` are the two halves shared with the
+classical SimpleITK methods (:mod:`graphreg.classical`).
+
+Convention:
+    The network sees the working pair of :func:`graphreg.pipeline.preprocess.working_pair`:
+    isotropic grid around the fixed lungs, intensities in ``[0, 1]``, the moving image
+    pre-aligned by the lung centres of mass. Its output is a displacement in working voxels
+    ``(z, y, x)``, fixed -> moving, *without* that pre-alignment translation, which
+    :func:`dense_registration` adds back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from ..config import PreprocessConfig, RegistrationConfig, load_config
+from ..errors import GraphregError
+from ..field import DisplacementField
+from ..inputs import as_optional_mask, as_volume
+from ..pipeline.preprocess import WorkingPair, optional_mask, working_pair
+from ..registration import Registration
+from ..training.checkpoint import LoadableModel, load_model, read_checkpoint
+from ..volume import Volume
+
+
+@dataclass
+class DensePair:
+    """A preprocessed pair and the original images it came from.
+
+    Attributes:
+        pair: the working pair (tensors on the chosen device).
+        fixed, moving: the original volumes (HU, their own grids).
+        seconds: time spent reading and preprocessing.
+    """
+
+    pair: WorkingPair
+    fixed: Volume
+    moving: Volume
+    seconds: float
+
+
+def prepare_dense_pair(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any,
+                       preprocess: PreprocessConfig, device: torch.device) -> DensePair:
+    """Read the inputs (any form :func:`graphreg.api.register` takes), compute missing lung masks
+    and build the working pair."""
+    start = time.perf_counter()
+    fixed_volume = as_volume(fixed, "fixed")
+    moving_volume = as_volume(moving, "moving")
+    fixed_lungs = optional_mask(as_optional_mask(fixed_mask, "fixed_mask"), fixed_volume, "fixed_mask")
+    moving_lungs = optional_mask(as_optional_mask(moving_mask, "moving_mask"), moving_volume, "moving_mask")
+    pair = working_pair(fixed_volume, moving_volume, fixed_lungs, moving_lungs, preprocess, device)
+    return DensePair(pair, fixed_volume, moving_volume, time.perf_counter() - start)
+
+
+def dense_registration(dense: DensePair, displacement: torch.Tensor, method: str, config: dict,
+                       timings: dict, extras: Optional[dict] = None) -> Registration:
+    """Wrap a working-grid displacement (pre-alignment excluded) as a :class:`Registration`.
+
+    Shapes:
+        displacement: ``(1, 3, D, H, W)`` working voxels ``(z, y, x)``, fixed -> moving, on
+        ``dense.pair.grid``.
+    """
+    pair = dense.pair
+    shift = pair.grid.mm_vectors_to_voxel(torch.as_tensor(pair.translation_mm, dtype=torch.float64))
+    total = displacement.detach().float() + shift.to(displacement.device, torch.float32).view(1, 3, 1, 1, 1)
+    info = {"prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
+            "working_size_xyz": list(pair.grid.size_xyz)}
+    info.update(extras or {})
+    return Registration(working_field=DisplacementField(total, pair.grid), fixed_grid=dense.fixed.grid,
+                        moving=dense.moving, method=method, config=config, timings=timings, extras=info)
+
+
+def _resolve_model(model: Union[str, Path, LoadableModel], device: torch.device) -> tuple[LoadableModel, dict]:
+    """The network on ``device`` in eval mode and its training configuration."""
+    if isinstance(model, (str, Path)):
+        return load_model(model, device=device), dict(read_checkpoint(model).get("config") or {})
+    if isinstance(model, LoadableModel):
+        return model.to(device).eval(), {}
+    raise GraphregError(f"model: expected a checkpoint path or a graphreg network, got {type(model).__name__}")
+
+
+def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None, *,
+                 model: Union[str, Path, LoadableModel], config: Any = None,
+                 instance_optimisation: Optional[bool] = None, device: Optional[str] = None,
+                 progress: Optional[Callable[[str], None]] = None) -> Registration:
+    """Register ``moving`` to ``fixed`` with a trained dense network.
+
+    Args:
+        fixed, moving, fixed_mask, moving_mask: as for :func:`graphreg.api.register`.
+        model: a checkpoint written by the training loop (``model.pt``) or a network.
+        config: a :class:`~graphreg.config.RegistrationConfig` source (YAML path, mapping) for
+            the preprocessing, MIND and instance-optimisation settings. When None, the defaults
+            are used with the working spacing and HU window the checkpoint was trained with
+            (its config's ``data.spacing_mm``, ``data.hu_min``, ``data.hu_max`` when present).
+        instance_optimisation: refine the prediction by Adam instance optimisation; None: as
+            ``config.instance_opt.enabled``.
+        device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
+        progress: optional callback receiving one line per stage.
+
+    Returns:
+        A :class:`~graphreg.registration.Registration` whose ``method`` is the network's
+        architecture name (``"+io"`` appended when instance optimisation ran).
+    """
+    from ..api import resolve_device
+
+    torch_device = resolve_device(device)
+    say = progress or (lambda line: None)
+    start = time.perf_counter()
+    network, trained_with = _resolve_model(model, torch_device)
+    cfg: RegistrationConfig = load_config(config)
+    if config is None:
+        data = trained_with.get("data") or {}
+        for key in ("spacing_mm", "hu_min", "hu_max"):
+            if key in data:
+                setattr(cfg.preprocess, key, float(data[key]))
+    torch.manual_seed(cfg.seed)
+    dense = prepare_dense_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch_device)
+    timings = {"load": dense.seconds}
+    say(f"preprocess: working grid {dense.pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
+        f"({dense.seconds:.1f} s)")
+
+    tick = time.perf_counter()
+    with torch.no_grad():
+        displacement = network(dense.pair.fixed, dense.pair.moving)
+    timings["network"] = time.perf_counter() - tick
+    say(f"network ({network.architecture}): {timings['network']:.1f} s")
+
+    method = network.architecture
+    refine = cfg.instance_opt.enabled if instance_optimisation is None else bool(instance_optimisation)
+    if refine and cfg.instance_opt.iterations > 0:
+        from ..pipeline.instance_opt import instance_optimise
+        from ..pipeline.mind import mind_ssc
+
+        tick = time.perf_counter()
+        io = cfg.instance_opt
+        with torch.no_grad():
+            fixed_features = mind_ssc(dense.pair.fixed, cfg.mind.radius, cfg.mind.dilation)
+            moving_features = mind_ssc(dense.pair.moving, cfg.mind.radius, cfg.mind.dilation)
+        displacement, _ = instance_optimise(fixed_features, moving_features, displacement,
+                                            mask=dense.pair.fixed_mask, iterations=io.iterations, lr=io.lr,
+                                            lambda_diffusion=io.lambda_diffusion, grid_factor=io.grid_factor,
+                                            smoothing_passes=io.smoothing_passes)
+        timings["instance_opt"] = time.perf_counter() - tick
+        say(f"instance optimisation: {io.iterations} Adam steps ({timings['instance_opt']:.1f} s)")
+        method += "+io"
+    timings["total"] = time.perf_counter() - start
+    return dense_registration(dense, displacement, method, cfg.to_dict(), timings,
+                              {"device": str(torch_device), "seed": cfg.seed, "model_args": network.model_args})
+
+
+__all__ = ["DensePair", "dense_registration", "prepare_dense_pair", "register_cnn"]

@@ -1,0 +1,253 @@
+"""The one training loop of the library: any network, any loss, any data source.
+
+Convention:
+    - ``loss_fn(model, batch)`` runs the network on a batch and returns the loss (a 0-dim
+      tensor), or ``(loss, parts)`` with ``parts`` a dict of float values to log (for example the
+      similarity and regulariser terms). The loop knows nothing else about the model.
+    - ``data`` is either a callable ``data(step) -> batch`` (exactly reproducible: a resumed run
+      sees the same batches as an uninterrupted one) or an iterable of batches (restarted from
+      its beginning on resume). Tensors inside a batch (also inside dicts, lists and tuples) are
+      moved to the training device.
+    - Layout of ``out_dir``::
+
+          checkpoints/step_0000100.pt   training checkpoints (model, Adam state, RNG, history)
+          history.jsonl                 one JSON record per step (and per validation)
+          model.pt                      the final network (written when all steps are done)
+
+      Checkpoints are :mod:`graphreg.training.checkpoint` files; :func:`load_model` reads
+      ``model.pt`` and every training checkpoint alike.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, GraphregError
+from ..io.atomic import atomic_write_text
+from .checkpoint import LoadableModel, read_checkpoint, save_checkpoint
+
+LossOutput = Union[torch.Tensor, tuple[torch.Tensor, dict]]
+LossFn = Callable[[torch.nn.Module, Any], LossOutput]
+
+_CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+@dataclass
+class TrainingResult:
+    """What a call of :func:`train` did.
+
+    Attributes:
+        step: optimiser steps done in total (earlier runs included when resumed).
+        checkpoint: the latest training checkpoint, or None when none was written.
+        model_path: ``out_dir/model.pt`` when training completed, else None.
+        history: one record per step: ``{"step", "loss", <parts>, "seconds"}``, and validation
+            records ``{"step", "val_<name>": value, ...}``.
+        resumed_from: the step the run started from (0 for a fresh run).
+        stopped: ``"completed"`` or ``"time limit"``.
+    """
+
+    step: int
+    checkpoint: Optional[Path]
+    model_path: Optional[Path]
+    history: list = field(default_factory=list)
+    resumed_from: int = 0
+    stopped: str = "completed"
+
+
+def checkpoint_path(out_dir: Union[str, Path], step: int) -> Path:
+    """``out_dir/checkpoints/step_XXXXXXX.pt``."""
+    return Path(out_dir) / "checkpoints" / f"step_{step:07d}.pt"
+
+
+def latest_checkpoint(out_dir: Union[str, Path]) -> Optional[Path]:
+    """The training checkpoint with the highest step in ``out_dir/checkpoints``, or None."""
+    folder = Path(out_dir) / "checkpoints"
+    found = []
+    for path in folder.glob("step_*.pt") if folder.is_dir() else []:
+        match = _CHECKPOINT_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor (also inside dicts, lists, tuples) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(value, device) for value in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
+
+
+def _split_loss(output: LossOutput, step: int) -> tuple[torch.Tensor, dict]:
+    loss, parts = output if isinstance(output, tuple) else (output, {})
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        raise GraphregError(f"loss_fn: expected a 0-dim tensor (or (tensor, dict)), got "
+                            f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
+    if not torch.isfinite(loss.detach()):
+        raise GraphregError(f"loss_fn: the loss is {float(loss.detach())} at step {step}; lower the learning rate "
+                            f"or check the data")
+    return loss, {str(k): float(v) for k, v in parts.items()}
+
+
+def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any], Iterable], *,
+          steps: int, out_dir: Union[str, Path], lr: float = 1e-4, seed: int = 0,
+          checkpoint_every: int = 100, keep_checkpoints: int = 3, resume: bool = True,
+          max_minutes: Optional[float] = None,
+          validate: Optional[Callable[[torch.nn.Module], dict]] = None, validate_every: Optional[int] = None,
+          config: Optional[dict] = None, device: Union[str, torch.device, None] = None,
+          grad_clip: Optional[float] = None, progress: bool = True) -> TrainingResult:
+    """Train ``model`` with Adam for ``steps`` steps, checkpointing and resuming.
+
+    Args:
+        model: a registered :class:`~graphreg.training.checkpoint.LoadableModel`.
+        loss_fn: ``loss_fn(model, batch) -> loss`` or ``(loss, parts)`` (see the module docstring).
+        data: ``data(step) -> batch`` or an iterable of batches.
+        steps: total number of optimiser steps (earlier runs included when resumed).
+        out_dir: folder of checkpoints, ``history.jsonl`` and the final ``model.pt``.
+        lr: Adam learning rate.
+        seed: torch seed of a fresh run (a resumed run restores the saved random state).
+        checkpoint_every: steps between training checkpoints.
+        keep_checkpoints: how many of the newest training checkpoints are kept.
+        resume: continue from the latest checkpoint in ``out_dir`` when there is one.
+        max_minutes: stop (with a checkpoint) once this much wall time has passed; None: no limit.
+        validate: ``validate(model) -> {name: float}``, called in eval mode without gradients.
+        validate_every: steps between validations (and once at the end); None: only at the end.
+        config: the training configuration, stored in every checkpoint.
+        device: where to train (default: CUDA when available, else CPU).
+        grad_clip: clip the global gradient norm to this value; None: no clipping.
+        progress: show a tqdm progress bar with the running loss.
+
+    Raises:
+        ConfigError: a bad argument; ``out_dir`` holds a checkpoint of another architecture.
+        GraphregError: a non-finite loss.
+    """
+    _positive_int("steps", steps)
+    _positive_int("checkpoint_every", checkpoint_every)
+    _positive_int("keep_checkpoints", keep_checkpoints)
+    _positive_int("validate_every", validate_every, allow_none=True)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"lr: expected a number > 0, got {lr!r}")
+    if max_minutes is not None and not (isinstance(max_minutes, (int, float)) and max_minutes > 0):
+        raise ConfigError(f"max_minutes: expected a number > 0 or None, got {max_minutes!r}")
+    device = torch.device(device) if device is not None else \
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history: list = []
+    start_step = 0
+    latest = latest_checkpoint(out_dir) if resume else None
+    if latest is not None:
+        state = read_checkpoint(latest)
+        if state["architecture"] != model.architecture:
+            raise ConfigError(f"out_dir {out_dir}: holds a {state['architecture']!r} checkpoint, not "
+                              f"{model.architecture!r}; use another folder or resume=False")
+        model.load_state_dict(state["state_dict"])
+        if state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if state.get("rng") is not None:
+            torch.set_rng_state(state["rng"])
+        history = list(state.get("history") or [])
+        start_step = int(state["step"])
+    else:
+        torch.manual_seed(seed)
+
+    next_batch = data if callable(data) else _iterating(data)
+    begun = time.perf_counter()
+    step = start_step
+    last_checkpoint = latest
+    stopped = "completed"
+
+    def write_checkpoint() -> Path:
+        path = save_checkpoint(checkpoint_path(out_dir, step), model, config=config, step=step,
+                               optimizer=optimizer, rng_state=torch.get_rng_state(), history=history)
+        atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        _prune(out_dir, keep_checkpoints)
+        return path
+
+    def run_validation() -> None:
+        model.eval()
+        with torch.no_grad():
+            values = validate(model)
+        model.train()
+        history.append({"step": step, **{f"val_{k}": float(v) for k, v in values.items()}})
+
+    bar = tqdm(total=steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
+    try:
+        while step < steps:
+            batch = to_device(next_batch(step), device)
+            optimizer.zero_grad(set_to_none=True)
+            loss, parts = _split_loss(loss_fn(model, batch), step)
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            step += 1
+            record = {"step": step, "loss": float(loss.detach()), **parts,
+                      "seconds": round(time.perf_counter() - begun, 3)}
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "seconds")})
+            if validate is not None and validate_every is not None and step % validate_every == 0 and step < steps:
+                run_validation()
+            out_of_time = max_minutes is not None and time.perf_counter() - begun >= 60.0 * max_minutes
+            if step % checkpoint_every == 0 or step == steps or out_of_time:
+                last_checkpoint = write_checkpoint()
+            if out_of_time and step < steps:
+                stopped = "time limit"
+                break
+    finally:
+        bar.close()
+
+    model_path = None
+    if stopped == "completed":
+        if validate is not None:
+            run_validation()
+            last_checkpoint = write_checkpoint()
+        model_path = save_checkpoint(out_dir / "model.pt", model, config=config, step=step)
+    return TrainingResult(step, last_checkpoint, model_path, history, start_step, stopped)
+
+
+def _iterating(data: Iterable) -> Callable[[int], Any]:
+    iterator = iter(data)
+
+    def next_batch(step: int) -> Any:
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise GraphregError(f"data: the iterable ran out of batches at step {step}") from None
+
+    return next_batch
+
+
+def _prune(out_dir: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest training checkpoints."""
+    folder = out_dir / "checkpoints"
+    found = sorted((int(m.group(1)), p) for p in folder.glob("step_*.pt")
+                   if (m := _CHECKPOINT_NAME.match(p.name)))
+    for _, path in found[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["LossFn", "TrainingResult", "checkpoint_path", "latest_checkpoint", "to_device", "train"]

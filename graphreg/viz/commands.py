@@ -1,0 +1,75 @@
+"""``graphreg viz RESULT_DIR``: every figure, 3D scene and point-cloud file of a result folder.
+
+Output layout (``out_dir``, default ``RESULT_DIR/viz``)::
+
+    report.html                  one self-contained page (figures embedded)
+    figures/<name>.png           slice figures (images, checkerboard, difference, displacement,
+                                 jacobian, tre) and 3D renderings scene_<scene>_<view>.png
+    ply/<scene>_<geometry>.ply   point clouds, line sets and meshes of the 3D scenes (world mm)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+
+def viz_command(result_dir, fixed=None, moving=None, fixed_mask=None, moving_mask=None,
+                fixed_landmarks=None, moving_landmarks=None, out_dir=None,
+                size: Sequence[int] = (960, 720), views: Sequence[str] = ("anterior", "left"),
+                render_3d: bool = True, ply: bool = True, embed: bool = True,
+                interactive: bool = False, backend: str = "auto", dpi: int = 100,
+                echo: Optional[Callable[[str], None]] = None) -> dict:
+    """Visualise a registration result folder.
+
+    Args:
+        result_dir: folder written by :meth:`graphreg.registration.Registration.save`.
+        fixed, moving, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks: paths that
+            override what ``report.json`` names (``inputs`` or ``pair``); the fixed and moving
+            images are required, the rest is drawn when found.
+        out_dir: output folder (default ``result_dir/viz``).
+        size: ``(width, height)`` pixels of each 3D rendering.
+        views: camera views of the 3D scenes (see :data:`graphreg.viz.pointclouds.VIEWS`).
+        render_3d: render the 3D scenes to PNG.
+        ply: write the scenes' geometries as ``.ply``.
+        embed: embed the PNGs in ``report.html`` (else link them).
+        interactive: also open each scene in an Open3D window (needs a display).
+        backend: 3D renderer, ``"auto"``, ``"open3d"`` or ``"matplotlib"``.
+        dpi: resolution of the slice figures.
+        echo: called with one line per written output (e.g. ``typer.echo``).
+
+    Returns:
+        ``{"report": Path, "figures": [Path], "ply": [Path]}``.
+
+    Raises:
+        GraphregError: a required file is missing (the message names it and how to pass it), or
+            ``interactive`` without a display.
+    """
+    from ..errors import GraphregError
+    from .pointclouds import display_available, export_ply, show_scene
+    from .report import load_result, result_scenes, write_report
+
+    if interactive and not display_available():
+        raise GraphregError("interactive: no display available (DISPLAY is not set); run without "
+                            "--interactive and open the PNGs or .ply files instead")
+    result_dir = Path(result_dir)
+    out = Path(out_dir) if out_dir is not None else result_dir / "viz"
+    data = load_result(result_dir, fixed=fixed, moving=moving, fixed_mask=fixed_mask,
+                       moving_mask=moving_mask, fixed_landmarks=fixed_landmarks,
+                       moving_landmarks=moving_landmarks)
+    scenes = result_scenes(data) if (render_3d or ply or interactive) else {}
+    report = write_report(result_dir, out, data=data, scenes=scenes, embed=embed,
+                          render_3d=render_3d, scene_size=size, views=views, backend=backend,
+                          dpi=dpi)
+    figures = sorted((out / "figures").glob("*.png"))
+    ply_files = []
+    if ply:
+        for name, scene in scenes.items():
+            ply_files += export_ply(scene, out / "ply", prefix=f"{name}_")
+    if echo is not None:
+        for path in [*figures, *ply_files, report]:
+            echo(f"wrote {path}")
+    if interactive:
+        for scene in scenes.values():
+            show_scene(scene)
+    return {"report": report, "figures": figures, "ply": ply_files}

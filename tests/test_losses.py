@@ -1,0 +1,103 @@
+"""Similarity and regularisation losses: analytic values, invariances, masks, errors, gradcheck."""
+
+import pytest
+import torch
+
+from graphreg.errors import ConfigError, GraphregError, ShapeError
+from graphreg.losses import (RegistrationLoss, bending_loss, diffusion_loss, mind_loss, mse_loss,
+                             ncc_loss)
+from graphreg.spatial import identity_grid
+
+
+def _image(shape=(9, 10, 11), seed=0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((1, 1) + shape, generator=generator, dtype=dtype)
+
+
+def test_mse_value_and_mask():
+    fixed = torch.zeros(1, 1, 4, 4, 4)
+    warped = fixed.clone()
+    warped[..., :2, :, :] = 2.0
+    assert mse_loss(fixed, warped).item() == pytest.approx(2.0)  # half the voxels differ by 2
+    mask = torch.zeros_like(fixed)
+    mask[..., 2:, :, :] = 1
+    assert mse_loss(fixed, warped, mask=mask).item() == 0.0
+    with pytest.raises(GraphregError, match="mask"):
+        mse_loss(fixed, warped, mask=torch.zeros_like(fixed))
+
+
+def test_ncc_identical_and_affine_invariant():
+    image = _image(dtype=torch.float64)
+    assert ncc_loss(image, image, window=3, eps=1e-12).item() == pytest.approx(0.0, abs=1e-8)
+    assert ncc_loss(image, 3.0 * image + 0.5, window=3, eps=1e-12).item() == pytest.approx(0.0, abs=1e-8)
+    other = _image(seed=1, dtype=torch.float64)
+    assert ncc_loss(image, other, window=3).item() > 0.5
+
+
+def test_mind_loss_zero_for_same_image_and_positive_otherwise():
+    image = _image()
+    assert mind_loss(image, image).item() == 0.0
+    assert mind_loss(image, 2.0 * image + 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert mind_loss(image, _image(seed=2)).item() > 1e-3
+
+
+@pytest.mark.parametrize("gradient", [0.0, 0.1, 0.5])
+def test_diffusion_of_linear_field(gradient):
+    u = torch.zeros(1, 3, 6, 7, 8, dtype=torch.float64)
+    u[:, 0] = gradient * identity_grid((6, 7, 8), dtype=torch.float64)[:, 0]  # u_z = g z
+    u = u + torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64).view(1, 3, 1, 1, 1)  # a translation adds 0
+    assert diffusion_loss(u).item() == pytest.approx(gradient ** 2)
+
+
+def test_bending_of_analytic_fields():
+    grid = identity_grid((7, 8, 9), dtype=torch.float64)
+    z, y, x = grid[0]
+    affine = torch.stack([0.3 * x + 1.0, 0.2 * z - y, 0.1 * y]).unsqueeze(0)
+    assert bending_loss(affine).item() == pytest.approx(0.0, abs=1e-12)
+    quadratic = torch.zeros_like(affine)
+    quadratic[0, 0] = 0.7 * z ** 2 / 2
+    assert bending_loss(quadratic).item() == pytest.approx(0.7 ** 2)
+    mixed = torch.zeros_like(affine)
+    mixed[0, 2] = 0.3 * y * x
+    assert bending_loss(mixed).item() == pytest.approx(2 * 0.3 ** 2)
+
+
+def test_exception_shapes():
+    with pytest.raises(ShapeError, match="warped"):
+        mse_loss(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 5))
+    with pytest.raises(ShapeError, match="fixed"):
+        ncc_loss(torch.zeros(1, 2, 4, 4, 4), torch.zeros(1, 2, 4, 4, 4))
+    with pytest.raises(ShapeError, match="displacement"):
+        diffusion_loss(torch.zeros(1, 2, 4, 4, 4))
+    with pytest.raises(ShapeError, match="at least 3"):
+        bending_loss(torch.zeros(1, 3, 2, 4, 4))
+    with pytest.raises(GraphregError, match="window"):
+        ncc_loss(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4), window=4)
+
+
+def test_registration_loss_combines_terms():
+    fixed, warped = _image(), _image(seed=3)
+    u = 0.1 * torch.randn(1, 3, 9, 10, 11, generator=torch.Generator().manual_seed(0))
+    loss = RegistrationLoss("mse", "diffusion", weight=2.0)
+    total, parts = loss(fixed, warped, u)
+    assert set(parts) == {"mse", "diffusion"}
+    assert total.item() == pytest.approx(parts["mse"] + 2.0 * parts["diffusion"], rel=1e-5)
+    with pytest.raises(ConfigError, match="similarity"):
+        RegistrationLoss("ssd")
+    with pytest.raises(ConfigError, match="window"):
+        RegistrationLoss("mind", similarity_options={"window": 5})
+
+
+@pytest.mark.parametrize("name", ["mse", "ncc", "mind"])
+def test_gradcheck_similarities(name):
+    fixed = _image((4, 4, 5), seed=0, dtype=torch.float64)
+    warped = _image((4, 4, 5), seed=1, dtype=torch.float64).requires_grad_(True)
+    options = {"ncc": {"window": 3}, "mind": {"dilation": 1}}.get(name, {})
+    fn = {"mse": mse_loss, "ncc": ncc_loss, "mind": mind_loss}[name]
+    assert torch.autograd.gradcheck(lambda w: fn(fixed, w, **options), (warped,))
+
+
+@pytest.mark.parametrize("fn", [diffusion_loss, bending_loss])
+def test_gradcheck_regularisers(fn):
+    u = torch.randn(1, 3, 4, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.autograd.gradcheck(fn, (u.requires_grad_(True),))
