@@ -7,12 +7,13 @@ import pytest
 from scipy import ndimage
 
 from graphreg.datasets.lungmask import lung_mask
+from graphreg.datasets.paths import POPI_CT
 from graphreg.errors import GeometryError, GraphregError
 from graphreg.geometry import Grid
 from graphreg.io.images import read_image
 from graphreg.volume import Volume
 
-POPI = Path("/work/shared/data/popi00/popi_00.nii.gz")
+POPI = POPI_CT
 
 
 def _phantom(spacing=2.0):

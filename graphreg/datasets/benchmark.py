@@ -27,9 +27,8 @@ from ..volume import Volume, bounding_box
 from .breathing import dirlab_motion, synthesize_pair
 from .lungmask import lung_mask
 from .pairs import write_pair
+from .paths import POPI_CT
 
-#: The real CT every pair is made from (read-only reference data).
-POPI_CT = Path("/work/shared/data/popi00/popi_00.nii.gz")
 #: DIR-Lab 4DCT cases, one pair each.
 CASES = tuple(range(1, 11))
 #: Isotropic spacing (mm) of the low-resolution set.

@@ -52,9 +52,8 @@ from ..pipeline.keypoints import farthest_point_sampling
 from ..spatial import identity_grid, resize_field, warp
 from ..volume import Volume, bounding_box
 from .pairs import PairData, dense_field
+from .paths import DIRLAB_4DCT_DIR
 
-#: Folder of the DIR-Lab 4DCT landmark files (``caseN/CaseN_300_T00_xyz.txt`` and ``_T50_``).
-DIRLAB_4DCT_DIR = Path("/work/shared/data/dirlab/4dct")
 #: Smallest Jacobian determinant a motion model may produce before it is smoothed further.
 MIN_JACOBIAN = 0.2
 
