@@ -1,6 +1,5 @@
 """Lung mask: an analytic two-lung phantom with a trachea, and the real POPI CT."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
