@@ -147,6 +147,19 @@ def from_mapping(cls, data: Mapping[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
+def read_yaml(path: Union[str, Path]) -> Any:
+    """The content of a YAML file (``{}`` when empty); ConfigError when missing or malformed."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path}: not valid YAML ({error})") from None
+
+
 def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationConfig] = None) -> RegistrationConfig:
     """A :class:`RegistrationConfig` from defaults, a YAML file, a mapping, or an existing config.
 
@@ -158,16 +171,7 @@ def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationCo
     if isinstance(source, RegistrationConfig):
         return source
     if isinstance(source, (str, Path)):
-        import yaml
-
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {path}: not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path}: not valid YAML ({error})") from None
-        return from_mapping(RegistrationConfig, data)
+        return from_mapping(RegistrationConfig, read_yaml(source))
     return from_mapping(RegistrationConfig, source)
 
 
@@ -180,6 +184,6 @@ def save_config(config: RegistrationConfig, path: Union[str, Path]) -> None:
 
 __all__ = [
     "PreprocessConfig", "KeypointConfig", "MindConfig", "SearchLevel", "RegulariserConfig",
-    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "load_config", "save_config",
+    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "load_config", "read_yaml", "save_config",
     "from_mapping",
 ]

@@ -30,7 +30,7 @@ from ..errors import GeometryError, InputFileError
 from ..field import DisplacementField
 from ..geometry import Grid
 from .atomic import atomic_output
-from .images import SITK_SUFFIXES
+from .images import SITK_SUFFIXES, write_sitk_image
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _PRECISIONS = {"float64": np.float64, "float32": np.float32}
@@ -97,16 +97,11 @@ def write_itk_field(field: DisplacementField, path: str | os.PathLike, precision
         ``Path(path)``.
     """
     path = Path(path)
-    suffix = _suffix(path, SITK_SUFFIXES, "write a displacement field to")
+    _suffix(path, SITK_SUFFIXES, "write a displacement field to")
     array = field.to_mm_array().astype(_precision(precision))
     image = sitk.GetImageFromArray(array, isVector=True)
     field.grid.apply_to_sitk(image)
-    with atomic_output(path) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=suffix in (".mha", ".nrrd"))
-        except RuntimeError as error:
-            raise InputFileError(f"{path}: SimpleITK could not write the field ({error})") from error
-    return path
+    return write_sitk_image(image, path, "field")
 
 
 def read_itk_field(path: str | os.PathLike, dtype: torch.dtype = torch.float32,

@@ -195,12 +195,17 @@ def write_image(volume: Volume, path: str | os.PathLike) -> Path:
         return write_dirlab_raw(volume, path)
     if suffix not in SITK_SUFFIXES:
         raise _unsupported(path, "write")
-    image = volume.to_sitk()
+    return write_sitk_image(volume.to_sitk(), path, "image")
+
+
+def write_sitk_image(image: sitk.Image, path: Path, what: str) -> Path:
+    """Write a SimpleITK image atomically (compressed for ``.mha`` / ``.nrrd``); errors name ``path``."""
+    compress = _suffix(path) in (".mha", ".nrrd")
     with atomic_output(path) as tmp:
         try:
-            sitk.WriteImage(image, str(tmp), useCompression=suffix in (".mha", ".nrrd"))
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
         except RuntimeError as error:
-            raise InputFileError(f"{path}: SimpleITK could not write the image ({error})") from error
+            raise InputFileError(f"{path}: SimpleITK could not write the {what} ({error})") from error
     return path
 
 

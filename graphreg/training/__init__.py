@@ -220,15 +220,10 @@ def read_recipe(path: Union[str, Path], variant: Optional[str] = None) -> dict:
     Raises:
         ConfigError: unreadable YAML, unknown sections, a missing or unknown ``architecture``.
     """
-    import yaml
+    from ..config import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path}: not found")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path}: not valid YAML ({error})") from None
+    recipe = read_yaml(path)
     if not isinstance(recipe, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     unknown = sorted(set(recipe) - _SECTIONS)
