@@ -84,7 +84,7 @@ def test_register_writes_the_documented_outputs(tmp_path, monkeypatch, capsys):
     from graphreg.demo import DEMO_CONFIG, DEMO_PAIR
 
     config = tmp_path / "fast.yaml"
-    config.write_text(DEMO_CONFIG.read_text().replace("instance_opt:", "instance_opt:\n  enabled: false"))
+    config.write_text(DEMO_CONFIG.read_text() + "instance_opt:\n  enabled: false\n")
     out = tmp_path / "out"
     args = ["register", str(DEMO_PAIR / "fixed.nii.gz"), str(DEMO_PAIR / "moving.nii.gz"),
             "--fixed-mask", str(DEMO_PAIR / "fixed_mask.nii.gz"), "--moving-mask", str(DEMO_PAIR / "moving_mask.nii.gz"),
