@@ -21,6 +21,7 @@ Convention:
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -183,7 +184,9 @@ def elastix_register(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume]
     timings["register"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    deformation = itk.transformix_deformation_field(moving_itk, transform)
+    with tempfile.TemporaryDirectory(prefix="graphreg-transformix-") as scratch:
+        # transformix writes deformationField.* into its output directory (the cwd by default)
+        deformation = itk.transformix_deformation_field(moving_itk, transform, output_directory=scratch)
     field_mm = np.asarray(itk.GetArrayFromImage(deformation), dtype=np.float64)
     timings["deformation_field"] = time.perf_counter() - start
     if field_mm.shape != (*fixed.grid.shape, 3):  # transformix writes on the fixed domain
