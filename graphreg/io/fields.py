@@ -30,7 +30,7 @@ from ..errors import GeometryError, InputFileError
 from ..field import DisplacementField
 from ..geometry import Grid
 from .atomic import atomic_output
-from .images import SITK_SUFFIXES, write_sitk_image
+from .images import SITK_SUFFIXES, scan_nifti, write_sitk_image
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _PRECISIONS = {"float64": np.float64, "float32": np.float32}
@@ -48,19 +48,6 @@ def _precision(precision: str):
     if precision not in _PRECISIONS:
         raise InputFileError(f"precision: expected one of {sorted(_PRECISIONS)}, got {precision!r}")
     return _PRECISIONS[precision]
-
-
-def _scan_nifti_voxels(path: Path) -> None:
-    """Read a NIfTI file's voxels with nibabel and raise on truncation or NaN/Inf.
-
-    ITK's NIfTI reader hides both (it zero-fills a truncated file and turns NaN/Inf into 0), so a
-    NIfTI field is checked here before SimpleITK reads it.
-    """
-    try:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-    except Exception as error:  # nibabel raises many types for a bad or truncated file
-        raise InputFileError(f"{path}: unreadable, corrupt or truncated NIfTI file ({error})") from error
-    _check_finite_file(path, data)
 
 
 def _check_finite_file(path: Path, data: np.ndarray) -> None:
@@ -120,7 +107,7 @@ def read_itk_field(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         raise InputFileError(f"{path}: displacement field file not found")
     suffix = _suffix(path, SITK_SUFFIXES, "read a displacement field from")
     if suffix in _NIFTI_SUFFIXES:
-        _scan_nifti_voxels(path)
+        scan_nifti(path, "displacements")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:

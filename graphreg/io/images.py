@@ -49,8 +49,8 @@ def _unsupported(path: Path, what: str) -> InputFileError:
                           f"expected one of {known} or a DICOM series folder")
 
 
-def _scan_nifti(path: Path) -> None:
-    """Check a NIfTI file's voxel data before ITK reads it.
+def scan_nifti(path: Path, what: str = "intensities") -> None:
+    """Check a NIfTI file's voxel data before ITK reads it (``what`` names the values in errors).
 
     ITK's NIfTI reader hides two defects instead of failing: it fills the missing part of a
     truncated file with zeros, and it replaces NaN/Inf voxels by 0. So the voxel bytes are counted
@@ -93,7 +93,7 @@ def _scan_nifti(path: Path) -> None:
         raise InputFileError(f"{path}: truncated NIfTI file, expected {expected} bytes of voxel "
                              f"data after the {offset}-byte header, got {max(actual, 0)}")
     if bad:
-        raise InputFileError(f"{path}: expected finite intensities, found {bad} NaN/Inf voxels")
+        raise InputFileError(f"{path}: expected finite {what}, found {bad} NaN/Inf voxels")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -168,7 +168,7 @@ def read_image(path: str | os.PathLike, *, dirlab_case: str | DirlabCase | None 
     elif suffix not in SITK_SUFFIXES:
         raise _unsupported(path, "read")
     if suffix in (".nii", ".nii.gz"):
-        _scan_nifti(path)
+        scan_nifti(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
