@@ -5,7 +5,8 @@ Conventions (see ``DESIGN.md`` of the project): volumes are ``(z, y, x)`` arrays
 fields are voxels ``(z, y, x)`` on the fixed grid pointing fixed -> moving.
 """
 
-from .errors import GraphregError
+from .api import register
+from .errors import GraphregError, ResourceError
 from .field import DisplacementField
 from .geometry import Grid
 from .io import read_image, read_landmarks, write_image, write_landmarks
@@ -13,5 +14,5 @@ from .volume import Volume
 
 __version__ = "0.1.0"
 
-__all__ = ["DisplacementField", "GraphregError", "Grid", "Volume", "__version__", "read_image",
-           "read_landmarks", "write_image", "write_landmarks"]
+__all__ = ["DisplacementField", "GraphregError", "Grid", "ResourceError", "Volume", "__version__", "read_image",
+           "read_landmarks", "register", "write_image", "write_landmarks"]

@@ -14,10 +14,10 @@ from .inputs import as_optional_mask, as_volume
 from .registration import Registration
 
 #: the keypoint pipeline's methods (each names its sparse regulariser)
-KEYPOINT_METHODS = ("corrfield",)
+KEYPOINT_METHODS = ("corrfield", "graphregnet")
 #: SimpleITK's classical methods (:mod:`graphreg.classical`)
 CLASSICAL_METHODS = ("demons", "bspline-ffd")
-#: dense CNN baselines (:mod:`graphreg.cnn`); they need trained weights (``model=``)
+#: dense CNN baselines (:mod:`graphreg.cnn`); shipped weights unless ``model=`` is given
 CNN_METHODS = ("voxelmorph", "bspline-cnn", "linear-deformable")
 METHODS = KEYPOINT_METHODS + CLASSICAL_METHODS + CNN_METHODS
 
@@ -37,7 +37,8 @@ def resolve_device(device: Optional[str]) -> torch.device:
 
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
-             progress: Optional[Callable[[str], None]] = None, model: Any = None) -> Registration:
+             progress: Optional[Callable[[str], None]] = None, model: Any = None,
+             memory_budget_gb: Optional[float] = None) -> Registration:
     """Register a moving lung CT to a fixed one.
 
     Args:
@@ -47,34 +48,48 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         fixed_mask, moving_mask: lung masks in the same forms (computed when None; a mask on
             another grid than its image is resampled with a warning).
         method: ``"corrfield"`` (keypoint pipeline with the learning-free graph regulariser),
+            ``"graphregnet"`` (the same pipeline with the learned GraphRegNet regularising the
+            coarse level; shipped weights unless ``model=`` is given),
             ``"demons"`` / ``"bspline-ffd"`` (SimpleITK), or a dense CNN baseline
-            (``"voxelmorph"``, ``"bspline-cnn"``, ``"linear-deformable"``, given ``model``).
+            (``"voxelmorph"``, ``"bspline-cnn"``, ``"linear-deformable"``; network + instance
+            optimisation unless ``config`` sets ``instance_opt.enabled: false``).
         config: a :class:`~graphreg.config.RegistrationConfig`, a YAML path or a mapping of
             overrides (unknown keys are rejected).
         device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
         progress: optional callback receiving one line per stage.
-        model: checkpoint path (or network) of a CNN method; ignored by the others.
+        model: checkpoint path (or network) of a learned method (None: the shipped
+            ``assets/<name>/model.pt``); ignored by the others.
+        memory_budget_gb: refuse to run (:class:`~graphreg.errors.ResourceError`, raised after
+            reading the images and masks, before resampling and the pipeline) when the peak
+            memory estimated by :func:`graphreg.memory.estimate_memory` exceeds this many GB;
+            the message names the config keys that lower it. Keypoint methods only; None: no check.
 
     Returns:
         :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
         exportable), ``.transform_points``, ``.warp``, ``.save`` and ``.timings``.
     """
-    from .pipeline.driver import run_keypoint_pipeline
+    from .pipeline.driver import check_learned_level, run_keypoint_pipeline
     from .pipeline.preprocess import optional_mask, working_pair
 
     if method not in METHODS:
         raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if memory_budget_gb is not None:
+        from .memory import validate_memory_budget
+
+        validate_memory_budget(memory_budget_gb)
+        if method not in KEYPOINT_METHODS:
+            raise GraphregError(f"memory_budget_gb: the memory estimate covers the keypoint methods "
+                                f"({', '.join(KEYPOINT_METHODS)}), not {method!r}; leave it unset for this method")
     if method in CLASSICAL_METHODS:
         from .classical import register_classical
 
         return register_classical(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
                                   progress=progress)
     if method in CNN_METHODS:
-        from .cnn.register import register_cnn
+        from .cnn.register import default_weights, register_cnn
 
         if model is None:
-            raise GraphregError(f"model: method {method!r} needs trained weights; train them with "
-                                f"'graphreg train --config configs/<recipe>.yaml' and pass model=PATH")
+            model = default_weights(method)
         return register_cnn(fixed, moving, fixed_mask, moving_mask, model=model, config=config,
                             device=device, progress=progress)
     cfg: RegistrationConfig = load_config(config)
@@ -82,17 +97,36 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
 
+    network, extras = None, {}
+    if method == "graphregnet":
+        from .cnn.register import default_weights
+        from .training.checkpoint import load_model
+
+        if not isinstance(model, torch.nn.Module):
+            model = default_weights(method) if model is None else model
+            extras["model"] = str(model)
+            model = load_model(model, "graphregnet")
+        network = model.to(torch_device).eval()
+        check_learned_level(network, cfg.levels[0])
     fixed_volume = as_volume(fixed, "fixed")
     moving_volume = as_volume(moving, "moving")
     fixed_lungs = optional_mask(as_optional_mask(fixed_mask, "fixed_mask"), fixed_volume, "fixed_mask")
     moving_lungs = optional_mask(as_optional_mask(moving_mask, "moving_mask"), moving_volume, "moving_mask")
+    if memory_budget_gb is not None:
+        from .memory import check_memory_budget, estimate_memory, working_grid_shape
+
+        lungs = fixed_lungs.array if fixed_lungs.grid.same_as(fixed_volume.grid) else None
+        shape = working_grid_shape(fixed_volume.grid, cfg.preprocess.spacing_mm, cfg.preprocess.crop_margin_mm, lungs)
+        itemsize = max(fixed_volume.array.dtype.itemsize, moving_volume.array.dtype.itemsize)
+        check_memory_budget(estimate_memory(fixed_volume.grid, moving_volume.grid, cfg, shape, itemsize),
+                            memory_budget_gb)
     pair = working_pair(fixed_volume, moving_volume, fixed_lungs, moving_lungs, cfg.preprocess, torch_device)
     timings = {"preprocess": time.perf_counter() - start}
     if progress:
         progress(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
                  f"({timings['preprocess']:.1f} s)")
 
-    output = run_keypoint_pipeline(pair, cfg, method, progress=progress)
+    output = run_keypoint_pipeline(pair, cfg, method, progress=progress, model=network)
     timings.update(output.timings)
     timings["total"] = time.perf_counter() - start
 
@@ -100,8 +134,7 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
     keypoints_mm = grid.voxel_to_world(output.keypoints.double().cpu().numpy())
     keypoint_disp_mm = grid.voxel_vectors_to_mm(output.keypoint_displacements.double().cpu().numpy()) \
         + pair.translation_mm
-    spread = None if output.keypoint_spread is None else \
-        output.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm
+    spread = output.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm
     return Registration(
         working_field=output.field(pair),
         fixed_grid=fixed_volume.grid,
@@ -112,6 +145,6 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         keypoints_mm=keypoints_mm,
         keypoint_displacements_mm=keypoint_disp_mm,
         keypoint_uncertainty_mm=spread,
-        extras={"device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
+        extras={**extras, "device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
                 "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist()},
     )

@@ -91,12 +91,14 @@ def register(
     moving_mask: Optional[Path] = typer.Option(None, help="Moving lung mask (computed when omitted)."),
     method: str = typer.Option("corrfield", help="corrfield | demons | bspline-ffd | voxelmorph | bspline-cnn | linear-deformable."),
     config: Optional[Path] = typer.Option(None, help="YAML config overriding the defaults (see configs/)."),
-    model: Optional[Path] = typer.Option(None, help="Trained weights (model.pt) for a CNN method."),
+    model: Optional[Path] = typer.Option(None, help="Trained weights (model.pt) for a CNN method (default: the shipped assets/<name>/model.pt)."),
     landmarks: Optional[Path] = typer.Option(None, help="CSV 'x,y,z' world-mm points on the fixed image to map into the moving one."),
     out: Path = typer.Option(Path("graphreg_out"), help="Output folder."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     overwrite: bool = typer.Option(False, help="Replace the results in an existing output folder."),
     report: bool = typer.Option(False, "--report", help="Also write figures and a self-contained report.html (graphreg viz)."),
+    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GB",
+                                                  help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
 ) -> None:
     """Register MOVING to FIXED; write field.nii.gz (ITK mm), disp_l2r.nii.gz, warped.nii.gz, report.json."""
     from .api import register as run_registration
@@ -112,7 +114,8 @@ def register(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         _fail(f"--out {out}: the folder already holds results; pass --overwrite to replace them")
     result = run_registration(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
-                              device=device, progress=lambda line: typer.echo(line, err=True), model=model)
+                              device=device, progress=lambda line: typer.echo(line, err=True), model=model,
+                              memory_budget_gb=memory_budget)
     inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
               "moving_mask": moving_mask and str(moving_mask)}
     checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
@@ -160,7 +163,7 @@ def viz(result_dir: Path = typer.Argument(..., help="A folder written by 'graphr
 
 @app.command()
 def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (report.json, field, warped image)."),
-         method: str = typer.Option("corrfield", help="Registration method."),
+         method: str = typer.Option("corrfield", help="corrfield | demons | bspline-ffd | voxelmorph | bspline-cnn | linear-deformable (CNNs: shipped weights)."),
          device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
          overwrite: bool = typer.Option(True, help="Replace an earlier demo result in --out.")) -> None:
     """Register the bundled demo pair (assets/demo) and print the landmark TRE before and after."""
@@ -170,6 +173,29 @@ def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (re
                       progress=lambda line: typer.echo(line, err=True))
     typer.echo(f"method {report['method']}: TRE {report['tre_before_mm']:.2f} mm -> {report['tre_after_mm']:.2f} mm "
                f"(p75 {report['tre_after_p75_mm']:.2f} mm), {report['seconds_total']:.1f} s; wrote {out}/report.json")
+
+
+@app.command()
+def batch(pairs: Path = typer.Argument(..., help="CSV: fixed, moving[, fixed_mask, moving_mask, landmarks, moving_landmarks, id]; paths relative to the CSV."),
+          out: Path = typer.Option(..., help="Output folder: one result folder per pair (DIR/<id>/), <id>.error.txt, summary.csv."),
+          method: str = typer.Option("corrfield", help="Registration method (as for 'graphreg register')."),
+          config: Optional[Path] = typer.Option(None, help="YAML config overriding the defaults (see configs/)."),
+          model: Optional[Path] = typer.Option(None, help="Trained weights (model.pt) for a CNN method."),
+          device: Optional[str] = typer.Option(None, help="cpu or cuda[:N] (default: Dask worker i uses GPU i mod n_gpus, else CPU)."),
+          workers: int = typer.Option(1, help="Pairs registered in parallel (worker processes of a local Dask cluster)."),
+          scheduler: Optional[str] = typer.Option(None, help="local (this process) | processes (Dask LocalCluster) | dask (a running Dask scheduler); default: local for 1 worker, else processes."),
+          scheduler_address: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (implies --scheduler dask).")) -> None:
+    """Register every pair of a CSV table: resumable (finished pairs are skipped), failures isolated, summary.csv."""
+    from .batch import run_batch
+
+    result = run_batch(pairs, out, method=method, config=config, model=model, device=device, workers=workers,
+                       scheduler=scheduler, scheduler_address=scheduler_address,
+                       progress=lambda line: typer.echo(line, err=True))
+    counts = result.counts
+    typer.echo(f"{counts['ok']} registered, {counts['skipped']} skipped, {counts['failed']} failed; "
+               f"wrote {result.summary_path}")
+    if result.n_failed:
+        raise typer.Exit(1)
 
 
 app.add_typer(bench_app, name="bench", help="Make the benchmark pairs and run methods on them side by side.")

@@ -28,6 +28,10 @@ class ConfigError(GraphregError):
     """A configuration has an unknown key or a value of the wrong type."""
 
 
+class ResourceError(GraphregError):
+    """A run would need more of a resource (memory) than the user allowed; nothing heavy was started."""
+
+
 def check_shape(name: str, value, expected: str, ok: bool) -> None:
     """Raise :class:`ShapeError` naming ``name`` when ``ok`` is false.
 

@@ -135,15 +135,20 @@ def mind_loss(fixed: torch.Tensor, warped: torch.Tensor, radius: int = 1, dilati
 def diffusion_loss(displacement: torch.Tensor) -> torch.Tensor:
     """Diffusion energy: ``sum over axes a of mean_x |u(x + e_a) - u(x)|^2`` (forward differences).
 
-    A linear field ``u_z = g * z`` gives ``g^2``; any translation gives 0.
+    ``|.|^2`` sums the three components; the mean runs over the batch and the positions that
+    have a forward neighbour along ``a``. A linear field ``u_z = g * z`` gives ``g^2``; any
+    translation gives 0. An axis of a single voxel has no differences and contributes nothing.
+    Dimensionless when ``u`` is in voxels of its own grid. This is the one diffusion penalty of
+    the library (training losses and :func:`graphreg.pipeline.instance_opt.instance_optimise`).
 
     Shapes:
-        displacement: ``(B, 3, D, H, W)`` voxels, at least 2 voxels per axis; returns ``()``.
+        displacement: ``(B, 3, D, H, W)`` voxels; returns ``()``.
     """
-    _check_field("displacement", displacement, 2)
+    _check_field("displacement", displacement, 1)
     total = displacement.new_zeros(())
     for dim in (2, 3, 4):
-        total = total + torch.diff(displacement, dim=dim).square().sum(1).mean()
+        if displacement.shape[dim] > 1:
+            total = total + torch.diff(displacement, dim=dim).square().sum(1).mean()
     return total
 
 

@@ -19,16 +19,75 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
+from .errors import GeometryError, check_shape
 from .field import DisplacementField
 from .jsonable import to_jsonable
 from .geometry import Grid
 from .spatial import sample_points
 from .volume import Volume
 
-#: voxels of the target grid resampled per chunk (bounds the memory of :func:`resample_field`)
-_CHUNK_VOXELS = 2_000_000
+#: voxels of the target grid per chunk of :func:`resample_field` and :func:`jacobian_stats_chunked`
+#: (about 250 MB of temporaries per chunk)
+_CHUNK_VOXELS = 500_000
+
+
+def jacobian_stats_chunked(field: DisplacementField, mask: Optional[np.ndarray] = None) -> dict:
+    """:func:`graphreg.metrics.jacobian_stats` of a field, computed over slabs of its grid.
+
+    Each slab of about ``_CHUNK_VOXELS`` voxels is differentiated together with one neighbouring
+    slice on each side (central differences need them; the grid's own first and last slices keep
+    their one-sided differences), so the determinants equal the whole-grid ones exactly. The
+    statistics are merged across slabs (Chan et al.'s pairwise update of mean and squared
+    deviations), so the memory is bounded by one slab instead of ~160 bytes per voxel.
+
+    Shapes:
+        field: on a grid ``(D, H, W)`` with ``D, H, W >= 2``; mask: ``(D, H, W)`` (nonzero = inside)
+        or None.
+
+    Returns:
+        ``std_log_jacobian``, ``folding_percent``, ``jacobian_min``, ``jacobian_max`` (as
+        :func:`graphreg.metrics.jacobian_stats`).
+
+    Raises:
+        GeometryError: ``mask`` is not on the field's grid or is empty.
+    """
+    from .metrics import LOG_JACOBIAN_FLOOR, jacobian_determinant
+
+    depth, height, width = field.grid.shape
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (depth, height, width):
+            raise GeometryError(f"mask: expected shape (D, H, W) = {(depth, height, width)}, got {mask.shape}")
+        if not mask.any():
+            raise GeometryError("mask: expected at least one non-zero voxel, got an empty mask")
+    slab = max(1, _CHUNK_VOXELS // (height * width))
+    count, mean, squares, folded = 0, 0.0, 0.0, 0
+    low, high = float("inf"), float("-inf")
+    with torch.no_grad():
+        for z0 in range(0, depth, slab):
+            z1 = min(depth, z0 + slab)
+            first, last = max(0, z0 - 1), min(depth, z1 + 1)
+            part = field.displacement[:, :, first:last]
+            jac = jacobian_determinant(part, field.grid.spacing_zyx)[0, z0 - first:z1 - first].to(torch.float64)
+            if mask is not None:
+                jac = jac[torch.from_numpy(np.ascontiguousarray(mask[z0:z1] > 0)).to(jac.device)]
+            if jac.numel() == 0:
+                continue
+            log_jac = torch.log(jac.clamp_min(LOG_JACOBIAN_FLOOR))
+            n, part_mean = log_jac.numel(), float(log_jac.mean())
+            part_squares = float(((log_jac - part_mean) ** 2).sum())
+            total = count + n
+            delta = part_mean - mean
+            squares += part_squares + delta * delta * count * n / total
+            mean += delta * n / total
+            count = total
+            folded += int((jac <= 0).sum())
+            low, high = min(low, float(jac.min())), max(high, float(jac.max()))
+    return {"std_log_jacobian": float(np.sqrt(squares / count)), "folding_percent": 100.0 * folded / count,
+            "jacobian_min": low, "jacobian_max": high}
 
 
 def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
@@ -40,19 +99,24 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
     depth, height, width = grid.shape
     slab = max(1, _CHUNK_VOXELS // (height * width))
     source = field.displacement
-    dtype = source.dtype
-    out = torch.empty((1, 3) + grid.shape, dtype=dtype, device=source.device)
-    yx = torch.stack(torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                                    torch.arange(width, dtype=torch.float64), indexing="ij"), -1).reshape(-1, 2)
+    dtype, device = source.dtype, source.device
+    # Both maps are affine: target voxel v -> source voxel  offset + v @ steps  (rows of ``steps``
+    # are the source-voxel steps of one target voxel along z, y, x), and a source-voxel vector
+    # -> target-voxel vector  u @ vectors. Found once in float64 from the grids, then applied
+    # per axis by broadcasting instead of mapping every voxel through world coordinates.
+    basis = torch.cat([torch.zeros(1, 3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)])
+    mapped = torch.as_tensor(field.grid.world_to_voxel(grid.voxel_to_world(basis)), dtype=torch.float64)
+    offset, steps = mapped[0], mapped[1:] - mapped[0]
+    vectors = torch.as_tensor(grid.mm_vectors_to_voxel(field.grid.voxel_vectors_to_mm(basis[1:])),
+                              dtype=torch.float64).to(device, dtype)
+    along = [torch.arange(n, dtype=torch.float64)[:, None] * steps[axis] for axis, n in enumerate(grid.shape)]
+    yx = (along[1][:, None] + along[2][None] + offset).reshape(-1, 3).to(device, dtype)
+    out = torch.empty((1, 3) + grid.shape, dtype=dtype, device=device)
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
-        z = torch.arange(z0, z1, dtype=torch.float64).repeat_interleave(yx.shape[0])[:, None]
-        voxels = torch.cat([z, yx.repeat(z1 - z0, 1)], 1)
-        source_voxels = field.grid.world_to_voxel(grid.voxel_to_world(voxels))
-        u_source = sample_points(source, source_voxels.to(source.device, dtype))[0].T.double()
-        u_mm = field.grid.voxel_vectors_to_mm(u_source.cpu())
-        u_target = grid.mm_vectors_to_voxel(u_mm).T.reshape(3, z1 - z0, height, width)
-        out[0, :, z0:z1] = u_target.to(source.device, dtype)
+        source_voxels = (along[0][z0:z1].to(device, dtype)[:, None] + yx[None]).reshape(-1, 3)
+        u_target = sample_points(source, source_voxels)[0].T @ vectors
+        out[0, :, z0:z1] = u_target.T.reshape(3, z1 - z0, height, width)
     return DisplacementField(out, grid)
 
 
@@ -90,7 +154,22 @@ class Registration:
         return resample_field(self.working_field, self.fixed_grid)
 
     def transform_points(self, points_mm):
-        """Fixed world points ``(N, 3)`` mm ``(x, y, z)`` -> their positions in the moving image (mm)."""
+        """Fixed world points ``(N, 3)`` mm ``(x, y, z)`` -> their positions in the moving image (mm).
+
+        Raises:
+            GeometryError: a point lies outside the fixed image (more than half a voxel beyond its
+                border voxels), where the registration knows nothing.
+        """
+        points = points_mm.detach().cpu().double().numpy() if isinstance(points_mm, torch.Tensor) \
+            else np.asarray(points_mm, dtype=np.float64)
+        check_shape("points_mm", points, "(N, 3)", points.ndim == 2 and points.shape[1] == 3)
+        voxels = self.fixed_grid.world_to_voxel(points)
+        outside = np.any((voxels < -0.5) | (voxels > np.asarray(self.fixed_grid.shape) - 0.5), axis=1)
+        if outside.any():
+            first = int(np.argmax(outside))
+            raise GeometryError(f"points_mm: expected points inside the fixed image (world extent of grid "
+                                f"{self.fixed_grid.size_xyz} voxels), got {int(outside.sum())} of {len(points)} "
+                                f"outside, e.g. point {first} at {np.round(points[first], 2).tolist()} mm")
         return self.working_field.transform_points(points_mm)
 
     def warp(self, image: Volume, interpolation: str = "linear", default: float = -1000.0) -> Volume:
@@ -98,10 +177,13 @@ class Registration:
         return self.field.warp(image, interpolation, default)
 
     def jacobian_stats(self, mask: Optional[Volume] = None) -> dict:
-        """Jacobian statistics of the field on the fixed grid, inside ``mask`` when given."""
-        from .metrics import jacobian_stats
+        """Jacobian statistics of the field on the fixed grid, inside ``mask`` when given.
 
-        return jacobian_stats(self.field, None if mask is None else mask.array > 0)
+        The same numbers as :func:`graphreg.metrics.jacobian_stats`, computed slab by slab
+        (:func:`jacobian_stats_chunked`) so that a full-resolution CT needs no whole-grid
+        Jacobian tensors.
+        """
+        return jacobian_stats_chunked(self.field, None if mask is None else mask.array > 0)
 
     def report(self, **more: Any) -> dict:
         """The JSON-serialisable summary written as ``report.json``."""
@@ -115,8 +197,12 @@ class Registration:
             "fixed_grid": {"size_xyz": self.fixed_grid.size_xyz, "spacing": self.fixed_grid.spacing,
                            "origin": self.fixed_grid.origin, "direction": self.fixed_grid.direction},
             "config": self.config,
+            "seed": self.config.get("seed"),
+            "device": str(self.working_field.displacement.device),
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "numpy": np.__version__,
+            "simpleitk": sitk.Version_VersionString(),
         }
         if self.keypoint_uncertainty_mm is not None:
             spread = np.asarray(self.keypoint_uncertainty_mm)
@@ -130,6 +216,9 @@ class Registration:
              overwrite: bool = False, **report_extras: Any) -> Path:
         """Write ``field.nii.gz`` (ITK mm), ``disp_l2r.nii.gz``, ``warped.nii.gz`` (when the moving image
         is known), ``landmarks_moved.csv`` (given fixed landmarks), ``keypoints.csv`` and ``report.json``.
+        A fixed image with a non-orthonormal direction (which NIfTI cannot store) gets ``field.mha`` and
+        ``warped.mha`` instead. ``report.json`` records the graphreg version, config, seed, device,
+        library versions and ``field_sha256`` (of the dense field, equal for bit-identical runs).
 
         Files are written to a temporary folder beside ``out_dir`` and moved into place at the
         end, so an interrupted run leaves no half-written result. An existing non-empty
@@ -142,17 +231,22 @@ class Registration:
             from .io.images import write_image
             from .io.landmarks import Landmarks, write_landmarks
 
-            write_itk_field(self.field, staging / "field.nii.gz")
+            from .io.images import nifti_can_store
+
+            # NIfTI cannot hold a non-orthonormal direction (ITK would silently change it): use MetaImage
+            suffix = ".nii.gz" if nifti_can_store(self.fixed_grid) else ".mha"
+            write_itk_field(self.field, staging / f"field{suffix}")
             write_l2r_displacement(self.field, staging / "disp_l2r.nii.gz")
             if self.moving is not None:
                 warped = self.warp(self.moving)
-                write_image(Volume(warped.array.astype(np.float32), warped.grid), staging / "warped.nii.gz")
+                write_image(Volume(warped.array.astype(np.float32), warped.grid), staging / f"warped{suffix}")
             if fixed_landmarks_mm is not None:
                 moved = self.transform_points(np.asarray(fixed_landmarks_mm, dtype=np.float64))
                 write_landmarks(Landmarks(moved, "world"), staging / "landmarks_moved.csv", fmt="world")
             if self.keypoints_mm is not None:
                 self.write_keypoints(staging / "keypoints.csv")
-            report = self.report(jacobian=self.jacobian_stats(), **report_extras)
+            checksum = array_checksum(self.field.displacement.cpu().numpy())  # equal for bit-identical runs
+            report = self.report(jacobian=self.jacobian_stats(), field_sha256=checksum, **report_extras)
             (staging / "report.json").write_text(json.dumps(to_jsonable(report), indent=2), encoding="utf-8")
         return Path(out_dir)
 
@@ -170,6 +264,14 @@ class Registration:
         rows = np.concatenate(columns, axis=1)
         body = "\n".join(",".join(f"{value:.4f}" for value in row) for row in rows)
         atomic_write_text(path, header + "\n" + body + "\n")
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (C order): equal hashes mean bit-identical arrays."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(array.reshape(-1)).cast("B"))  # no copy of a contiguous array
+    return digest.hexdigest()
 
 
 def file_checksum(path) -> str:

@@ -49,6 +49,12 @@ def test_diffusion_of_linear_field(gradient):
     assert diffusion_loss(u).item() == pytest.approx(gradient ** 2)
 
 
+def test_diffusion_skips_single_voxel_axes():
+    u = torch.zeros(1, 3, 1, 6, 5, dtype=torch.float64)
+    u[:, 1] = 0.2 * identity_grid((1, 6, 5), dtype=torch.float64)[:, 1]  # u_y = 0.2 y on a one-slice field
+    assert diffusion_loss(u).item() == pytest.approx(0.2 ** 2)
+
+
 def test_bending_of_analytic_fields():
     grid = identity_grid((7, 8, 9), dtype=torch.float64)
     z, y, x = grid[0]

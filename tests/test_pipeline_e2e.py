@@ -116,3 +116,8 @@ def test_mask_on_other_grid_is_resampled_with_warning():
     assert resampled.grid.same_as(pair.fixed.grid)
     overlap = (resampled.array > 0) & (pair.fixed_mask.array > 0)
     assert overlap.sum() > 0.8 * (pair.fixed_mask.array > 0).sum()
+
+
+def test_top_level_api_is_the_one_the_readme_shows():
+    assert graphreg.register is register
+    assert issubclass(graphreg.ResourceError, graphreg.GraphregError)

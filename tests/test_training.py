@@ -225,7 +225,7 @@ def test_read_recipe_variant_and_errors(tmp_path):
         config.write_text(yaml.safe_dump({**RECIPE, **change}))
         with pytest.raises(ConfigError, match=message):
             read_recipe(config)
-    with pytest.raises(ConfigError, match="no 'cpu' section"):
+    with pytest.raises(ConfigError, match="no variant 'cpu'"):
         config.write_text(yaml.safe_dump(RECIPE))
         read_recipe(config, "cpu")
 

@@ -60,7 +60,7 @@ def run(
     from .table import format_table
 
     if not pairs.exists():
-        hint = (f"; make it with `graphreg bench make --out {pairs}` (add --low-res for a quick 3 mm set)"
+        hint = (f"; make it with `graphreg bench make --out {pairs}` (add --spacing 2 for the standard 2 mm set, --low-res for a quick 4 mm one)"
                 if pairs == DEFAULT_PAIRS else "")
         _fail(f"--pairs: folder {pairs} not found{hint}")
     try:
@@ -95,14 +95,18 @@ def run(
 @bench_app.command()
 def make(
     out: Path = typer.Option(DEFAULT_PAIRS, help="Output folder for the pair_*/ folders."),
-    low_res: bool = typer.Option(False, "--low-res", help="3 mm isotropic pairs (quick tests) instead of native resolution."),
+    low_res: bool = typer.Option(False, "--low-res", help="4 mm isotropic lung-cropped pairs (quick tests)."),
+    spacing: Optional[float] = typer.Option(None, "--spacing", help="Isotropic spacing (mm) of lung-cropped "
+                                            "pairs, e.g. 2 for the standard set; default: the CT's native grid."),
     seed: int = typer.Option(0, help="Random seed of the synthetic motion and noise."),
 ) -> None:
     """Make the benchmark pairs (POPI CT warped by DIR-Lab-like breathing motion, exact landmarks)."""
     from ..datasets.benchmark import make_benchmark_command
 
+    if spacing is not None and not spacing > 0:
+        _fail(f"--spacing: expected a positive spacing in mm, got {spacing}")
     try:
-        make_benchmark_command(out, low_res=low_res, seed=seed)
+        make_benchmark_command(out, low_res=low_res, seed=seed, spacing_mm=spacing)
     except GraphregError as error:
         _fail(str(error))
 
@@ -114,6 +118,42 @@ def list_methods() -> None:
 
     for name, description in available_methods().items():
         typer.echo(f"{name:>12}  {description}")
+
+
+@bench_app.command("scaling")
+def scaling(
+    pair: Path = typer.Option(Path("bench_data") / "mm2" / "pair_01", "--pair", help="One pair folder."),
+    out: Path = typer.Option(Path("scaling"), help="Folder for scaling.json, scaling.txt and the PNG plots."),
+    curves: str = typer.Option("keypoints,search_radius,spacing,image_size",
+                               help="Comma-separated curves: keypoints, search_radius, spacing, image_size."),
+    threads: int = typer.Option(1, min=1, help="torch threads of each measured run."),
+    timeout: Optional[float] = typer.Option(None, min=1.0, help="Seconds after which one configuration is "
+                                            "stopped and recorded as failed."),
+) -> None:
+    """Time and peak memory of the pipeline vs keypoints, search range, spacing and image size, with
+    the expected complexity and the fitted log-log slope per stage (one fresh process per setting)."""
+    import json
+
+    from ..io.atomic import atomic_write_text
+    from ..jsonable import to_jsonable
+    from .scaling import format_scaling, plot_scaling, run_sweep
+
+    if not pair.is_dir():
+        _fail(f"--pair: folder {pair} not found")
+    try:
+        document = run_sweep(pair, [c.strip() for c in curves.split(",") if c.strip()], threads=threads,
+                             timeout_s=timeout, progress=typer.echo)
+    except GraphregError as error:
+        _fail(str(error))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "scaling.json", json.dumps(to_jsonable(document), indent=2) + "\n")
+    text = format_scaling(document)
+    atomic_write_text(out / "scaling.txt", text + "\n")
+    typer.echo("")
+    typer.echo(text)
+    for path in plot_scaling(document, out).values():
+        typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {out / 'scaling.json'} and {out / 'scaling.txt'}")
 
 
 if __name__ == "__main__":

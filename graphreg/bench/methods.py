@@ -21,9 +21,11 @@ Convention:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import time
+from pathlib import Path
 from dataclasses import dataclass, field as dataclass_field
 from typing import Optional, Protocol, Union
 
@@ -170,19 +172,80 @@ def identity_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
     return MethodResult(zero, {"total": time.perf_counter() - start})
 
 
-def corrfield_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
-                     moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
-    """The graphreg keypoint pipeline with the classical (corrField) graph regulariser."""
-    from ..api import register
-
-    registration = register(fixed, moving, fixed_mask, moving_mask, method="corrfield", device=device)
+def _from_registration(registration) -> MethodResult:
+    """A :class:`~graphreg.registration.Registration` as a :class:`MethodResult` (field on the fixed grid)."""
     timings = {k: float(v) for k, v in registration.timings.items() if k != "total"}
     return MethodResult(registration.field, timings, dict(registration.extras))
 
 
+def keypoint_method(name: str, instance_optimisation: bool, fixed: Volume, moving: Volume,
+                    fixed_mask: Optional[Volume], moving_mask: Optional[Volume], device: str = "cpu",
+                    model: Optional[str] = None) -> MethodResult:
+    """The graphreg keypoint pipeline (``name``: ``"corrfield"`` or ``"graphregnet"``) with its
+    default config, with or without the Adam instance optimisation; ``model`` replaces the shipped
+    GraphRegNet weights (ablations)."""
+    from ..api import register
+
+    config = None if instance_optimisation else {"instance_opt": {"enabled": False}}
+    return _from_registration(register(fixed, moving, fixed_mask, moving_mask, method=name, config=config,
+                                       device=device, model=model))
+
+
+def classical_method(name: str, fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
+                     moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
+    """A SimpleITK baseline of :mod:`graphreg.classical` (``"demons"`` or ``"bspline-ffd"``) with its
+    default lung setup; runs on the CPU (``device`` is ignored)."""
+    from ..classical import register_classical
+
+    return _from_registration(register_classical(fixed, moving, fixed_mask, moving_mask, method=name))
+
+
+def cnn_method(architecture: str, instance_optimisation: bool, fixed: Volume, moving: Volume,
+               fixed_mask: Optional[Volume], moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
+    """A dense CNN baseline with its shipped weights (:func:`graphreg.cnn.register.default_weights`),
+    the network alone or followed by the default Adam instance optimisation."""
+    from ..cnn.register import default_weights, register_cnn
+
+    registration = register_cnn(fixed, moving, fixed_mask, moving_mask, model=default_weights(architecture),
+                                instance_optimisation=instance_optimisation, device=device)
+    return _from_registration(registration)
+
+
 register_method("identity", identity_method, "no registration (zero displacement)")
-register_method("corrfield", corrfield_method,
-                "graphreg keypoint pipeline, classical graph regulariser (corrField)")
+register_method("corrfield", functools.partial(keypoint_method, "corrfield", True),
+                "graphreg keypoint pipeline, classical graph regulariser (corrField), + Adam instance optimisation")
+register_method("corrfield-noio", functools.partial(keypoint_method, "corrfield", False),
+                "graphreg keypoint pipeline, classical graph regulariser, densified, no instance optimisation")
+register_method("graphregnet", functools.partial(keypoint_method, "graphregnet", True),
+                "graphreg keypoint pipeline, GraphRegNet regulariser (shipped weights), + Adam instance optimisation")
+register_method("graphregnet-noio", functools.partial(keypoint_method, "graphregnet", False),
+                "graphreg keypoint pipeline, GraphRegNet regulariser, densified, no instance optimisation")
+#: ablation weights shipped beside the default GraphRegNet (assets/graphregnet/ablations/<name>.pt)
+GRAPHREGNET_ABLATIONS = {"noedge": "encoder/decoder only, no EdgeConv",
+                         "coords": "EdgeConv on keypoint coordinates only",
+                         "sup": "trained with ground-truth supervision (the shipped model is unsupervised)"}
+for _name, _description in GRAPHREGNET_ABLATIONS.items():
+    _weights = str(Path(__file__).resolve().parents[2] / "assets" / "graphregnet" / "ablations" / f"{_name}.pt")
+    register_method(f"graphregnet-{_name}-noio",
+                    functools.partial(keypoint_method, "graphregnet", False, model=_weights),
+                    f"GraphRegNet ablation: {_description}; no instance optimisation")
+    register_method(f"graphregnet-{_name}",
+                    functools.partial(keypoint_method, "graphregnet", True, model=_weights),
+                    f"GraphRegNet ablation: {_description}; + Adam instance optimisation")
+del _name, _description, _weights
+register_method("demons", functools.partial(classical_method, "demons"),
+                "SimpleITK fast symmetric forces demons, 3-level pyramid (graphreg.classical)")
+register_method("bspline-ffd", functools.partial(classical_method, "bspline-ffd"),
+                "SimpleITK cubic B-spline FFD, masked metric, L-BFGS-B, pyramid (graphreg.classical)")
+_CNN_DESCRIPTIONS = {"voxelmorph": "VoxelMorph-style diffeomorphic U-Net",
+                     "bspline-cnn": "DIRNet-style B-spline CNN",
+                     "linear-deformable": "linear + deformable network (Stergios et al.)"}
+for _name, _description in _CNN_DESCRIPTIONS.items():
+    register_method(_name, functools.partial(cnn_method, _name, False),
+                    f"{_description}, shipped weights, network alone")
+    register_method(f"{_name}+io", functools.partial(cnn_method, _name, True),
+                    f"{_description}, shipped weights, + Adam instance optimisation (MIND)")
+del _name, _description
 register_method("elastix", "graphreg.bench.peers:elastix_method",
                 "itk-elastix: affine + B-spline (10 mm grid), MI, bending energy, masked",
                 requires={"itk.ElastixPython": "itk-elastix"})
@@ -191,4 +254,5 @@ register_method("convexadam", "graphreg.bench.peers:convexadam_method",
                 requires={"convexAdam": "convexadam"})
 
 __all__ = ["Method", "MethodResult", "MethodSpec", "MethodUnavailableError", "available_methods",
-           "corrfield_method", "get_method", "identity_method", "method_spec", "register_method", "unregister_method"]
+           "classical_method", "cnn_method", "keypoint_method", "get_method", "identity_method", "method_spec",
+           "register_method", "unregister_method"]

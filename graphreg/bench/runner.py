@@ -30,7 +30,8 @@ key                    value
 =====================  ==========================================================================
 
 Metrics are computed after the memory is read, so they do not count against the method.
-:func:`summarize` aggregates rows per method (median and mean over the pairs that succeeded).
+:func:`summarize` aggregates rows per method (median and mean over the pairs that succeeded) and,
+for graphreg's methods, their time as a ratio to each peer's on the same pairs (:func:`peer_ratios`).
 
 With ``isolate=True`` each run happens in a fresh ``spawn``-ed process: memory numbers are clean
 (the kernel's ``ru_maxrss`` of that process) and a crash, a segfault in a native library or a
@@ -62,6 +63,12 @@ from .sources import PairRef
 SUMMARY_METRICS = ("tre_before_mean_mm", "tre_mean_mm", "tre_std_mm", "tre_p75_mm", "tre_max_mm",
                    "std_log_jacobian", "folding_percent", "dice_before", "dice", "seconds_total",
                    "peak_rss_mb")
+
+#: Methods of other packages that graphreg is compared with (see :func:`peer_ratios`).
+PEER_METHODS = ("elastix", "convexadam")
+
+#: Methods that are neither graphreg's own registration nor a peer (no ratio is computed for them).
+REFERENCE_METHODS = ("identity",)
 
 _MB = 1024.0 * 1024.0
 
@@ -350,7 +357,52 @@ def summarize(rows: Sequence[dict]) -> dict[str, dict]:
             "stages_median": {s: float(np.median([r["timings"][s] for r in ok if s in r["timings"]]))
                               for s in stages},
         }
+    for method, ratios in peer_ratios(rows).items():
+        summary[method]["vs_peers"] = ratios
     return summary
+
+
+def peer_ratios(rows: Sequence[dict], peers: Sequence[str] = PEER_METHODS) -> dict[str, dict]:
+    """graphreg's wall time as a ratio to each peer's, on the pairs both finished.
+
+    Every method that is not a peer and not in :data:`REFERENCE_METHODS` counts as a graphreg
+    method. For each (graphreg method, peer) with at least one common successful pair:
+
+    - ``n_pairs``: pairs both finished;
+    - ``time_ratio``: median over those pairs of ``seconds(method) / seconds(peer)``
+      (< 1: graphreg is faster); ``speedup``: its inverse;
+    - ``tre_mean_mm`` / ``peer_tre_mean_mm``: mean over the same pairs of the per-pair mean TRE;
+    - ``peak_rss_ratio``: median of ``peak_rss_mb(method) / peak_rss_mb(peer)``.
+
+    Returns:
+        ``{method: {peer: {...}}}``; methods without a common pair with any peer are left out.
+    """
+    by_key = {(row["method"], row["pair"]): row for row in rows if row["status"] == "ok"}
+    methods = [m for m in dict.fromkeys(row["method"] for row in rows)
+               if m not in peers and m not in REFERENCE_METHODS]
+    result: dict[str, dict] = {}
+    for method in methods:
+        for peer in peers:
+            common = [pair for (name, pair) in by_key if name == method and (peer, pair) in by_key]
+            times = [(by_key[(method, p)]["seconds_total"], by_key[(peer, p)]["seconds_total"]) for p in common]
+            times = [(a, b) for a, b in times if a is not None and b]
+            if not times:
+                continue
+            ratio = float(np.median([a / b for a, b in times]))
+            tre = [(scalar_metrics(by_key[(method, p)])["tre_mean_mm"], scalar_metrics(by_key[(peer, p)])["tre_mean_mm"])
+                   for p in common]
+            tre = [(a, b) for a, b in tre if a is not None and b is not None]
+            memory = [(by_key[(method, p)]["peak_rss_mb"], by_key[(peer, p)]["peak_rss_mb"]) for p in common]
+            memory = [a / b for a, b in memory if a is not None and b]
+            result.setdefault(method, {})[peer] = {
+                "n_pairs": len(times),
+                "time_ratio": ratio,
+                "speedup": 1.0 / ratio if ratio > 0 else None,
+                "tre_mean_mm": float(np.mean([a for a, _ in tre])) if tre else None,
+                "peer_tre_mean_mm": float(np.mean([b for _, b in tre])) if tre else None,
+                "peak_rss_ratio": float(np.median(memory)) if memory else None,
+            }
+    return result
 
 
 def write_json(rows: Sequence[dict], path: Union[str, os.PathLike]) -> Path:
@@ -371,5 +423,5 @@ def write_json(rows: Sequence[dict], path: Union[str, os.PathLike]) -> Path:
     return path
 
 
-__all__ = ["SUMMARY_METRICS", "evaluate_run", "run_benchmark", "run_isolated", "scalar_metrics",
-           "summarize", "write_json"]
+__all__ = ["PEER_METHODS", "REFERENCE_METHODS", "SUMMARY_METRICS", "evaluate_run", "peer_ratios", "run_benchmark",
+           "run_isolated", "scalar_metrics", "summarize", "write_json"]

@@ -1,8 +1,10 @@
 """Plain-text table of benchmark rows (see :mod:`graphreg.bench.runner` for the row keys).
 
 One line per (method, pair), then per method a ``median`` and a ``mean`` line over the pairs
-that succeeded. Units: TRE in mm, folding in percent of lung voxels, time in seconds, memory in
-MiB. Stage times are shown compactly as ``name=seconds`` in the last column.
+that succeeded, then (when peers ran) graphreg's time as a ratio to each peer's
+(:func:`~graphreg.bench.runner.peer_ratios`). Units: TRE in mm, folding in percent of lung voxels,
+time in seconds, memory in MiB. Stage times are shown compactly as ``name=seconds`` in the last
+column.
 """
 
 from __future__ import annotations
@@ -59,7 +61,26 @@ def format_table(rows: Sequence[dict], summary: Optional[dict] = None) -> str:
             stages = entry.get("stages_median", {}) if statistic == "median" else {}
             lines.append(_line([method[:12], f"{statistic} {label}"[:12]]
                                + _metric_cells(entry[statistic]) + [_stages(stages)]))
+    ratios = format_peer_ratios(summary)
+    return "\n".join(lines + ([""] + ratios.splitlines() if ratios else []))
+
+
+def format_peer_ratios(summary: dict) -> str:
+    """The ``vs_peers`` entries of a summary as a small table ("" when there are none)."""
+    rows = [(method, peer, r) for method, entry in summary.items()
+            for peer, r in entry.get("vs_peers", {}).items()]
+    if not rows:
+        return ""
+    header = (f"{'method':<12}  {'vs peer':<12}  {'pairs':>5}  {'time ratio':>10}  {'speed-up':>8}  "
+              f"{'TRE':>6}  {'peer TRE':>8}  {'RSS ratio':>9}")
+    lines = ["graphreg time / peer time on the same pairs (median of per-pair ratios; < 1 = graphreg faster)",
+             header, "-" * len(header)]
+    for method, peer, r in rows:
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+        lines.append(f"{method[:12]:<12}  {peer[:12]:<12}  {r['n_pairs']:>5}  {r['time_ratio']:>10.3f}  "
+                     f"{speedup:>8}  {_number(r['tre_mean_mm'], 2):>6}  {_number(r['peer_tre_mean_mm'], 2):>8}  "
+                     f"{_number(r['peak_rss_ratio'], 2):>9}")
     return "\n".join(lines)
 
 
-__all__ = ["format_table"]
+__all__ = ["format_peer_ratios", "format_table"]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from ..config import PreprocessConfig, RegistrationConfig, load_config
+from ..config import PreprocessConfig, RegistrationConfig, load_config, read_yaml
 from ..errors import GraphregError
 from ..field import DisplacementField
 from ..inputs import as_optional_mask, as_volume
@@ -33,6 +33,31 @@ from ..pipeline.preprocess import WorkingPair, optional_mask, working_pair
 from ..registration import Registration
 from ..training.checkpoint import LoadableModel, load_model, read_checkpoint
 from ..volume import Volume
+
+
+#: the shipped weights of each learned method (``assets/<name>/model.pt``, its recipe in ``assets/<name>/README.md``)
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEFAULT_WEIGHTS = {"voxelmorph": ASSETS / "voxelmorph" / "model.pt",
+                   "bspline-cnn": ASSETS / "bspline_cnn" / "model.pt",
+                   "linear-deformable": ASSETS / "linear_deformable" / "model.pt",
+                   "graphregnet": ASSETS / "graphregnet" / "model.pt"}
+
+
+def default_weights(method: str) -> Path:
+    """The shipped weights of a learned method (a key of :data:`DEFAULT_WEIGHTS`, e.g. ``"voxelmorph"``).
+
+    Raises:
+        GraphregError: unknown method, or its weights file is missing (the message says how to train it).
+    """
+    if method not in DEFAULT_WEIGHTS:
+        raise GraphregError(f"method: expected one of {', '.join(DEFAULT_WEIGHTS)}, got {method!r}")
+    path = DEFAULT_WEIGHTS[method]
+    if not path.is_file():
+        recipe = path.parent.name
+        raise GraphregError(f"model: no shipped weights for {method!r} at {path}; train them with "
+                            f"'graphreg train --config configs/{recipe}.yaml --out runs/{recipe}' and pass "
+                            f"model=runs/{recipe}/model.pt")
+    return path
 
 
 @dataclass
@@ -91,6 +116,22 @@ def _resolve_model(model: Union[str, Path, LoadableModel], device: torch.device)
     raise GraphregError(f"model: expected a checkpoint path or a graphreg network, got {type(model).__name__}")
 
 
+#: preprocessing settings a dense network is trained with (its checkpoint's ``data`` section)
+_TRAINED_PREPROCESS = ("spacing_mm", "hu_min", "hu_max")
+
+
+def _explicit_preprocess(config: Any) -> set:
+    """The keys of :data:`_TRAINED_PREPROCESS` that ``config`` (a valid :func:`load_config` source) sets
+    itself: those of its ``preprocess`` section for a mapping or YAML file, all of them for a
+    :class:`~graphreg.config.RegistrationConfig`, none for None."""
+    if config is None:
+        return set()
+    if isinstance(config, RegistrationConfig):
+        return set(_TRAINED_PREPROCESS)
+    mapping = read_yaml(config) if isinstance(config, (str, Path)) else config
+    return set(mapping.get("preprocess") or {}) & set(_TRAINED_PREPROCESS)
+
+
 def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None, *,
                  model: Union[str, Path, LoadableModel], config: Any = None,
                  instance_optimisation: Optional[bool] = None, device: Optional[str] = None,
@@ -101,9 +142,11 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
         fixed, moving, fixed_mask, moving_mask: as for :func:`graphreg.api.register`.
         model: a checkpoint written by the training loop (``model.pt``) or a network.
         config: a :class:`~graphreg.config.RegistrationConfig` source (YAML path, mapping) for
-            the preprocessing, MIND and instance-optimisation settings. When None, the defaults
-            are used with the working spacing and HU window the checkpoint was trained with
-            (its config's ``data.spacing_mm``, ``data.hu_min``, ``data.hu_max`` when present).
+            the preprocessing, MIND and instance-optimisation settings. The working spacing and
+            HU window are those the checkpoint was trained with (its config's
+            ``data.spacing_mm``, ``data.hu_min``, ``data.hu_max`` when present) unless the
+            mapping or YAML file sets ``preprocess.spacing_mm`` / ``hu_min`` / ``hu_max`` itself
+            (a ``RegistrationConfig`` object is taken as it is).
         instance_optimisation: refine the prediction by Adam instance optimisation; None: as
             ``config.instance_opt.enabled``.
         device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
@@ -120,11 +163,10 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
     start = time.perf_counter()
     network, trained_with = _resolve_model(model, torch_device)
     cfg: RegistrationConfig = load_config(config)
-    if config is None:
-        data = trained_with.get("data") or {}
-        for key in ("spacing_mm", "hu_min", "hu_max"):
-            if key in data:
-                setattr(cfg.preprocess, key, float(data[key]))
+    data = trained_with.get("data") or {}
+    for key in set(_TRAINED_PREPROCESS) - _explicit_preprocess(config):
+        if key in data:
+            setattr(cfg.preprocess, key, float(data[key]))
     torch.manual_seed(cfg.seed)
     dense = prepare_dense_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch_device)
     timings = {"load": dense.seconds}
@@ -151,7 +193,8 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
         displacement, _ = instance_optimise(fixed_features, moving_features, displacement,
                                             mask=dense.pair.fixed_mask, iterations=io.iterations, lr=io.lr,
                                             lambda_diffusion=io.lambda_diffusion, grid_factor=io.grid_factor,
-                                            smoothing_passes=io.smoothing_passes)
+                                            smoothing_passes=io.smoothing_passes,
+                                            similarity_factor=io.similarity_factor)
         timings["instance_opt"] = time.perf_counter() - tick
         say(f"instance optimisation: {io.iterations} Adam steps ({timings['instance_opt']:.1f} s)")
         method += "+io"
@@ -160,4 +203,5 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
                               {"device": str(torch_device), "seed": cfg.seed, "model_args": network.model_args})
 
 
-__all__ = ["DensePair", "dense_registration", "prepare_dense_pair", "register_cnn"]
+__all__ = ["DEFAULT_WEIGHTS", "DensePair", "default_weights", "dense_registration", "prepare_dense_pair",
+           "register_cnn"]

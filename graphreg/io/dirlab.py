@@ -16,6 +16,7 @@ Convention:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -136,13 +137,19 @@ def _resolve_geometry(path: Path, case, dims_xyz, spacing_xyz) -> tuple[tuple[in
                 f"{path}: cannot tell the DIR-Lab case from the file name; pass case= "
                 f"(e.g. 'copd1') or dims_xyz= and spacing_xyz="
             )
-    dims = tuple(int(d) for d in (dims_xyz if dims_xyz is not None else known.dims_xyz))
+    try:
+        dims = tuple(int(d) for d in (dims_xyz if dims_xyz is not None else known.dims_xyz))
+    except (TypeError, ValueError):
+        raise GraphregError(f"dims_xyz: expected 3 positive voxel counts (x, y, z), got {dims_xyz!r}") from None
     if spacing_xyz is None and known is None:
         raise GraphregError(f"spacing_xyz: required for {path} when no DIR-Lab case is given, got None")
-    spacing = tuple(float(s) for s in (spacing_xyz if spacing_xyz is not None else known.spacing_xyz))
+    try:
+        spacing = tuple(float(s) for s in (spacing_xyz if spacing_xyz is not None else known.spacing_xyz))
+    except (TypeError, ValueError):
+        raise GraphregError(f"spacing_xyz: expected 3 positive mm values (x, y, z), got {spacing_xyz!r}") from None
     if len(dims) != 3 or min(dims) < 1:
         raise GraphregError(f"dims_xyz: expected 3 positive voxel counts (x, y, z), got {dims_xyz}")
-    if len(spacing) != 3 or min(spacing) <= 0:
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise GraphregError(f"spacing_xyz: expected 3 positive mm values (x, y, z), got {spacing_xyz}")
     return dims, spacing
 

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputFileError
+from ..errors import GeometryError, InputFileError
 from ..geometry import Grid
 from ..volume import Volume
 from .atomic import atomic_output
@@ -198,8 +198,31 @@ def write_image(volume: Volume, path: str | os.PathLike) -> Path:
     return write_sitk_image(volume.to_sitk(), path, "image")
 
 
+#: largest deviation of ``D^T D`` from the identity that NIfTI stores without changing the direction
+_ORTHONORMAL_TOLERANCE = 1e-4
+
+
+def nifti_can_store(grid: Grid) -> bool:
+    """Whether NIfTI keeps ``grid``'s direction exactly: only orthonormal directions (rotations and
+    reflections) fit its header. ITK silently replaces any other direction (a shear, e.g. from a tilted
+    CT gantry, or non-unit columns) by a nearby rotation; such grids must be written as ``.mha`` /
+    ``.nrrd``, which store any invertible direction."""
+    direction = grid.direction_matrix
+    return bool(np.abs(direction.T @ direction - np.eye(3)).max() <= _ORTHONORMAL_TOLERANCE)
+
+
 def write_sitk_image(image: sitk.Image, path: Path, what: str) -> Path:
-    """Write a SimpleITK image atomically (compressed for ``.mha`` / ``.nrrd``); errors name ``path``."""
+    """Write a SimpleITK image atomically (compressed for ``.mha`` / ``.nrrd``); errors name ``path``.
+
+    Raises:
+        GeometryError: a NIfTI file is asked for an image whose direction is not orthonormal
+            (see :func:`nifti_can_store`).
+        InputFileError: SimpleITK cannot write the file.
+    """
+    if _suffix(path) in (".nii", ".nii.gz") and image.GetDimension() == 3 \
+            and not nifti_can_store(Grid.from_sitk(image)):
+        raise GeometryError(f"{path}: NIfTI stores only orthonormal directions, the {what} has direction "
+                            f"{tuple(round(d, 6) for d in image.GetDirection())}; write .mha or .nrrd instead")
     compress = _suffix(path) in (".mha", ".nrrd")
     with atomic_output(path) as tmp:
         try:

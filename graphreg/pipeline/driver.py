@@ -15,16 +15,18 @@ from typing import Callable, Optional
 import torch
 
 from ..config import RegistrationConfig, SearchLevel
-from ..errors import GeometryError
+from ..errors import ConfigError, GeometryError
 from ..field import DisplacementField
 from ..spatial import sample_points, warp
 from .correlation import candidate_displacements, correlation_cost
 from .densify import densify
+from .graph import knn_graph
 from .instance_opt import instance_optimise
 from .keypoints import foerstner_keypoints
 from .mind import mind_ssc
 from .preprocess import WorkingPair
-from .regularise import combine_symmetric_marginals, regularise_mst_bp, soft_displacements
+from .regularise import (combine_symmetric_marginals, distribution_moments, regularise_mst_bp,
+                         soft_displacements)
 
 #: fewest keypoints the graph stages can work with
 MIN_KEYPOINTS = 16
@@ -39,13 +41,13 @@ class PipelineOutput:
         keypoints: ``(N, 3)`` working voxels ``(z, y, x)``.
         keypoint_displacements: ``(N, 3)`` working voxels (sparse estimate before densification).
         keypoint_spread: ``(N,)`` standard deviation (working voxels) of each keypoint's
-            displacement distribution at the first search level, or None.
+            displacement distribution at the first search level.
     """
 
     displacement: torch.Tensor
     keypoints: torch.Tensor
     keypoint_displacements: torch.Tensor
-    keypoint_spread: Optional[torch.Tensor]
+    keypoint_spread: torch.Tensor
     timings: dict = dataclass_field(default_factory=dict)
 
     def field(self, pair: WorkingPair) -> DisplacementField:
@@ -61,36 +63,101 @@ def displacement_spread(marginals: torch.Tensor, candidates: torch.Tensor, gamma
     Shapes:
         marginals: ``(N, L)``; candidates: ``(L, 3)`` voxels; returns ``(N,)`` voxels.
     """
-    weights = torch.softmax(-gamma * marginals, dim=1)
-    mean = weights @ candidates
-    second = weights @ (candidates ** 2)
-    return (second - mean ** 2).sum(1).clamp_min(0).sqrt()
+    return distribution_moments(-gamma * marginals, candidates)[1]
+
+
+def _untimed(name: str, fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def keypoints_and_features(pair: WorkingPair, config: RegistrationConfig,
+                           timed=_untimed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Förstner keypoints in the fixed lungs and MIND-SSC features of both images.
+
+    Args:
+        timed: ``timed(stage_name, fn, *args)`` wrapper that records the stage's time.
+
+    Returns:
+        keypoints ``(N, 3)`` working voxels, fixed and moving features ``(1, 12, D, H, W)``.
+
+    Raises:
+        GeometryError: fewer than :data:`MIN_KEYPOINTS` keypoints.
+    """
+    kp_cfg = config.keypoints
+    keypoints = timed("keypoints", foerstner_keypoints, pair.fixed, pair.fixed_mask, sigma=kp_cfg.sigma,
+                      nms_size=kp_cfg.nms_size, num_points=kp_cfg.num_points, erode_mask=kp_cfg.erode_mask)
+    if len(keypoints) < MIN_KEYPOINTS:
+        raise GeometryError(f"fixed_mask: found only {len(keypoints)} keypoints inside the fixed lungs "
+                            f"(need {MIN_KEYPOINTS}); check the mask and the image contrast")
+    fixed_features = timed("mind", mind_ssc, pair.fixed, config.mind.radius, config.mind.dilation)
+    moving_features = timed("mind", mind_ssc, pair.moving, config.mind.radius, config.mind.dilation)
+    return keypoints, fixed_features, moving_features
+
+
+def level_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
+               level: SearchLevel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cost volume of one search level and its candidate displacements.
+
+    Returns:
+        cost ``(N, L)`` and candidates ``(L, 3)`` voxels, ``L = (2 radius + 1)^3``.
+    """
+    candidates = candidate_displacements(level.radius, level.step).to(keypoints)
+    cost = correlation_cost(fixed_features, moving_features, keypoints, level.radius, level.step)
+    return cost.reshape(len(keypoints), -1), candidates
 
 
 def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
-                       level: SearchLevel, k: int, symmetric: bool, inference: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One level: cost volume, tree belief propagation, optional symmetric combination.
+                       level: SearchLevel, k: int, symmetric: bool, inference: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level with the classical regulariser: cost volume, tree belief propagation, optional
+    symmetric combination.
 
     Returns:
-        displacements ``(N, 3)``, marginals ``(N, L)`` and the candidate set ``(L, 3)`` (voxels).
+        displacements ``(N, 3)`` and their spread ``(N,)`` (voxels, see :func:`displacement_spread`).
     """
-    candidates = candidate_displacements(level.radius, level.step).to(keypoints)
-    count = len(keypoints)
-    cost = correlation_cost(fixed_features, moving_features, keypoints, level.radius, level.step).reshape(count, -1)
+    cost, candidates = level_cost(fixed_features, moving_features, keypoints, level)
     options = {"k": k, "alpha": level.alpha, "gamma": level.gamma, "inference": inference}
     forward, marginals = regularise_mst_bp(cost, candidates, keypoints, **options)
-    if not symmetric:
-        return forward, marginals, candidates
-    moved = keypoints + forward
-    cost_back = correlation_cost(moving_features, fixed_features, moved, level.radius, level.step).reshape(count, -1)
-    _, marginals_back = regularise_mst_bp(cost_back, candidates, moved, **options)
-    combined = combine_symmetric_marginals(marginals, marginals_back, candidates)
-    return soft_displacements(combined, candidates, level.gamma), combined, candidates
+    if symmetric:
+        moved = keypoints + forward
+        cost_back, _ = level_cost(moving_features, fixed_features, moved, level)
+        _, marginals_back = regularise_mst_bp(cost_back, candidates, moved, **options)
+        marginals = combine_symmetric_marginals(marginals, marginals_back, candidates)
+        forward = soft_displacements(marginals, candidates, level.gamma)
+    return forward, displacement_spread(marginals, candidates, level.gamma)
+
+
+def check_learned_level(model, level: SearchLevel) -> None:
+    """Raise :class:`~graphreg.errors.ConfigError` unless ``level`` has the search grid ``model`` was trained on."""
+    if level.radius != model.radius or float(level.step) != float(model.step):
+        raise ConfigError(f"levels[0]: the GraphRegNet weights expect radius {model.radius} and step "
+                          f"{model.step:g}, the config has radius {level.radius} and step {level.step:g}")
+
+
+def learned_search(model, fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
+                   level: SearchLevel) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level with GraphRegNet (:class:`graphreg.graphregnet.GraphRegNet`) as the regulariser.
+
+    Returns:
+        displacements ``(N, 3)`` (soft-argmax) and their spread ``(N,)`` (voxels).
+
+    Raises:
+        ConfigError: the level's search grid is not the one the network was trained on.
+    """
+    check_learned_level(model, level)
+    cost, candidates = level_cost(fixed_features, moving_features, keypoints, level)
+    logits = model(cost, keypoints, knn_graph(keypoints, model.k))
+    return distribution_moments(logits, candidates)
 
 
 def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method: str = "corrfield",
-                          progress: Optional[Callable[[str], None]] = None) -> PipelineOutput:
-    """Run every stage on a preprocessed pair (see :func:`graphreg.pipeline.preprocess.working_pair`)."""
+                          progress: Optional[Callable[[str], None]] = None, model=None) -> PipelineOutput:
+    """Run every stage on a preprocessed pair (see :func:`graphreg.pipeline.preprocess.working_pair`).
+
+    Args:
+        method: ``"corrfield"`` (classical regulariser at every level) or ``"graphregnet"``
+            (``model`` regularises the first, coarse level; the finer levels stay classical).
+        model: a :class:`graphreg.graphregnet.GraphRegNet` for ``method="graphregnet"``.
+    """
     timings: dict = {}
     say = progress or (lambda line: None)
 
@@ -100,16 +167,11 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         return value
 
+    if method == "graphregnet" and model is None:
+        raise ConfigError("model: method 'graphregnet' needs a GraphRegNet (weights path or module)")
     with torch.no_grad():
-        kp_cfg = config.keypoints
-        keypoints = timed("keypoints", foerstner_keypoints, pair.fixed, pair.fixed_mask, sigma=kp_cfg.sigma,
-                          nms_size=kp_cfg.nms_size, num_points=kp_cfg.num_points, erode_mask=kp_cfg.erode_mask)
-        if len(keypoints) < MIN_KEYPOINTS:
-            raise GeometryError(f"fixed_mask: found only {len(keypoints)} keypoints inside the fixed lungs "
-                                f"(need {MIN_KEYPOINTS}); check the mask and the image contrast")
+        keypoints, fixed_features, moving_features = keypoints_and_features(pair, config, timed)
         say(f"keypoints: {len(keypoints)} ({timings['keypoints']:.1f} s)")
-        fixed_features = timed("mind", mind_ssc, pair.fixed, config.mind.radius, config.mind.dilation)
-        moving_features = timed("mind", mind_ssc, pair.moving, config.mind.radius, config.mind.dilation)
         say(f"mind: 2 x {tuple(fixed_features.shape[1:])} ({timings['mind']:.1f} s)")
 
         shape = tuple(pair.fixed.shape[2:])
@@ -118,11 +180,15 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
         spread = None
         for index, level in enumerate(config.levels):
             warped = moving_features if index == 0 else timed("warp", warp, moving_features, dense)
-            delta, marginals, candidates = timed(
-                f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints, level,
-                config.regulariser.k, config.regulariser.symmetric, config.regulariser.inference)
+            if method == "graphregnet" and index == 0:
+                delta, level_spread = timed(f"search_{index + 1}", learned_search, model, fixed_features, warped,
+                                            keypoints, level)
+            else:
+                delta, level_spread = timed(
+                    f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints, level,
+                    config.regulariser.k, config.regulariser.symmetric, config.regulariser.inference)
             if spread is None:
-                spread = displacement_spread(marginals, candidates, level.gamma)
+                spread = level_spread
             previous = sample_points(dense, keypoints)[0].T if index else torch.zeros_like(keypoints)
             sparse = previous + delta
             dense = timed("densify", densify, keypoints, sparse, shape, method=config.densify.method,

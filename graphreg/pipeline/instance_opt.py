@@ -21,10 +21,11 @@ import torch.nn.functional as F
 
 from ..errors import GraphregError, check_shape
 from ..geometry import ALIGN_CORNERS
-from ..spatial import resize_field, warp
-from .filters import box_filter
+from ..losses import diffusion_loss
+from ..spatial import identity_grid, resize_field, sample_points
+from .filters import box_filter, filter_axis
 
-__all__ = ["InstanceOptResult", "diffusion_loss", "instance_optimise", "smooth_field"]
+__all__ = ["InstanceOptResult", "instance_optimise", "smooth_field"]
 
 
 class InstanceOptResult(NamedTuple):
@@ -39,39 +40,60 @@ class InstanceOptResult(NamedTuple):
     losses: list[float]
 
 
-def diffusion_loss(field: torch.Tensor) -> torch.Tensor:
-    """Diffusion regulariser: mean squared forward difference of every component along every axis.
-
-    ``sum over axes a of mean((u[.., i + 1, ..] - u[.., i, ..])**2)`` (the mean runs over
-    batch, components and the valid positions of that axis). Dimensionless when ``u`` is in
-    voxels of its own grid (it approximates the mean squared displacement gradient).
-
-    Shapes:
-        field: ``(B, 3, D, H, W)``; returns a scalar.
-    """
-    check_shape("field", field, "(B, 3, D, H, W)", field.ndim == 5 and field.shape[1] == 3)
-    total = field.new_zeros(())
-    for dim in (2, 3, 4):
-        if field.shape[dim] > 1:
-            total = total + torch.diff(field, dim=dim).pow(2).mean()
-    return total
-
-
-def smooth_field(field: torch.Tensor, passes: int) -> torch.Tensor:
-    """``passes`` 3x3x3 box filters with edge replication (no shrinkage towards zero at the border).
-
-    Shapes:
-        field: ``(B, C, D, H, W)``; returns the same shape.
-    """
+def _box_passes(field: torch.Tensor, passes: int) -> torch.Tensor:
     for _ in range(passes):
         field = box_filter(field, 1)
     return field
 
 
+class _SymmetricSmooth(torch.autograd.Function):
+    """:func:`smooth_field` with a hand-written backward.
+
+    The 3-tap box filter with edge replication is a symmetric matrix along each axis (the border
+    row ``(2/3, 1/3)`` equals the border column), filters along different axes commute, so the
+    whole smoothing ``S`` is self-adjoint: the gradient is ``S`` applied to the incoming
+    gradient. This is several times cheaper than letting autograd record the many in-place
+    slice additions of :func:`~graphreg.pipeline.filters.filter_axis`.
+    """
+
+    @staticmethod
+    def forward(ctx, field: torch.Tensor, passes: int) -> torch.Tensor:
+        ctx.passes = passes
+        return _box_passes(field, passes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _box_passes(grad, ctx.passes), None
+
+
+def smooth_field(field: torch.Tensor, passes: int) -> torch.Tensor:
+    """``passes`` 3x3x3 box filters with edge replication (no shrinkage towards zero at the border).
+
+    Differentiable; the backward pass applies the same (self-adjoint) smoothing to the gradient.
+
+    Shapes:
+        field: ``(B, C, D, H, W)``; returns the same shape.
+    """
+    if field.requires_grad and torch.is_grad_enabled():
+        return _SymmetricSmooth.apply(field, passes)
+    return _box_passes(field, passes)
+
+
 def _downsample(volume: torch.Tensor, factor: int, shape) -> torch.Tensor:
-    """Box-smooth by ``factor`` (odd width) and resample to ``shape`` (``align_corners`` grid)."""
-    smooth = box_filter(volume, factor // 2)
-    return F.interpolate(smooth, size=shape, mode="trilinear", align_corners=ALIGN_CORNERS)
+    """Box-smooth by ``factor`` (odd width) and resample to ``shape`` (``align_corners`` grid).
+
+    Both the box filter and trilinear resampling are separable, so they are applied one axis at
+    a time (filter, then shrink that axis): the same result as filtering the whole volume first,
+    with the later axes filtered on an already smaller volume.
+    """
+    taps = [1.0 / (2 * (factor // 2) + 1)] * (2 * (factor // 2) + 1)
+    for axis in range(3):
+        if len(taps) > 1:
+            volume = filter_axis(volume, taps, axis)
+        size = list(volume.shape[2:])
+        size[axis] = shape[axis]
+        volume = F.interpolate(volume, size=tuple(size), mode="trilinear", align_corners=ALIGN_CORNERS)
+    return volume
 
 
 def _masked_weight(mask: torch.Tensor | None, shape, dilation: int, like: torch.Tensor):
@@ -80,8 +102,10 @@ def _masked_weight(mask: torch.Tensor | None, shape, dilation: int, like: torch.
     check_shape("mask", mask, f"(1, 1, {shape[0]}, {shape[1]}, {shape[2]})",
                 mask.ndim == 5 and mask.shape[:2] == (1, 1) and tuple(mask.shape[2:]) == shape)
     weight = (mask > 0).to(like.dtype)
-    if dilation > 0:
-        weight = F.max_pool3d(weight, 2 * dilation + 1, stride=1, padding=dilation)
+    if dilation > 0:  # the maximum over a cube is separable: three 1D passes, not (2d+1)^3 taps
+        side = 2 * dilation + 1
+        for kernel in ((side, 1, 1), (1, side, 1), (1, 1, side)):
+            weight = F.max_pool3d(weight, kernel, stride=1, padding=tuple(k // 2 for k in kernel))
     if float(weight.sum()) == 0:
         raise GraphregError("mask: expected at least one foreground voxel, got an empty mask")
     return weight
@@ -89,7 +113,7 @@ def _masked_weight(mask: torch.Tensor | None, shape, dilation: int, like: torch.
 
 def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tensor,
                       init_displacement: torch.Tensor, mask: torch.Tensor | None = None,
-                      iterations: int = 50, lr: float = 1.0, lambda_diffusion: float = 1.0,
+                      iterations: int = 50, lr: float = 1.0, lambda_diffusion: float = 0.1,
                       grid_factor: int = 2, smoothing_passes: int = 3, mask_dilation: int = 3,
                       similarity_factor: int = 1,
                       progress: Callable[[int, float], None] | None = None) -> InstanceOptResult:
@@ -97,7 +121,8 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
 
     Loss per step, with ``v`` the parameter grid smoothed by ``smoothing_passes`` box filters
     and ``u`` its trilinear upsampling (:func:`graphreg.spatial.resize_field`):
-    ``mean_{x in M, c} (F(x) - M_c(x + u(x)))^2 + lambda_diffusion * diffusion_loss(v)``,
+    ``mean_{x in M, c} (F(x) - M_c(x + u(x)))^2 + lambda_diffusion * diffusion_loss(v)``
+    (:func:`graphreg.losses.diffusion_loss`, which sums the three components),
     where ``M`` is the fixed mask dilated by ``mask_dilation`` voxels (all voxels when ``mask``
     is ``None``), so the similarity sees the lung boundary but not the chest wall's sliding
     motion far outside it.
@@ -145,6 +170,12 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
                                    align_corners=ALIGN_CORNERS)
     voxels = weight.sum() if weight is not None else fixed.new_tensor(float(fixed[0, 0].numel()))
     denominator = voxels * fixed.shape[1]
+    # Voxels of zero weight add nothing to the similarity: sample the moving features only at
+    # the others (the dilated lungs, about a third of the working box on lung CT).
+    inside = torch.ones(sim_shape, dtype=torch.bool, device=fixed.device) if weight is None else weight[0, 0] > 0
+    points = identity_grid(sim_shape, fixed.device, fixed.dtype)[0][:, inside].T  # (K, 3) voxels
+    fixed = fixed[0][:, inside]  # (C, K)
+    weight = None if weight is None else weight[0, 0][inside]  # (K,)
     low = tuple(max(2, round(n / grid_factor)) if n > 1 else 1 for n in shape)
     with torch.no_grad():
         start = resize_field(init_displacement.detach().to(fixed.dtype), low)
@@ -154,8 +185,8 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     for step in range(iterations):
         optimiser.zero_grad(set_to_none=True)
         smooth = smooth_field(param, smoothing_passes)
-        field = resize_field(smooth, sim_shape)
-        residual = (fixed - warp(moving, field)) ** 2
+        field = (smooth if low == sim_shape else resize_field(smooth, sim_shape))[0][:, inside]  # (3, K)
+        residual = (fixed - sample_points(moving, points + field.T)[0]) ** 2
         if weight is not None:
             residual = residual * weight
         loss = residual.sum() / denominator + lambda_diffusion * diffusion_loss(smooth)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import PreprocessConfig
-from ..errors import GeometryError
+from ..errors import ConfigError, GeometryError, GraphregError
 from ..geometry import Grid
 from ..volume import Volume, bounding_box
 
@@ -42,6 +42,23 @@ class WorkingPair:
     translation_mm: np.ndarray
 
 
+def check_preprocess_config(config: PreprocessConfig) -> None:
+    """Reject preprocessing settings no registration can run with (the config key is named).
+
+    Raises:
+        ConfigError: ``spacing_mm`` not a finite number > 0, ``crop_margin_mm`` negative or not
+            finite, or ``hu_max`` not above ``hu_min``.
+    """
+    if not (np.isfinite(config.spacing_mm) and config.spacing_mm > 0):
+        raise ConfigError(f"config key 'preprocess.spacing_mm': expected a finite value > 0 mm, got {config.spacing_mm}")
+    if not (np.isfinite(config.crop_margin_mm) and config.crop_margin_mm >= 0):
+        raise ConfigError(f"config key 'preprocess.crop_margin_mm': expected a finite value >= 0 mm, "
+                          f"got {config.crop_margin_mm}")
+    if not (np.isfinite(config.hu_min) and np.isfinite(config.hu_max) and config.hu_max > config.hu_min):
+        raise ConfigError(f"config key 'preprocess.hu_max': expected a finite value above hu_min "
+                          f"{config.hu_min}, got {config.hu_max}")
+
+
 def scale_intensities(array: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
     """Clip Hounsfield units to ``[hu_min, hu_max]`` and scale to ``[0, 1]`` (float32)."""
     clipped = np.clip(array.astype(np.float32), hu_min, hu_max)
@@ -51,12 +68,15 @@ def scale_intensities(array: np.ndarray, hu_min: float, hu_max: float) -> np.nda
 def mask_on_grid(mask: Volume, grid: Grid, name: str) -> Volume:
     """``mask`` as a 0/1 uint8 volume on ``grid``; resampled (nearest, with a warning) when it is elsewhere."""
     binary = Volume((mask.array > 0).astype(np.uint8), mask.grid)
+    if not binary.array.any():
+        raise GeometryError(f"{name}: expected a lung mask with foreground voxels, got an empty mask")
     if not mask.grid.same_as(grid):
         warnings.warn(f"{name}: its grid differs from its image's; resampling it (nearest neighbour)",
                       stacklevel=3)
         binary = binary.resampled(grid, "nearest")
-    if not binary.array.any():
-        raise GeometryError(f"{name}: expected a lung mask with foreground voxels, got an empty mask")
+        if not binary.array.any():
+            raise GeometryError(f"{name}: expected a lung mask overlapping its image, got a mask on grid "
+                                f"{mask.grid} whose foreground lies outside the image grid {grid}")
     if binary.array.all():
         raise GeometryError(f"{name}: expected a lung mask, got a mask that covers the whole image")
     return binary
@@ -81,6 +101,7 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
         fixed_mask, moving_mask: lung masks on their image's grid (resampled with a warning otherwise).
         config: working spacing, HU window, crop margin, pre-alignment.
     """
+    check_preprocess_config(config)
     fixed_mask = mask_on_grid(fixed_mask, fixed.grid, "fixed_mask")
     moving_mask = mask_on_grid(moving_mask, moving.grid, "moving_mask")
     spacing = config.spacing_mm
@@ -124,7 +145,11 @@ def optional_mask(mask: Optional[Volume], image: Volume, name: str) -> Volume:
         return mask
     from ..datasets.lungmask import lung_mask
 
-    computed = lung_mask(image)
+    try:
+        computed = lung_mask(image)
+    except GraphregError as error:
+        raise GeometryError(f"{name}: none given and the automatic lung mask failed ({error}); "
+                            f"give a mask") from None
     if not computed.array.any():
         raise GeometryError(f"{name}: no lungs found by the automatic lung mask; give a mask")
     return computed

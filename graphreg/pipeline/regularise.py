@@ -279,6 +279,22 @@ def soft_displacements(marginals: torch.Tensor, candidates: torch.Tensor,
     return probs @ candidates.to(probs)
 
 
+def distribution_moments(logits: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the displacement distribution ``softmax(logits)``.
+
+    Differentiable. The standard deviation is ``sqrt(E|d|^2 - |E d|^2)`` (the root of the
+    trace of the covariance), a scalar spread per keypoint.
+
+    Shapes:
+        logits: ``(N, L)``; candidates: ``(L, 3)`` voxels; returns ``(N, 3)`` and ``(N,)`` voxels.
+    """
+    weights = torch.softmax(logits, dim=1)
+    candidates = candidates.to(weights)
+    mean = weights @ candidates
+    variance = (weights @ candidates ** 2 - mean ** 2).sum(1)
+    return mean, variance.clamp_min(0).sqrt()
+
+
 def edge_weights(keypoints: torch.Tensor, edge_index: torch.Tensor,
                  intensities: torch.Tensor | None = None,
                  intensity_weight: float = 16.0) -> torch.Tensor:

@@ -18,6 +18,11 @@ Recipe layout (every section optional except ``architecture``)::
     train: {steps: 1500, lr: 1.0e-4, checkpoint_every: 100, validate_every: 250, seed: 0,
             max_minutes: 55}                # wall-time budget (pair synthesis included)
     gpu: {...}                          # overrides of any of the above for variant="gpu"
+    variants: {name: {...}}             # further named overrides (ablations), variant="name"
+
+Started by ``torchrun`` (``WORLD_SIZE > 1``) the recipe trains data-parallel on one GPU per process
+(:mod:`.distributed`): ``train.batch_size`` is the global batch, rank 0 synthesises the pair pool
+and writes every file.
 
 Convention:
     Pairs are cropped around the lungs and resampled to ``data.spacing_mm`` by the sampler;
@@ -30,7 +35,6 @@ Convention:
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -42,11 +46,14 @@ from ..errors import ConfigError
 from ..io.atomic import atomic_output
 from .checkpoint import (LoadableModel, architectures, build_model, load_model, read_checkpoint,
                          register_architecture, save_checkpoint)
+from .recipes import prepared, train_settings
 from .loop import TrainingResult, checkpoint_path, latest_checkpoint, train
 
 #: architectures :func:`train_from_config` trains with the dense image loss
 DENSE_ARCHITECTURES = ("voxelmorph", "bspline-cnn", "linear-deformable")
-_SECTIONS = {"architecture", "model", "data", "loss", "train", "gpu"}
+#: architectures trained on keypoint graphs (:mod:`graphreg.graphregnet.train`)
+GRAPH_ARCHITECTURES = ("graphregnet",)
+_SECTIONS = {"architecture", "model", "data", "loss", "train", "gpu", "registration", "variants"}
 _TRAIN_KEYS = {"steps", "lr", "checkpoint_every", "keep_checkpoints", "validate_every", "seed", "device",
                "grad_clip", "batch_size", "max_minutes"}
 
@@ -215,7 +222,8 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def read_recipe(path: Union[str, Path], variant: Optional[str] = None) -> dict:
-    """A training recipe as a dict, with the ``variant`` section (``"gpu"``) merged over it.
+    """A training recipe as a dict, with a variant merged over it: the ``gpu`` section for
+    ``variant="gpu"``, else the entry ``variants[variant]``.
 
     Raises:
         ConfigError: unreadable YAML, unknown sections, a missing or unknown ``architecture``.
@@ -226,22 +234,28 @@ def read_recipe(path: Union[str, Path], variant: Optional[str] = None) -> dict:
     recipe = read_yaml(path)
     if not isinstance(recipe, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    unknown = sorted(set(recipe) - _SECTIONS)
+    unknown = sorted(set(recipe) - _SECTIONS, key=str)
     if unknown:
         raise ConfigError(f"config key '{unknown[0]}': unknown section (known: {', '.join(sorted(_SECTIONS))})")
     if variant is not None:
-        if not isinstance(recipe.get(variant), dict):
-            raise ConfigError(f"config file {path}: has no '{variant}' section")
-        recipe = _merge(recipe, recipe[variant])
+        override = recipe.get("gpu") if variant == "gpu" else (recipe.get("variants") or {}).get(variant)
+        if not isinstance(override, dict):
+            raise ConfigError(f"config file {path}: has no variant '{variant}' (known: gpu"
+                              f"{''.join(', ' + str(name) for name in recipe.get('variants') or {})})")
+        recipe = _merge(recipe, override)
+    recipe.pop("variants", None)
     recipe.pop("gpu", None)
-    if recipe.get("architecture") not in DENSE_ARCHITECTURES:
-        raise ConfigError(f"config key 'architecture': expected one of {', '.join(DENSE_ARCHITECTURES)}, "
+    known = DENSE_ARCHITECTURES + GRAPH_ARCHITECTURES
+    if recipe.get("architecture") not in known:
+        raise ConfigError(f"config key 'architecture': expected one of {', '.join(known)}, "
                           f"got {recipe.get('architecture')!r}")
+    if "registration" in recipe and recipe["architecture"] not in GRAPH_ARCHITECTURES:
+        raise ConfigError("config key 'registration': only keypoint-graph architecture recipes have it")
     for section in ("model", "data", "loss", "train"):
         if not isinstance(recipe.setdefault(section, {}) or {}, dict):
             raise ConfigError(f"config key '{section}': expected a mapping, got {recipe[section]!r}")
         recipe[section] = recipe[section] or {}
-    unknown = sorted(set(recipe["train"]) - _TRAIN_KEYS)
+    unknown = sorted(set(recipe["train"]) - _TRAIN_KEYS, key=str)
     if unknown:
         raise ConfigError(f"config key 'train.{unknown[0]}': unknown key (known: {', '.join(sorted(_TRAIN_KEYS))})")
     return recipe
@@ -268,14 +282,13 @@ def train_from_config(path: Union[str, Path], out_dir: Union[str, Path], resume:
     """
     from ..losses import RegistrationLoss
 
-    start = time.perf_counter()
     recipe = read_recipe(path, variant)
+    if recipe["architecture"] in GRAPH_ARCHITECTURES:
+        from ..graphregnet.train import train_graphregnet
+
+        return train_graphregnet(recipe, out_dir, resume=resume, max_minutes=max_minutes, progress=progress)
     out_dir = Path(out_dir)
-    train_cfg = dict(recipe["train"])
-    if "steps" not in train_cfg:
-        raise ConfigError("config key 'train.steps': required (total optimiser steps)")
-    seed = int(train_cfg.pop("seed", 0))
-    torch.manual_seed(seed)
+    settings = train_settings(recipe, max_minutes)
     model = build_model(recipe["architecture"], recipe["model"])
     loss_cfg = dict(recipe["loss"])
     mask_similarity = bool(loss_cfg.pop("mask_similarity", False))
@@ -284,27 +297,23 @@ def train_from_config(path: Union[str, Path], out_dir: Union[str, Path], resume:
     except TypeError as error:
         raise ConfigError(f"loss: {error}") from None
     data_cfg = dict(recipe["data"])
+    options = settings.options
     try:
-        data = DenseTrainingData(out_dir=out_dir, batch_size=int(train_cfg.pop("batch_size", 1)), seed=seed,
+        data = DenseTrainingData(out_dir=out_dir, batch_size=int(options.pop("batch_size", 1)), seed=settings.seed,
                                  progress=progress, **data_cfg)
     except TypeError as error:
         raise ConfigError(f"data: {error}") from None
-    if max_minutes is None:
-        max_minutes = train_cfg.get("max_minutes")
-    train_cfg.pop("max_minutes", None)
-    data.prepare()
-    validation = data.validation_pairs()
-    remaining = None
-    if max_minutes is not None:
-        remaining = max(max_minutes - (time.perf_counter() - start) / 60.0, 1e-3)
-    stored = copy.deepcopy(recipe)
-    stored["data"].update({"spacing_mm": data.spacing_mm, "hu_min": data.hu_min, "hu_max": data.hu_max})
-    return train(model, dense_loss_fn(loss, mask_similarity), data, out_dir=out_dir, resume=resume,
-                 max_minutes=remaining, validate=dense_validation(validation) if validation else None,
-                 config=stored, seed=seed, progress=progress, **train_cfg)
+    with prepared(data, options.get("device"), progress):
+        validation = data.validation_pairs()
+        stored = copy.deepcopy(recipe)
+        stored["data"].update({"spacing_mm": data.spacing_mm, "hu_min": data.hu_min, "hu_max": data.hu_max})
+        return train(model, dense_loss_fn(loss, mask_similarity), data, out_dir=out_dir, resume=resume,
+                     max_minutes=settings.remaining_minutes(),
+                     validate=dense_validation(validation) if validation else None,
+                     config=stored, seed=settings.seed, progress=progress, **options)
 
 
-__all__ = ["DENSE_ARCHITECTURES", "DenseTrainingData", "LoadableModel", "TrainingResult", "architectures",
+__all__ = ["DENSE_ARCHITECTURES", "GRAPH_ARCHITECTURES", "DenseTrainingData", "LoadableModel", "TrainingResult", "architectures",
            "build_model", "checkpoint_path", "dense_loss_fn", "dense_validation", "latest_checkpoint", "load_model",
            "read_checkpoint", "read_recipe", "register_architecture", "save_checkpoint", "train",
            "train_from_config"]

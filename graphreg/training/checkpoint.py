@@ -44,7 +44,7 @@ FORMAT_VERSION = 1
 
 _ARCHITECTURES: dict[str, type] = {}
 #: modules that register architectures when imported; imported before a name is looked up
-ARCHITECTURE_MODULES = ["graphreg.cnn"]
+ARCHITECTURE_MODULES = ["graphreg.cnn", "graphreg.graphregnet"]
 
 
 class LoadableModel(nn.Module):
@@ -182,7 +182,9 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
         raise InputFileError(f"checkpoint {path}: expected a graphreg checkpoint, got a file without "
                              f"format={CHECKPOINT_FORMAT!r}")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputFileError(f"checkpoint {path}: expected an integer format_version >= 1, got {version!r}")
+    if version > FORMAT_VERSION:
         raise InputFileError(f"checkpoint {path}: format version {version!r} is newer than this graphreg "
                              f"reads ({FORMAT_VERSION}); upgrade graphreg")
     missing = [key for key in ("architecture", "model_args", "state_dict") if key not in payload]

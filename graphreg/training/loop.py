@@ -16,6 +16,9 @@ Convention:
 
       Checkpoints are :mod:`graphreg.training.checkpoint` files; :func:`load_model` reads
       ``model.pt`` and every training checkpoint alike.
+    - Started by ``torchrun`` (``WORLD_SIZE > 1``), the loop trains data-parallel with
+      DistributedDataParallel: see :mod:`graphreg.training.distributed` (global batch shared out
+      by rank, rank 0 writes every file).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, GraphregError
 from ..io.atomic import atomic_write_text
 from .checkpoint import LoadableModel, read_checkpoint, save_checkpoint
+from .distributed import init_distributed
 
 LossOutput = Union[torch.Tensor, tuple[torch.Tensor, dict]]
 LossFn = Callable[[torch.nn.Module, Any], LossOutput]
@@ -132,7 +136,8 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
         validate: ``validate(model) -> {name: float}``, called in eval mode without gradients.
         validate_every: steps between validations (and once at the end); None: only at the end.
         config: the training configuration, stored in every checkpoint.
-        device: where to train (default: CUDA when available, else CPU).
+        device: where to train (default: CUDA when available, else CPU; ``cuda:LOCAL_RANK`` under
+            torchrun).
         grad_clip: clip the global gradient norm to this value; None: no clipping.
         progress: show a tqdm progress bar with the running loss.
 
@@ -148,12 +153,19 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
         raise ConfigError(f"lr: expected a number > 0, got {lr!r}")
     if max_minutes is not None and not (isinstance(max_minutes, (int, float)) and max_minutes > 0):
         raise ConfigError(f"max_minutes: expected a number > 0 or None, got {max_minutes!r}")
-    device = torch.device(device) if device is not None else \
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ddp = init_distributed(device)
+    is_main = ddp is None or ddp.is_main
+    if ddp is not None:
+        device = ddp.device
+    else:
+        device = torch.device(device) if device is not None else \
+            torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     model.to(device).train()
+    network = model if ddp is None else ddp.wrap(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history: list = []
     start_step = 0
@@ -180,6 +192,8 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
     stopped = "completed"
 
     def write_checkpoint() -> Path:
+        if not is_main:
+            return checkpoint_path(out_dir, step)
         path = save_checkpoint(checkpoint_path(out_dir, step), model, config=config, step=step,
                                optimizer=optimizer, rng_state=torch.get_rng_state(), history=history)
         atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
@@ -187,24 +201,28 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
         return path
 
     def run_validation() -> None:
+        if not is_main:
+            return
         model.eval()
         with torch.no_grad():
             values = validate(model)
         model.train()
         history.append({"step": step, **{f"val_{k}": float(v) for k, v in values.items()}})
 
-    bar = tqdm(total=steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start_step, disable=not (progress and is_main), desc="train", dynamic_ncols=True)
     try:
         while step < steps:
-            batch = to_device(next_batch(step), device)
+            batch = next_batch(step)
+            batch = to_device(batch if ddp is None else ddp.shard(batch), device)
             optimizer.zero_grad(set_to_none=True)
-            loss, parts = _split_loss(loss_fn(model, batch), step)
+            loss, parts = _split_loss(loss_fn(network, batch), step)
             loss.backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             step += 1
-            record = {"step": step, "loss": float(loss.detach()), **parts,
+            logged = {"loss": float(loss.detach()), **parts}
+            record = {"step": step, **(logged if ddp is None else ddp.mean(logged)),
                       "seconds": round(time.perf_counter() - begun, 3)}
             history.append(record)
             bar.update(1)
@@ -212,6 +230,8 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
             if validate is not None and validate_every is not None and step % validate_every == 0 and step < steps:
                 run_validation()
             out_of_time = max_minutes is not None and time.perf_counter() - begun >= 60.0 * max_minutes
+            if ddp is not None:
+                out_of_time = ddp.any(out_of_time)
             if step % checkpoint_every == 0 or step == steps or out_of_time:
                 last_checkpoint = write_checkpoint()
             if out_of_time and step < steps:
@@ -225,7 +245,11 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
         if validate is not None:
             run_validation()
             last_checkpoint = write_checkpoint()
-        model_path = save_checkpoint(out_dir / "model.pt", model, config=config, step=step)
+        model_path = out_dir / "model.pt"
+        if is_main:
+            save_checkpoint(model_path, model, config=config, step=step)
+    if ddp is not None:
+        ddp.close()
     return TrainingResult(step, last_checkpoint, model_path, history, start_step, stopped)
 
 

@@ -1,0 +1,59 @@
+"""Tests of the peer comparison in graphreg.bench.runner.summarize / peer_ratios and the table."""
+
+import json
+
+import pytest
+
+from graphreg.bench.runner import peer_ratios, summarize
+from graphreg.bench.table import format_peer_ratios, format_table
+
+
+def row(method, pair, seconds, tre, rss, status="ok"):
+    return {"method": method, "pair": pair, "status": status, "error": None if status == "ok" else "X: y",
+            "tre_before": {"mean_mm": 8.0}, "tre": {"mean_mm": tre, "std_mm": 1.0, "p75_mm": tre + 0.5,
+                                                    "max_mm": tre + 3.0},
+            "jacobian": {"std_log_jacobian": 0.05, "folding_percent": 0.0}, "dice_before": 0.9, "dice": 0.97,
+            "timings": {"total": seconds}, "seconds_total": seconds, "peak_rss_mb": rss}
+
+
+ROWS = [
+    row("identity", "p1", 0.01, 8.0, 300), row("corrfield", "p1", 10.0, 1.0, 900),
+    row("elastix", "p1", 100.0, 1.5, 600), row("convexadam", "p1", 40.0, 1.2, 1800),
+    row("identity", "p2", 0.01, 8.0, 300), row("corrfield", "p2", 12.0, 1.2, 1000),
+    row("elastix", "p2", 150.0, 1.7, 500), row("convexadam", "p2", 60.0, 1.4, 2000, status="failed"),
+]
+
+
+def test_peer_ratios_are_medians_of_per_pair_ratios_on_common_pairs():
+    ratios = peer_ratios(ROWS)
+    assert set(ratios) == {"corrfield"}  # identity is a reference, peers are not compared with themselves
+    elastix = ratios["corrfield"]["elastix"]
+    assert elastix["n_pairs"] == 2
+    assert elastix["time_ratio"] == pytest.approx((10 / 100 + 12 / 150) / 2)
+    assert elastix["speedup"] == pytest.approx(1 / elastix["time_ratio"])
+    assert elastix["tre_mean_mm"] == pytest.approx(1.1) and elastix["peer_tre_mean_mm"] == pytest.approx(1.6)
+    assert elastix["peak_rss_ratio"] == pytest.approx((900 / 600 + 1000 / 500) / 2)
+    convexadam = ratios["corrfield"]["convexadam"]  # its p2 run failed: only p1 counts
+    assert convexadam["n_pairs"] == 1 and convexadam["time_ratio"] == pytest.approx(0.25)
+    assert convexadam["tre_mean_mm"] == pytest.approx(1.0)
+
+
+def test_no_peers_no_ratios():
+    rows = [r for r in ROWS if r["method"] in ("identity", "corrfield")]
+    assert peer_ratios(rows) == {}
+    assert "vs_peers" not in summarize(rows)["corrfield"]
+    assert format_peer_ratios(summarize(rows)) == ""
+    assert "time ratio" not in format_table(rows)
+
+
+def test_summary_and_table_show_the_ratios():
+    summary = summarize(ROWS)
+    assert summary["corrfield"]["vs_peers"] == json.loads(json.dumps(peer_ratios(ROWS)))["corrfield"]
+    assert "vs_peers" not in summary["elastix"]
+    text = format_table(ROWS, summary)
+    lines = text.splitlines()
+    line = next(l for l in lines if l.startswith("corrfield") and "elastix" in l)
+    cells = line.split()
+    assert cells[2] == "2" and cells[3] == "0.090" and cells[4] == "11.1x"
+    assert any(l.startswith("corrfield") and "convexadam" in l and "4.0x" in l for l in lines)
+    assert "p75" in lines[0] and "fold%" in lines[0] and "peak MB" in lines[0]

@@ -1,0 +1,86 @@
+"""The faster forms of pipeline pieces equal the straightforward ones they replace (issue 9 profile)."""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from graphreg.field import DisplacementField
+from graphreg.geometry import ALIGN_CORNERS, Grid
+from graphreg.losses import diffusion_loss
+from graphreg.pipeline.filters import box_filter
+from graphreg.pipeline.instance_opt import _downsample, _masked_weight, instance_optimise, smooth_field
+from graphreg.registration import resample_field
+from graphreg.spatial import sample_points, warp
+
+
+def test_smooth_field_gradcheck():
+    field = torch.randn(1, 2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: smooth_field(f, 2), (field,))
+
+
+def test_smooth_field_backward_is_the_smoothing_itself():
+    """<S a, b> = <a, S b>: the box smoothing with edge replication is self-adjoint."""
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 1, 3, 6, 2, 7, dtype=torch.float64)
+    assert math.isclose(float(torch.dot(smooth_field(a, 3).flatten(), b.flatten())),
+                        float(torch.dot(a.flatten(), smooth_field(b, 3).flatten())), rel_tol=1e-12)
+    leaf = a.clone().requires_grad_()
+    smooth_field(leaf, 3).backward(b)
+    torch.testing.assert_close(leaf.grad, smooth_field(b, 3))
+
+
+def test_downsample_equals_filter_then_resize():
+    torch.manual_seed(1)
+    volume = torch.rand(1, 3, 11, 9, 14, dtype=torch.float64)
+    shape = (6, 5, 7)
+    reference = F.interpolate(box_filter(volume, 1), size=shape, mode="trilinear", align_corners=ALIGN_CORNERS)
+    torch.testing.assert_close(_downsample(volume, 2, shape), reference)
+
+
+def test_separable_mask_dilation_equals_the_cube():
+    mask = torch.zeros(1, 1, 15, 12, 13)
+    mask[0, 0, 7, 5, 6] = 1
+    mask[0, 0, 0, 11, 0] = 1
+    cube = F.max_pool3d(mask, 7, stride=1, padding=3)
+    torch.testing.assert_close(_masked_weight(mask, (15, 12, 13), 3, mask), cube)
+
+
+def test_masked_similarity_equals_the_dense_loss():
+    """Sampling only inside the dilated mask gives the dense masked loss of the first step."""
+    torch.manual_seed(2)
+    shape = (10, 12, 9)
+    fixed = torch.rand(1, 4, *shape, dtype=torch.float64)
+    moving = torch.rand(1, 4, *shape, dtype=torch.float64)
+    init = torch.randn(1, 3, *shape, dtype=torch.float64)
+    mask = torch.zeros(1, 1, *shape)
+    mask[..., 3:6, 4:8, 2:5] = 1
+    result = instance_optimise(fixed, moving, init, mask=mask, iterations=1, lambda_diffusion=0.2,
+                               grid_factor=1, smoothing_passes=1, mask_dilation=1)
+    weight = F.max_pool3d(mask.double(), 3, stride=1, padding=1)
+    smooth = smooth_field(init, 1)
+    dense = ((fixed - warp(moving, smooth)) ** 2 * weight).sum() / (weight.sum() * 4)
+    expected = dense + 0.2 * diffusion_loss(smooth)
+    torch.testing.assert_close(torch.tensor(result.losses[0], dtype=torch.float64), expected)
+
+
+def _reference_resample(field: DisplacementField, grid: Grid) -> torch.Tensor:
+    """Every target voxel mapped through world coordinates one by one (the definition)."""
+    voxels = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"), -1).reshape(-1, 3)
+    source = field.grid.world_to_voxel(grid.voxel_to_world(voxels.astype(np.float64)))
+    u = sample_points(field.displacement, torch.as_tensor(np.asarray(source), dtype=field.displacement.dtype))[0].T
+    u_mm = field.grid.voxel_vectors_to_mm(u.double().numpy())
+    return torch.as_tensor(np.asarray(grid.mm_vectors_to_voxel(u_mm))).T.reshape(1, 3, *grid.shape)
+
+
+def test_resample_field_matches_the_world_mapping_for_oblique_grids():
+    angle = 0.3
+    rotation = (math.cos(angle), -math.sin(angle), 0.0, math.sin(angle), math.cos(angle), 0.0, 0.0, 0.0, 1.0)
+    source_grid = Grid((9, 10, 11), (1.5, 2.0, 2.5), (-3.0, 4.0, 1.0), rotation)
+    target_grid = Grid((7, 8, 6), (2.2, 1.3, 3.1), (-1.0, 5.0, 2.0))
+    torch.manual_seed(3)
+    field = DisplacementField(torch.randn(1, 3, 9, 10, 11, dtype=torch.float64), source_grid)
+    out = resample_field(field, target_grid)
+    assert out.grid is target_grid
+    torch.testing.assert_close(out.displacement, _reference_resample(field, target_grid).to(torch.float64))
