@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from .runner import scalar_metrics, summarize
 
 _COLUMNS = (  # header, width, alignment
-    ("method", 12, "<"), ("pair", 12, "<"), ("TRE0", 6, ">"), ("TRE", 6, ">"), ("±std", 5, ">"),
+    ("method", 23, "<"), ("pair", 12, "<"), ("TRE0", 6, ">"), ("TRE", 6, ">"), ("±std", 5, ">"),
     ("p75", 6, ">"), ("max", 6, ">"), ("SDlogJ", 6, ">"), ("fold%", 6, ">"), ("Dice", 5, ">"),
     ("total s", 8, ">"), ("peak MB", 8, ">"), ("stages s", 0, "<"),
 )
@@ -48,7 +48,7 @@ def format_table(rows: Sequence[dict], summary: Optional[dict] = None) -> str:
     header = _line([c[0] for c in _COLUMNS])
     lines = [header, "-" * len(header)]
     for row in rows:
-        name = [row["method"][:12], str(row["pair"])[:12]]
+        name = [row["method"], str(row["pair"])[:12]]
         if row["status"] != "ok":
             lines.append(_line(name + ["FAILED: " + str(row.get("error"))[:100]]).rstrip())
             continue
@@ -59,7 +59,7 @@ def format_table(rows: Sequence[dict], summary: Optional[dict] = None) -> str:
         label = f"n={entry['n_ok']}/{entry['n_pairs']}"
         for statistic in ("median", "mean"):
             stages = entry.get("stages_median", {}) if statistic == "median" else {}
-            lines.append(_line([method[:12], f"{statistic} {label}"[:12]]
+            lines.append(_line([method, f"{statistic} {label}"[:12]]
                                + _metric_cells(entry[statistic]) + [_stages(stages)]))
     ratios = format_peer_ratios(summary)
     return "\n".join(lines + ([""] + ratios.splitlines() if ratios else []))
@@ -71,13 +71,14 @@ def format_peer_ratios(summary: dict) -> str:
             for peer, r in entry.get("vs_peers", {}).items()]
     if not rows:
         return ""
-    header = (f"{'method':<12}  {'vs peer':<12}  {'pairs':>5}  {'time ratio':>10}  {'speed-up':>8}  "
+    width = max(12, *(len(method) for method, _, _ in rows))
+    header = (f"{'method':<{width}}  {'vs peer':<12}  {'pairs':>5}  {'time ratio':>10}  {'speed-up':>8}  "
               f"{'TRE':>6}  {'peer TRE':>8}  {'RSS ratio':>9}")
     lines = ["graphreg time / peer time on the same pairs (median of per-pair ratios; < 1 = graphreg faster)",
              header, "-" * len(header)]
     for method, peer, r in rows:
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
-        lines.append(f"{method[:12]:<12}  {peer[:12]:<12}  {r['n_pairs']:>5}  {r['time_ratio']:>10.3f}  "
+        lines.append(f"{method:<{width}}  {peer[:12]:<12}  {r['n_pairs']:>5}  {r['time_ratio']:>10.3f}  "
                      f"{speedup:>8}  {_number(r['tre_mean_mm'], 2):>6}  {_number(r['peer_tre_mean_mm'], 2):>8}  "
                      f"{_number(r['peak_rss_ratio'], 2):>9}")
     return "\n".join(lines)
