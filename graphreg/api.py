@@ -90,6 +90,13 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
 
         if model is None:
             model = default_weights(method)
+        if not isinstance(model, torch.nn.Module):
+            from .training.checkpoint import read_checkpoint
+
+            found = read_checkpoint(model)["architecture"]
+            if found != method:
+                raise GraphregError(f"model: {model} holds a {found!r} network, method {method!r} needs a "
+                                    f"{method!r} one")
         return register_cnn(fixed, moving, fixed_mask, moving_mask, model=model, config=config,
                             device=device, progress=progress)
     cfg: RegistrationConfig = load_config(config)

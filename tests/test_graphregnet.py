@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from graphreg.config import load_config
-from graphreg.errors import ConfigError, ShapeError
+from graphreg.errors import ConfigError, GraphregError, ShapeError
 from graphreg.geometry import Grid
 from graphreg.graphregnet import GraphRegNet
 from graphreg.graphregnet.data import KeypointGraphSample, keypoint_targets, tps_operator
@@ -258,3 +258,16 @@ def test_shipped_weights_load_and_match_the_default_config():
     net = load_model(default_weights("graphregnet"), "graphregnet")
     level = load_config({}).levels[0]
     assert (net.radius, net.step, net.graph) == (level.radius, level.step, "edgeconv")
+
+
+def test_a_checkpoint_of_another_method_is_refused():
+    from graphreg import register
+    from graphreg.cnn.register import default_weights
+    from graphreg.datasets.pairs import read_pair
+    from graphreg.demo import DEMO_PAIR
+
+    pair = read_pair(DEMO_PAIR)
+    with pytest.raises(GraphregError, match="'graphregnet' network"):
+        register(pair.fixed, pair.moving, method="voxelmorph", model=default_weights("graphregnet"))
+    with pytest.raises(GraphregError, match="expected a 'graphregnet' network"):
+        register(pair.fixed, pair.moving, method="graphregnet", model=default_weights("voxelmorph"))
