@@ -43,3 +43,17 @@ def test_exception_bad_yaml(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_every_registration_config_in_configs_loads():
+    from pathlib import Path
+
+    from graphreg.config import load_config
+
+    recipes = {"voxelmorph.yaml", "bspline_cnn.yaml", "linear_deformable.yaml", "graphregnet.yaml"}
+    configs = [p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if p.name not in recipes]
+    assert {"corrfield.yaml", "lowres_3mm.yaml", "accurate.yaml"} <= {p.name for p in configs}
+    for path in configs:
+        load_config(path)
+    accurate = load_config(Path(__file__).resolve().parents[1] / "configs" / "accurate.yaml").instance_opt
+    assert (accurate.grid_factor, accurate.similarity_factor) == (1, 1)
