@@ -86,19 +86,11 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         return register_classical(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
                                   progress=progress)
     if method in CNN_METHODS:
-        from .cnn.register import default_weights, register_cnn
+        from .cnn.register import register_cnn
+        from .training.checkpoint import default_weights
 
-        if model is None:
-            model = default_weights(method)
-        if not isinstance(model, torch.nn.Module):
-            from .training.checkpoint import read_checkpoint
-
-            found = read_checkpoint(model)["architecture"]
-            if found != method:
-                raise GraphregError(f"model: {model} holds a {found!r} network, method {method!r} needs a "
-                                    f"{method!r} one")
-        return register_cnn(fixed, moving, fixed_mask, moving_mask, model=model, config=config,
-                            device=device, progress=progress)
+        return register_cnn(fixed, moving, fixed_mask, moving_mask, config=config, device=device, progress=progress,
+                            model=default_weights(method) if model is None else model, architecture=method)
     cfg: RegistrationConfig = load_config(config)
     torch_device = resolve_device(device)
     torch.manual_seed(cfg.seed)
@@ -106,8 +98,7 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
 
     network, extras = None, {}
     if method == "graphregnet":
-        from .cnn.register import default_weights
-        from .training.checkpoint import load_model
+        from .training.checkpoint import default_weights, load_model
 
         if not isinstance(model, torch.nn.Module):
             model = default_weights(method) if model is None else model

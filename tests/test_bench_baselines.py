@@ -15,9 +15,9 @@ from graphreg.api import register
 from graphreg.bench import methods as registry
 from graphreg.bench.runner import run_benchmark
 from graphreg.bench.sources import open_pairs
-from graphreg.cnn import register as cnn_register
 from graphreg.datasets.pairs import write_pair
 from graphreg.errors import GraphregError
+from graphreg.training import checkpoint as checkpoint_module
 from graphreg.training.checkpoint import read_checkpoint
 
 CNNS = ("voxelmorph", "bspline-cnn", "linear-deformable")
@@ -39,7 +39,7 @@ def test_baselines_are_registered():
 
 @pytest.mark.parametrize("name", CNNS)
 def test_shipped_weights_exist_and_match_their_method(name):
-    path = cnn_register.default_weights(name)
+    path = checkpoint_module.default_weights(name)
     assert path.stat().st_size < 5 * 2 ** 20
     checkpoint = read_checkpoint(path)
     assert checkpoint["architecture"] == name
@@ -47,11 +47,11 @@ def test_shipped_weights_exist_and_match_their_method(name):
 
 
 def test_missing_weights_name_the_recipe(monkeypatch, tmp_path):
-    monkeypatch.setitem(cnn_register.DEFAULT_WEIGHTS, "voxelmorph", tmp_path / "voxelmorph" / "model.pt")
+    monkeypatch.setitem(checkpoint_module.DEFAULT_WEIGHTS, "voxelmorph", tmp_path / "voxelmorph" / "model.pt")
     with pytest.raises(GraphregError, match="configs/voxelmorph.yaml"):
-        cnn_register.default_weights("voxelmorph")
+        checkpoint_module.default_weights("voxelmorph")
     with pytest.raises(GraphregError, match="method"):
-        cnn_register.default_weights("corrfield")
+        checkpoint_module.default_weights("corrfield")
 
 
 def test_baselines_run_in_the_benchmark(pair_dir):
@@ -77,7 +77,7 @@ def test_register_defaults_to_the_shipped_weights():
                      config={"instance_opt": {"enabled": False}}, device="cpu")
     refined = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method="bspline-cnn",
                        device="cpu")
-    shipped = read_checkpoint(cnn_register.default_weights("bspline-cnn"))
+    shipped = read_checkpoint(checkpoint_module.default_weights("bspline-cnn"))
     assert alone.method == "bspline-cnn" and refined.method == "bspline-cnn+io"
     assert alone.extras["model_args"] == shipped["model_args"]
     assert not torch.equal(alone.working_field.displacement, refined.working_field.displacement)

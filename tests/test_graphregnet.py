@@ -253,7 +253,7 @@ def test_shipped_recipe_and_its_ablation_variants():
 
 
 def test_shipped_weights_load_and_match_the_default_config():
-    from graphreg.cnn.register import default_weights
+    from graphreg.training.checkpoint import default_weights
 
     net = load_model(default_weights("graphregnet"), "graphregnet")
     level = load_config({}).levels[0]
@@ -262,7 +262,7 @@ def test_shipped_weights_load_and_match_the_default_config():
 
 def test_a_checkpoint_of_another_method_is_refused():
     from graphreg import register
-    from graphreg.cnn.register import default_weights
+    from graphreg.training.checkpoint import default_weights
     from graphreg.datasets.pairs import read_pair
     from graphreg.demo import DEMO_PAIR
 

@@ -25,11 +25,11 @@ import functools
 import importlib
 import importlib.util
 import time
-from pathlib import Path
 from dataclasses import dataclass, field as dataclass_field
 from typing import Optional, Protocol, Union
 
 from ..errors import ConfigError, GraphregError
+from ..training.checkpoint import ASSETS
 from ..volume import Volume
 
 
@@ -202,11 +202,13 @@ def classical_method(name: str, fixed: Volume, moving: Volume, fixed_mask: Optio
 
 def cnn_method(architecture: str, instance_optimisation: bool, fixed: Volume, moving: Volume,
                fixed_mask: Optional[Volume], moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
-    """A dense CNN baseline with its shipped weights (:func:`graphreg.cnn.register.default_weights`),
+    """A dense CNN baseline with its shipped weights (:func:`graphreg.training.checkpoint.default_weights`),
     the network alone or followed by the default Adam instance optimisation."""
-    from ..cnn.register import default_weights, register_cnn
+    from ..cnn.register import register_cnn
+    from ..training.checkpoint import default_weights
 
     registration = register_cnn(fixed, moving, fixed_mask, moving_mask, model=default_weights(architecture),
+                                architecture=architecture,
                                 instance_optimisation=instance_optimisation, device=device)
     return _from_registration(registration)
 
@@ -225,7 +227,7 @@ GRAPHREGNET_ABLATIONS = {"noedge": "encoder/decoder only, no EdgeConv",
                          "coords": "EdgeConv on keypoint coordinates only",
                          "sup": "trained with ground-truth supervision (the shipped model is unsupervised)"}
 for _name, _description in GRAPHREGNET_ABLATIONS.items():
-    _weights = str(Path(__file__).resolve().parents[2] / "assets" / "graphregnet" / "ablations" / f"{_name}.pt")
+    _weights = str(ASSETS / "graphregnet" / "ablations" / f"{_name}.pt")
     register_method(f"graphregnet-{_name}-noio",
                     functools.partial(keypoint_method, "graphregnet", False, model=_weights),
                     f"GraphRegNet ablation: {_description}; no instance optimisation")

@@ -35,31 +35,6 @@ from ..training.checkpoint import LoadableModel, load_model, read_checkpoint
 from ..volume import Volume
 
 
-#: the shipped weights of each learned method (``assets/<name>/model.pt``, its recipe in ``assets/<name>/README.md``)
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-DEFAULT_WEIGHTS = {"voxelmorph": ASSETS / "voxelmorph" / "model.pt",
-                   "bspline-cnn": ASSETS / "bspline_cnn" / "model.pt",
-                   "linear-deformable": ASSETS / "linear_deformable" / "model.pt",
-                   "graphregnet": ASSETS / "graphregnet" / "model.pt"}
-
-
-def default_weights(method: str) -> Path:
-    """The shipped weights of a learned method (a key of :data:`DEFAULT_WEIGHTS`, e.g. ``"voxelmorph"``).
-
-    Raises:
-        GraphregError: unknown method, or its weights file is missing (the message says how to train it).
-    """
-    if method not in DEFAULT_WEIGHTS:
-        raise GraphregError(f"method: expected one of {', '.join(DEFAULT_WEIGHTS)}, got {method!r}")
-    path = DEFAULT_WEIGHTS[method]
-    if not path.is_file():
-        recipe = path.parent.name
-        raise GraphregError(f"model: no shipped weights for {method!r} at {path}; train them with "
-                            f"'graphreg train --config configs/{recipe}.yaml --out runs/{recipe}' and pass "
-                            f"model=runs/{recipe}/model.pt")
-    return path
-
-
 @dataclass
 class DensePair:
     """A preprocessed pair and the original images it came from.
@@ -107,10 +82,12 @@ def dense_registration(dense: DensePair, displacement: torch.Tensor, method: str
                         moving=dense.moving, method=method, config=config, timings=timings, extras=info)
 
 
-def _resolve_model(model: Union[str, Path, LoadableModel], device: torch.device) -> tuple[LoadableModel, dict]:
-    """The network on ``device`` in eval mode and its training configuration."""
+def _resolve_model(model: Union[str, Path, LoadableModel], device: torch.device,
+                   architecture: Optional[str] = None) -> tuple[LoadableModel, dict]:
+    """The network on ``device`` in eval mode and its training configuration; a checkpoint of
+    another ``architecture`` (when given) is refused."""
     if isinstance(model, (str, Path)):
-        return load_model(model, device=device), dict(read_checkpoint(model).get("config") or {})
+        return load_model(model, architecture, device), dict(read_checkpoint(model).get("config") or {})
     if isinstance(model, LoadableModel):
         return model.to(device).eval(), {}
     raise GraphregError(f"model: expected a checkpoint path or a graphreg network, got {type(model).__name__}")
@@ -135,7 +112,8 @@ def _explicit_preprocess(config: Any) -> set:
 def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None, *,
                  model: Union[str, Path, LoadableModel], config: Any = None,
                  instance_optimisation: Optional[bool] = None, device: Optional[str] = None,
-                 progress: Optional[Callable[[str], None]] = None) -> Registration:
+                 progress: Optional[Callable[[str], None]] = None,
+                 architecture: Optional[str] = None) -> Registration:
     """Register ``moving`` to ``fixed`` with a trained dense network.
 
     Args:
@@ -151,6 +129,8 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
             ``config.instance_opt.enabled``.
         device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
         progress: optional callback receiving one line per stage.
+        architecture: the architecture a checkpoint path must hold (e.g. ``"voxelmorph"``);
+            None accepts any dense one.
 
     Returns:
         A :class:`~graphreg.registration.Registration` whose ``method`` is the network's
@@ -161,7 +141,7 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
     torch_device = resolve_device(device)
     say = progress or (lambda line: None)
     start = time.perf_counter()
-    network, trained_with = _resolve_model(model, torch_device)
+    network, trained_with = _resolve_model(model, torch_device, architecture)
     cfg: RegistrationConfig = load_config(config)
     data = trained_with.get("data") or {}
     for key in set(_TRAINED_PREPROCESS) - _explicit_preprocess(config):
@@ -203,5 +183,5 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
                               {"device": str(torch_device), "seed": cfg.seed, "model_args": network.model_args})
 
 
-__all__ = ["DEFAULT_WEIGHTS", "DensePair", "default_weights", "dense_registration", "prepare_dense_pair",
+__all__ = ["DensePair", "dense_registration", "prepare_dense_pair",
            "register_cnn"]

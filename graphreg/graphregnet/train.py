@@ -31,6 +31,7 @@ import torch
 from ..config import load_config
 from ..errors import ConfigError
 from ..pipeline.correlation import candidate_displacements
+from ..pipeline.driver import check_learned_level
 from ..pipeline.graph import knn_graph
 from ..pipeline.regularise import distribution_moments
 from ..spatial import sample_points
@@ -112,16 +113,14 @@ def train_graphregnet(recipe: dict, out_dir: Union[str, Path], resume: bool = Tr
         max_minutes: wall-time budget including building the samples.
 
     Raises:
-        ConfigError: a bad recipe, or ``model`` radius/step that differ from the first search level.
+        ConfigError: a bad recipe, or ``model`` radius/step that differ from ``registration``'s first
+            search level.
     """
     out_dir = Path(out_dir)
     settings = train_settings(recipe, max_minutes)
     registration = load_config(recipe.get("registration") or {})
     model = build_model("graphregnet", recipe["model"])
-    level = registration.levels[0]
-    if level.radius != model.radius or float(level.step) != model.step:
-        raise ConfigError(f"registration.levels[0]: radius {level.radius} step {level.step:g} differ from "
-                          f"model radius {model.radius} step {model.step:g}")
+    check_learned_level(model, registration.levels[0])
     try:
         loss_fn = graph_loss_fn(**recipe["loss"])
         data = GraphTrainingData(out_dir, registration, seed=settings.seed, progress=progress, **recipe["data"])

@@ -43,6 +43,32 @@ CHECKPOINT_FORMAT = "graphreg-checkpoint"
 FORMAT_VERSION = 1
 
 _ARCHITECTURES: dict[str, type] = {}
+
+#: the shipped weights of each learned method (``assets/<name>/model.pt``, its recipe in ``assets/<name>/README.md``)
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEFAULT_WEIGHTS = {"voxelmorph": ASSETS / "voxelmorph" / "model.pt",
+                   "bspline-cnn": ASSETS / "bspline_cnn" / "model.pt",
+                   "linear-deformable": ASSETS / "linear_deformable" / "model.pt",
+                   "graphregnet": ASSETS / "graphregnet" / "model.pt"}
+
+
+def default_weights(method: str) -> Path:
+    """The shipped weights of a learned method (a key of :data:`DEFAULT_WEIGHTS`, e.g. ``"voxelmorph"``).
+
+    Raises:
+        GraphregError: unknown method, or its weights file is missing (the message says how to train it).
+    """
+    if method not in DEFAULT_WEIGHTS:
+        raise GraphregError(f"method: expected one of {', '.join(DEFAULT_WEIGHTS)}, got {method!r}")
+    path = DEFAULT_WEIGHTS[method]
+    if not path.is_file():
+        recipe = path.parent.name
+        raise GraphregError(f"model: no shipped weights for {method!r} at {path}; train them with "
+                            f"'graphreg train --config configs/{recipe}.yaml --out runs/{recipe}' and pass "
+                            f"model=runs/{recipe}/model.pt")
+    return path
+
+
 #: modules that register architectures when imported; imported before a name is looked up
 ARCHITECTURE_MODULES = ["graphreg.cnn", "graphreg.graphregnet"]
 
@@ -224,5 +250,5 @@ def load_model(path: Union[str, Path], architecture: Optional[str] = None, devic
     return model.to(device or "cpu").eval()
 
 
-__all__ = ["CHECKPOINT_FORMAT", "FORMAT_VERSION", "LoadableModel", "architectures", "build_model",
+__all__ = ["ASSETS", "CHECKPOINT_FORMAT", "DEFAULT_WEIGHTS", "FORMAT_VERSION", "LoadableModel", "architectures", "build_model", "default_weights",
            "load_model", "read_checkpoint", "register_architecture", "save_checkpoint"]
