@@ -79,16 +79,34 @@ class DensifyConfig:
 
 
 @dataclass
+class RefineConfig:
+    """Second Adam stage of the instance optimisation, at the full working resolution.
+
+    It starts from the coarse stage's field; the parameter grid and the MIND similarity are both on
+    the working grid (``grid_factor`` = ``similarity_factor`` = 1), with the similarity evaluated
+    at a random ``sample_fraction`` of the masked voxels each step to keep the cost down.
+    """
+
+    iterations: int = 10  #: Adam steps; 0 skips the stage
+    lr: float = 0.25  #: Adam learning rate (working voxels)
+    lambda_diffusion: float = 0.3  #: weight of losses.diffusion_loss
+    smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
+    sample_fraction: float = 0.25  #: fraction of the masked voxels drawn for each step's similarity
+
+
+@dataclass
 class InstanceOptConfig:
-    """Adam instance optimisation of the dense field."""
+    """Adam instance optimisation of the dense field: a coarse stage, then :class:`RefineConfig`."""
 
     enabled: bool = True
-    iterations: int = 30
+    iterations: int = 20
     lr: float = 1.0  #: Adam learning rate (working voxels)
     lambda_diffusion: float = 0.1  #: weight of losses.diffusion_loss; 0.1 beat 0.33 on native pair_01 and the demo
     grid_factor: int = 2  #: the parameter lives at 1 / grid_factor resolution
     smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
     similarity_factor: int = 2  #: the MIND similarity is evaluated at 1 / similarity_factor resolution
+    sample_fraction: float = 1.0  #: fraction of the masked voxels drawn at random for each step's similarity
+    refine: RefineConfig = field(default_factory=RefineConfig)  #: full-resolution second stage
 
 
 @dataclass

@@ -73,6 +73,10 @@ BYTES_PER_VOXEL = {
 #: smoothing passes).
 INSTANCE_OPT_SIMILARITY_BYTES = 420
 INSTANCE_OPT_PARAMETER_BYTES = 96
+#: the full-resolution refinement samples ``refine.sample_fraction`` of the voxels per step, but
+#: keeps whole-grid copies (channels-last moving features, masks): it never costs less than this
+#: share of a full similarity grid.
+REFINE_MIN_SHARE = 0.25
 #: bytes per cost-volume entry (keypoint x candidate) beyond the correlation chunk: the cost and
 #: the marginals (float32); belief propagation reuses the correlation's freed memory (measured:
 #: 787 keypoints x 29^3 candidates add no more than 512 x 17^3).
@@ -215,6 +219,10 @@ def estimate_memory(fixed_grid: Grid, moving_grid: Grid, config=None,
         parameter = INSTANCE_OPT_PARAMETER_BYTES * n_w // io.grid_factor ** 3
         downsample = per["instance_opt_downsample"] if io.similarity_factor > 1 else 0
         stages["instance optimisation"] = alive + per["field"] + max(downsample, similarity + parameter)
+    if io.enabled and io.refine.iterations > 0:
+        stages["instance optimisation (full resolution)"] = (
+            alive + per["field"] + INSTANCE_OPT_PARAMETER_BYTES * n_w
+            + int(INSTANCE_OPT_SIMILARITY_BYTES * n_w * max(io.refine.sample_fraction, REFINE_MIN_SHARE)))
     if include_outputs:
         field = OUTPUT_FIELD_BYTES * n_f
         stages["save result"] = inputs + per["field"] + field + max(OUTPUT_WRITE_BYTES * n_f,
@@ -254,7 +262,7 @@ def check_memory_budget(estimate: MemoryEstimate, budget_gb: Optional[float]) ->
     else:
         advice = ("coarsen the working grid 'preprocess.spacing_mm' (memory falls with its cube), lower "
                   "'preprocess.crop_margin_mm', raise 'instance_opt.similarity_factor' / "
-                  "'instance_opt.grid_factor', lower 'keypoints.num_points' or use fewer 'levels'")
+                  "'instance_opt.grid_factor', set 'instance_opt.refine.iterations' to 0, lower 'keypoints.num_points' or use fewer 'levels'")
     raise ResourceError(f"memory_budget_gb: this registration needs an estimated {estimate.describe()}, "
                         f"more than the budget of {budget_gb:g} GB; to fit, {advice}")
 

@@ -21,6 +21,8 @@ def test_yaml_round_trip(tmp_path):
     assert again == config
     assert again.levels == [SearchLevel(radius=4, step=1.0)]
     assert again.keypoints.num_points == 500
+    refined = load_config({"instance_opt": {"refine": {"iterations": 0, "sample_fraction": 1}}})
+    assert refined.instance_opt.refine.iterations == 0 and refined.instance_opt.refine.sample_fraction == 1.0
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -30,6 +32,7 @@ def test_yaml_round_trip(tmp_path):
     ({"instance_opt": {"enabled": 1}}, "instance_opt.enabled"),
     ({"levels": [{"radius": 2}, {"rad": 1}]}, "levels[1].rad"),
     ({"levels": []}, "levels"),
+    ({"instance_opt": {"refine": {"lr": "fast"}}}, "instance_opt.refine.lr"),
 ])
 def test_exception_names_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):

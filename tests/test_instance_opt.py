@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from graphreg.errors import GraphregError, ShapeError
-from graphreg.pipeline.instance_opt import instance_optimise, smooth_field
+from graphreg.config import InstanceOptConfig, RefineConfig
+from graphreg.pipeline.instance_opt import instance_optimise, optimise_with_config, smooth_field
 from graphreg.spatial import identity_grid, warp
 
 SHAPE = (20, 20, 20)
@@ -36,14 +37,14 @@ def test_smooth_field_keeps_constants_and_affine_interior():
     torch.testing.assert_close(smooth_field(ramp, 2)[inner], ramp[inner])
 
 
-@pytest.mark.parametrize("similarity_factor", [1, 2])
-def test_instance_optimise_recovers_shift(similarity_factor):
+@pytest.mark.parametrize("similarity_factor, sample_fraction", [(1, 1.0), (2, 1.0), (1, 0.25)])
+def test_instance_optimise_recovers_shift(similarity_factor, sample_fraction):
     shift = (1.5, -1.0, 0.75)
     fixed, moving = shifted_pair(shift)
     seen = []
     result = instance_optimise(fixed, moving, torch.zeros(1, 3, *SHAPE), iterations=25, lr=0.5,
                                lambda_diffusion=0.1 / 3, similarity_factor=similarity_factor,
-                               progress=lambda i, loss: seen.append(i))
+                               sample_fraction=sample_fraction, progress=lambda i, loss: seen.append(i))
     assert seen == list(range(25)) and len(result.losses) == 25
     assert result.losses[-1] < 0.25 * result.losses[0]
     field = result.displacement
@@ -51,6 +52,34 @@ def test_instance_optimise_recovers_shift(similarity_factor):
     centre = field[0, :, 5:-5, 5:-5, 5:-5].reshape(3, -1).mean(1)
     before = torch.tensor(shift).norm()
     assert (centre - torch.tensor(shift)).norm() < 0.25 * before
+
+
+def test_random_sampling_is_seeded_and_visits_different_voxels():
+    fixed, moving = shifted_pair((1.0, 0.5, 0.0))
+    runs = [instance_optimise(fixed, moving, torch.zeros(1, 3, *SHAPE), iterations=3, lr=0.5,
+                              sample_fraction=0.3, seed=seed) for seed in (4, 4, 5)]
+    assert torch.equal(runs[0].displacement, runs[1].displacement)
+    assert not torch.equal(runs[0].displacement, runs[2].displacement)
+    full = instance_optimise(fixed, moving, torch.zeros(1, 3, *SHAPE), iterations=3, lr=0.5)
+    assert not torch.equal(runs[0].displacement, full.displacement)
+
+
+def test_optimise_with_config_runs_the_coarse_then_the_full_resolution_stage():
+    shift = (1.5, -1.0, 0.75)
+    fixed, moving = shifted_pair(shift)
+    init = torch.zeros(1, 3, *SHAPE)
+    coarse_only = InstanceOptConfig(iterations=20, lr=0.5, refine=RefineConfig(iterations=0))
+    field, timings = optimise_with_config(fixed, moving, init, None, coarse_only)
+    assert set(timings) == {"instance_opt"}
+    both = InstanceOptConfig(iterations=20, lr=0.5, refine=RefineConfig(iterations=10, lr=0.1))
+    refined, timings = optimise_with_config(fixed, moving, init, None, both)
+    assert set(timings) == {"instance_opt", "instance_opt_refine"}
+    error = [(f[0, :, 5:-5, 5:-5, 5:-5].reshape(3, -1).mean(1) - torch.tensor(shift)).norm()
+             for f in (field, refined)]
+    assert error[1] < error[0] < 0.25 * torch.tensor(shift).norm()
+    untouched, timings = optimise_with_config(fixed, moving, init, None,
+                                              InstanceOptConfig(enabled=False))
+    assert untouched is init and timings == {}
 
 
 def test_instance_optimise_mask_limits_the_loss():
@@ -85,3 +114,6 @@ def test_exceptions():
         instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), grid_factor=0)
     with pytest.raises(GraphregError, match="similarity_factor"):
         instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), similarity_factor=0)
+    for fraction in (0.0, 1.5, float("nan")):
+        with pytest.raises(GraphregError, match="sample_fraction"):
+            instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), sample_fraction=fraction)

@@ -17,6 +17,8 @@ Convention:
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,22 +163,20 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
 
     method = network.architecture
     refine = cfg.instance_opt.enabled if instance_optimisation is None else bool(instance_optimisation)
-    if refine and cfg.instance_opt.iterations > 0:
-        from ..pipeline.instance_opt import instance_optimise
+    if refine and (cfg.instance_opt.iterations > 0 or cfg.instance_opt.refine.iterations > 0):
+        from ..pipeline.instance_opt import optimise_with_config
         from ..pipeline.mind import mind_ssc
 
         tick = time.perf_counter()
-        io = cfg.instance_opt
         with torch.no_grad():
             fixed_features = mind_ssc(dense.pair.fixed, cfg.mind.radius, cfg.mind.dilation)
             moving_features = mind_ssc(dense.pair.moving, cfg.mind.radius, cfg.mind.dilation)
-        displacement, _ = instance_optimise(fixed_features, moving_features, displacement,
-                                            mask=dense.pair.fixed_mask, iterations=io.iterations, lr=io.lr,
-                                            lambda_diffusion=io.lambda_diffusion, grid_factor=io.grid_factor,
-                                            smoothing_passes=io.smoothing_passes,
-                                            similarity_factor=io.similarity_factor)
-        timings["instance_opt"] = time.perf_counter() - tick
-        say(f"instance optimisation: {io.iterations} Adam steps ({timings['instance_opt']:.1f} s)")
+        timings["mind"] = time.perf_counter() - tick
+        io_config = dataclasses.replace(cfg.instance_opt, enabled=True)
+        displacement, io_timings = optimise_with_config(fixed_features, moving_features, displacement,
+                                                        dense.pair.fixed_mask, io_config, cfg.seed)
+        timings.update(io_timings)
+        say(f"instance optimisation: {sum(io_timings.values()):.1f} s")
         method += "+io"
     timings["total"] = time.perf_counter() - start
     return dense_registration(dense, displacement, method, cfg.to_dict(), timings,

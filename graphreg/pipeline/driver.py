@@ -21,7 +21,7 @@ from ..spatial import sample_points, warp
 from .correlation import candidate_displacements, correlation_cost
 from .densify import densify
 from .graph import knn_graph
-from .instance_opt import instance_optimise
+from .instance_opt import optimise_with_config
 from .keypoints import foerstner_keypoints
 from .mind import mind_ssc
 from .preprocess import WorkingPair
@@ -197,13 +197,12 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
                 f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
 
     io_cfg = config.instance_opt
-    if io_cfg.enabled and io_cfg.iterations > 0:
-        mask = pair.fixed_mask
-        dense = timed("instance_opt", instance_optimise, fixed_features, moving_features, dense, mask=mask,
-                         iterations=io_cfg.iterations, lr=io_cfg.lr, lambda_diffusion=io_cfg.lambda_diffusion,
-                         grid_factor=io_cfg.grid_factor, smoothing_passes=io_cfg.smoothing_passes,
-                         similarity_factor=io_cfg.similarity_factor).displacement
-        say(f"instance optimisation: {io_cfg.iterations} Adam steps ({timings['instance_opt']:.1f} s)")
+    dense, io_timings = optimise_with_config(fixed_features, moving_features, dense, pair.fixed_mask,
+                                             io_cfg, config.seed)
+    timings.update(io_timings)
+    if io_timings:
+        say(f"instance optimisation: {io_cfg.iterations} + {io_cfg.refine.iterations} (full resolution) "
+            f"Adam steps ({sum(io_timings.values()):.1f} s)")
     return PipelineOutput(dense.detach(), keypoints, sparse, spread, timings)
 
 

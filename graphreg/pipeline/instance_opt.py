@@ -14,7 +14,8 @@ Convention:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import time
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,10 @@ from ..losses import diffusion_loss
 from ..spatial import identity_grid, resize_field, sample_points
 from .filters import box_filter, filter_axis
 
-__all__ = ["InstanceOptResult", "instance_optimise", "smooth_field"]
+if TYPE_CHECKING:
+    from ..config import InstanceOptConfig
+
+__all__ = ["InstanceOptResult", "instance_optimise", "optimise_with_config", "smooth_field"]
 
 
 class InstanceOptResult(NamedTuple):
@@ -115,7 +119,7 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
                       init_displacement: torch.Tensor, mask: torch.Tensor | None = None,
                       iterations: int = 50, lr: float = 1.0, lambda_diffusion: float = 0.1,
                       grid_factor: int = 2, smoothing_passes: int = 3, mask_dilation: int = 3,
-                      similarity_factor: int = 1,
+                      similarity_factor: int = 1, sample_fraction: float = 1.0, seed: int = 0,
                       progress: Callable[[int, float], None] | None = None) -> InstanceOptResult:
     """Refine a dense displacement field by Adam on a low-resolution displacement grid.
 
@@ -131,6 +135,11 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     coarser (features box-smoothed and resampled once, the field resized to that grid), as
     ConvexAdam does with 2: about ``similarity_factor**3`` times less work per step. The
     returned field is always at full resolution.
+
+    ``sample_fraction < 1`` evaluates the similarity at a fresh random subset of that fraction of
+    the (masked) voxels every step, like elastix's random sampler: a stochastic gradient that costs
+    ``sample_fraction`` of the full one; the subsets are drawn from a generator seeded with
+    ``seed``, so results are reproducible.
 
     Shapes:
         fixed_features, moving_features: ``(1, C, D, H, W)``;
@@ -154,6 +163,8 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     if similarity_factor < 1:
         raise GraphregError(f"similarity_factor: expected an integer >= 1, got "
                             f"{similarity_factor}")
+    if not 0.0 < sample_fraction <= 1.0:
+        raise GraphregError(f"sample_fraction: expected a number in (0, 1], got {sample_fraction}")
     if iterations < 0 or smoothing_passes < 0 or mask_dilation < 0:
         raise GraphregError("iterations, smoothing_passes, mask_dilation: expected >= 0, got "
                             f"{iterations}, {smoothing_passes}, {mask_dilation}")
@@ -168,14 +179,18 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
         if weight is not None:
             weight = F.interpolate(weight, size=sim_shape, mode="trilinear",
                                    align_corners=ALIGN_CORNERS)
-    voxels = weight.sum() if weight is not None else fixed.new_tensor(float(fixed[0, 0].numel()))
-    denominator = voxels * fixed.shape[1]
     # Voxels of zero weight add nothing to the similarity: sample the moving features only at
     # the others (the dilated lungs, about a third of the working box on lung CT).
-    inside = torch.ones(sim_shape, dtype=torch.bool, device=fixed.device) if weight is None else weight[0, 0] > 0
-    points = identity_grid(sim_shape, fixed.device, fixed.dtype)[0][:, inside].T  # (K, 3) voxels
-    fixed = fixed[0][:, inside]  # (C, K)
-    weight = None if weight is None else weight[0, 0][inside]  # (K,)
+    inside = (torch.ones(sim_shape, dtype=torch.bool, device=fixed.device) if weight is None
+              else weight[0, 0] > 0).flatten().nonzero()[:, 0]  # (K,) flat voxel indices, ascending
+    points = identity_grid(sim_shape, fixed.device, fixed.dtype)[0].flatten(1)[:, inside].T  # (K, 3) voxels
+    fixed = fixed[0].flatten(1)[:, inside]  # (C, K)
+    weight = torch.ones_like(fixed[0]) if weight is None else weight.flatten()[inside]  # (K,)
+    count = inside.numel()
+    # Channels-last: the C feature values of a voxel are adjacent, so each trilinear corner
+    # fetch is one cache line instead of C (several times faster sampling on CPU).
+    moving = moving.contiguous(memory_format=torch.channels_last_3d)
+    generator = torch.Generator(device=fixed.device).manual_seed(seed)
     low = tuple(max(2, round(n / grid_factor)) if n > 1 else 1 for n in shape)
     with torch.no_grad():
         start = resize_field(init_displacement.detach().to(fixed.dtype), low)
@@ -185,11 +200,14 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     for step in range(iterations):
         optimiser.zero_grad(set_to_none=True)
         smooth = smooth_field(param, smoothing_passes)
-        field = (smooth if low == sim_shape else resize_field(smooth, sim_shape))[0][:, inside]  # (3, K)
-        residual = (fixed - sample_points(moving, points + field.T)[0]) ** 2
-        if weight is not None:
-            residual = residual * weight
-        loss = residual.sum() / denominator + lambda_diffusion * diffusion_loss(smooth)
+        chosen = (slice(None) if sample_fraction == 1.0 else  # sorted indices keep memory locality
+                  (torch.rand(count, generator=generator, device=fixed.device) < sample_fraction)
+                  .nonzero()[:, 0])
+        field = (smooth if low == sim_shape else resize_field(smooth, sim_shape))[0].flatten(1)
+        field = field[:, inside[chosen]]  # (3, K') at the sampled voxels
+        residual = (fixed[:, chosen] - sample_points(moving, points[chosen] + field.T)[0]) ** 2
+        similarity = (residual * weight[chosen]).sum() / (weight[chosen].sum() * fixed.shape[0])
+        loss = similarity + lambda_diffusion * diffusion_loss(smooth)
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
@@ -198,3 +216,41 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     with torch.no_grad():
         field = resize_field(smooth_field(param, smoothing_passes), shape)
     return InstanceOptResult(field.detach(), losses)
+
+
+def optimise_with_config(fixed_features: torch.Tensor, moving_features: torch.Tensor,
+                         init_displacement: torch.Tensor, mask: torch.Tensor | None,
+                         config: "InstanceOptConfig", seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """The configured instance optimisation: the coarse stage, then the full-resolution refinement.
+
+    The coarse stage uses ``config``'s own settings; ``config.refine`` (when its ``iterations`` are
+    positive) continues from its result with the parameter grid and the similarity on the working
+    grid itself. Neither runs when ``config.enabled`` is false.
+
+    Shapes:
+        as :func:`instance_optimise`; returns the ``(1, 3, D, H, W)`` voxel field and the seconds of
+        each stage that ran (``"instance_opt"``, ``"instance_opt_refine"``).
+    """
+    timings: dict[str, float] = {}
+    field = init_displacement
+    if not config.enabled:
+        return field, timings
+    if config.iterations > 0:
+        start = time.perf_counter()
+        field = instance_optimise(fixed_features, moving_features, field, mask=mask,
+                                  iterations=config.iterations, lr=config.lr,
+                                  lambda_diffusion=config.lambda_diffusion, grid_factor=config.grid_factor,
+                                  smoothing_passes=config.smoothing_passes,
+                                  similarity_factor=config.similarity_factor,
+                                  sample_fraction=config.sample_fraction, seed=seed).displacement
+        timings["instance_opt"] = time.perf_counter() - start
+    refine = config.refine
+    if refine.iterations > 0:
+        start = time.perf_counter()
+        field = instance_optimise(fixed_features, moving_features, field, mask=mask,
+                                  iterations=refine.iterations, lr=refine.lr,
+                                  lambda_diffusion=refine.lambda_diffusion, grid_factor=1,
+                                  smoothing_passes=refine.smoothing_passes, similarity_factor=1,
+                                  sample_fraction=refine.sample_fraction, seed=seed + 1).displacement
+        timings["instance_opt_refine"] = time.perf_counter() - start
+    return field, timings
