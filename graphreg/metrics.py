@@ -73,6 +73,28 @@ def summarize_errors(errors) -> dict[str, float]:
     }
 
 
+def rank_correlation(predicted, observed) -> float:
+    """Spearman rank correlation between two paired samples, e.g. per-keypoint uncertainty and error.
+
+    ``1`` when ``observed`` grows strictly with ``predicted``, ``0`` when unrelated; ``nan`` when
+    either sample is constant (no ranking to compare).
+
+    Shapes:
+        predicted, observed: ``(N,)`` numbers, ``N >= 2``, finite.
+    """
+    from scipy.stats import spearmanr
+
+    a = _as_numpy(predicted).astype(np.float64).ravel()
+    b = _as_numpy(observed).astype(np.float64).ravel()
+    if a.shape != b.shape or a.size < 2:
+        raise ShapeError(f"observed: expected {a.size} >= 2 values paired with predicted, got {b.size}")
+    check_finite("predicted", a)
+    check_finite("observed", b)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
 # ---------------------------------------------------------------------- Jacobian
 def jacobian_determinant(displacement: torch.Tensor, spacing_zyx=None) -> torch.Tensor:
     """Jacobian determinant of ``phi(x) = x + u(x)`` at every voxel.

@@ -149,6 +149,27 @@ def test_oracle_translation_gives_zero_tre_and_full_overlap(pair_dir):
     assert row["timings"] == {"oracle": 0.0} and row["extras"]["shift_mm"] == list(SHIFT_MM)
 
 
+def keypoint_oracle(fixed, moving, fixed_mask, moving_mask, device):
+    """The exact translation, with keypoints whose displacement error grows with their uncertainty."""
+    result = translation_method(fixed, moving, fixed_mask, moving_mask, device, shift_mm=tuple(SHIFT_MM))
+    points = fixed.grid.voxel_to_world(np.argwhere(fixed_mask.array > 0)[::40].astype(float))
+    uncertainty = np.linspace(0.5, 3.0, len(points))
+    displacements = SHIFT_MM + np.outer(uncertainty ** 2, [0.0, 0.0, 0.3])  # error 0.3 u^2 mm
+    return MethodResult(result.field, {}, {}, (points, displacements, uncertainty))
+
+
+def test_keypoint_uncertainty_is_scored_against_the_ground_truth(pair_dir):
+    (row,) = run_benchmark(open_pairs(pair_dir), [("kp", keypoint_oracle)], isolate=False)
+    assert row["status"] == "ok", row["error"]
+    uncertainty = np.linspace(0.5, 3.0, row["keypoint_error"]["n_points"])
+    assert row["keypoint_error"]["mean_mm"] == pytest.approx(np.mean(0.3 * uncertainty ** 2), rel=1e-4)
+    assert row["uncertainty_spearman"] == pytest.approx(1.0)
+    assert summarize([row])["kp"]["median"]["uncertainty_spearman"] == pytest.approx(1.0)
+    assert "rho_u" in format_table([row])
+    (plain,) = run_benchmark(open_pairs(pair_dir), [ORACLE], isolate=False)
+    assert "uncertainty_spearman" not in plain and "keypoint_error" not in plain
+
+
 def test_isolated_run_measures_its_own_process(pair_dir):
     (row,) = run_benchmark(open_pairs(pair_dir), [ORACLE], isolate=True, timeout_s=300)
     assert row["status"] == "ok", row["error"]

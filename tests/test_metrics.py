@@ -209,3 +209,14 @@ def test_learn2reg_exception(smooth_l2r_disp):
         learn2reg_evaluate(smooth_l2r_disp, points, points, (1, 1, 1), mask=np.ones((10, 10, 10)))
     with pytest.raises(GeometryError, match="spacing"):
         learn2reg_evaluate(smooth_l2r_disp, points, points, (1, 0, 1))
+
+
+def test_rank_correlation_analytic_values():
+    from graphreg.metrics import rank_correlation
+
+    assert rank_correlation([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)  # monotone, not linear
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/(5*24)
+    assert np.isnan(rank_correlation([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ShapeError):
+        rank_correlation([1, 2, 3], [1, 2])

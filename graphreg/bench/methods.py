@@ -45,11 +45,15 @@ class MethodResult:
         field: :class:`~graphreg.field.DisplacementField` on the fixed grid, fixed -> moving.
         timings: seconds per stage, e.g. ``{"preprocess": 0.4, "optimise": 12.1}``.
         extras: anything else worth recording (parameters, iteration counts); JSON-serialisable.
+        keypoints: for keypoint methods, ``(points_mm (N, 3), displacements_mm (N, 3),
+            uncertainty_mm (N,))`` of the graph stage (world mm, fixed -> moving), so the runner
+            can score the uncertainty against the ground truth; ``None`` otherwise.
     """
 
     field: object
     timings: dict[str, float] = dataclass_field(default_factory=dict)
     extras: dict = dataclass_field(default_factory=dict)
+    keypoints: Optional[tuple] = None
 
 
 class Method(Protocol):
@@ -175,7 +179,11 @@ def identity_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
 def _from_registration(registration) -> MethodResult:
     """A :class:`~graphreg.registration.Registration` as a :class:`MethodResult` (field on the fixed grid)."""
     timings = {k: float(v) for k, v in registration.timings.items() if k != "total"}
-    return MethodResult(registration.field, timings, dict(registration.extras))
+    keypoints = None
+    if registration.keypoint_uncertainty_mm is not None:
+        keypoints = (registration.keypoints_mm, registration.keypoint_displacements_mm,
+                     registration.keypoint_uncertainty_mm)
+    return MethodResult(registration.field, timings, dict(registration.extras), keypoints)
 
 
 def keypoint_method(name: str, instance_optimisation: bool, fixed: Volume, moving: Volume,

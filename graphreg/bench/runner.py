@@ -62,7 +62,7 @@ from .sources import PairRef
 #: Scalar metrics of a row that :func:`summarize` aggregates and tables show.
 SUMMARY_METRICS = ("tre_before_mean_mm", "tre_mean_mm", "tre_std_mm", "tre_p75_mm", "tre_max_mm",
                    "std_log_jacobian", "folding_percent", "dice_before", "dice", "seconds_total",
-                   "peak_rss_mb")
+                   "peak_rss_mb", "keypoint_error_mean_mm", "uncertainty_spearman")
 
 #: Methods of other packages that graphreg is compared with (see :func:`peer_ratios`).
 PEER_METHODS = ("elastix", "convexadam")
@@ -188,12 +188,36 @@ def _measure(row: dict, fn: Callable, pair, device: str, isolated: bool) -> None
     field = field.to("cpu")
     if len(fixed_lm):
         row["tre"] = summarize_errors(landmark_errors(field.transform_points(fixed_lm), moving_lm))
+    if result.keypoints is not None and pair.has_ground_truth:
+        row.update(keypoint_uncertainty_scores(result.keypoints, pair.load_gt_field()))
     mask = np.asarray(pair.fixed_mask.array) > 0 if pair.fixed_mask is not None else None
     row["jacobian"] = jacobian_stats(field, mask if mask is not None and mask.any() else None)
     if pair.fixed_mask is not None and pair.moving_mask is not None:
         identity = DisplacementField.identity(pair.fixed.grid)
         row["dice_before"] = _mask_dice(pair.fixed_mask, identity.warp(pair.moving_mask, "nearest"))
         row["dice"] = _mask_dice(pair.fixed_mask, field.warp(pair.moving_mask, "nearest"))
+
+
+def keypoint_uncertainty_scores(keypoints: tuple, gt_field) -> dict:
+    """How well a keypoint method's per-keypoint uncertainty predicts its true error.
+
+    Args:
+        keypoints: ``(points_mm (N, 3), displacements_mm (N, 3), uncertainty_mm (N,))`` as in
+            :attr:`MethodResult.keypoints`.
+        gt_field: the pair's ground-truth :class:`~graphreg.field.DisplacementField`.
+
+    Returns:
+        ``keypoint_error``: :func:`~graphreg.metrics.summarize_errors` of
+        ``|p + d - gt(p)|`` (mm) and ``uncertainty_spearman``: the rank correlation of the
+        uncertainty with that error (``None`` when undefined).
+    """
+    from ..metrics import landmark_errors, rank_correlation, summarize_errors
+
+    points, displacements, uncertainty = (np.asarray(a, dtype=np.float64) for a in keypoints)
+    errors = landmark_errors(points + displacements, gt_field.to("cpu").transform_points(points))
+    rho = rank_correlation(uncertainty, errors) if len(errors) >= 2 else float("nan")
+    return {"keypoint_error": summarize_errors(errors),
+            "uncertainty_spearman": None if np.isnan(rho) else rho}
 
 
 def _child(connection, method_name: str, fn: Callable, pair, device: str) -> None:
@@ -334,6 +358,8 @@ def scalar_metrics(row: dict) -> dict[str, Optional[float]]:
         "dice": row.get("dice"),
         "seconds_total": row.get("seconds_total"),
         "peak_rss_mb": row.get("peak_rss_mb"),
+        "keypoint_error_mean_mm": (row.get("keypoint_error") or {}).get("mean_mm"),
+        "uncertainty_spearman": row.get("uncertainty_spearman"),
     }
 
 

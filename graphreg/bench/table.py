@@ -3,7 +3,10 @@
 One line per (method, pair), then per method a ``median`` and a ``mean`` line over the pairs
 that succeeded, then (when peers ran) graphreg's time as a ratio to each peer's
 (:func:`~graphreg.bench.runner.peer_ratios`). Units: TRE in mm, folding in percent of lung voxels,
-time in seconds, memory in MiB. Stage times are shown compactly as ``name=seconds`` in the last
+time in seconds, memory in MiB. For keypoint methods on pairs with a ground truth, ``kp err`` is
+the mean error of the graph stage's keypoint displacements (mm) and ``rho_u`` the rank correlation
+of the per-keypoint uncertainty with that error (see
+:func:`~graphreg.bench.runner.keypoint_uncertainty_scores`). Stage times are shown compactly as ``name=seconds`` in the last
 column.
 """
 
@@ -16,7 +19,7 @@ from .runner import scalar_metrics, summarize
 _COLUMNS = (  # header, width, alignment
     ("method", 23, "<"), ("pair", 12, "<"), ("TRE0", 6, ">"), ("TRE", 6, ">"), ("±std", 5, ">"),
     ("p75", 6, ">"), ("max", 6, ">"), ("SDlogJ", 6, ">"), ("fold%", 6, ">"), ("Dice", 5, ">"),
-    ("total s", 8, ">"), ("peak MB", 8, ">"), ("stages s", 0, "<"),
+    ("kp err", 6, ">"), ("rho_u", 5, ">"), ("total s", 8, ">"), ("peak MB", 8, ">"), ("stages s", 0, "<"),
 )
 
 
@@ -38,7 +41,8 @@ def _line(cells: Sequence[str]) -> str:
 def _metric_cells(m: dict) -> list[str]:
     return [_number(m["tre_before_mean_mm"], 2), _number(m["tre_mean_mm"], 2), _number(m["tre_std_mm"], 2),
             _number(m["tre_p75_mm"], 2), _number(m["tre_max_mm"], 2), _number(m["std_log_jacobian"], 3),
-            _number(m["folding_percent"], 2), _number(m["dice"], 3), _number(m["seconds_total"], 1),
+            _number(m["folding_percent"], 2), _number(m["dice"], 3), _number(m["keypoint_error_mean_mm"], 2),
+            _number(m["uncertainty_spearman"], 2), _number(m["seconds_total"], 1),
             _number(m["peak_rss_mb"], 0)]
 
 

@@ -92,6 +92,11 @@ class PairData:
         check_pairs(self.fixed_landmarks_mm, self.moving_landmarks_mm,
                     names=("fixed_landmarks_mm", "moving_landmarks_mm"))
 
+    @property
+    def has_ground_truth(self) -> bool:
+        """Whether a ground-truth field is in memory or on disk (generated pairs have one)."""
+        return self.gt_field is not None or self.gt_field_path is not None
+
     def load_gt_field(self, dtype: torch.dtype = torch.float32) -> DisplacementField:
         """The ground-truth field, read from :attr:`gt_field_path` on first use and kept.
 
