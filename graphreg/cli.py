@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from .bench.commands import bench_app
+from .cli_common import fail
 from .errors import GraphregError
 
 app = typer.Typer(
@@ -23,11 +24,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -59,7 +55,7 @@ def evaluate(
     from .evaluation import evaluate_landmarks
 
     if moved_landmarks is not None and field is not None:
-        _fail("--moved-landmarks and --field: give one of them, not both")
+        fail("--moved-landmarks and --field: give one of them, not both")
     result = evaluate_landmarks(fixed_landmarks, moving_landmarks, moved_path=moved_landmarks,
                                 field_path=field, dirlab_case=dirlab_case, spacing=spacing)
     if as_json:
@@ -109,10 +105,10 @@ def register(
     if landmarks is not None:
         marks = read_landmarks(landmarks)
         if marks.space != "world":
-            _fail(f"--landmarks {landmarks}: expected a world-mm CSV with an 'x,y,z' header")
+            fail(f"--landmarks {landmarks}: expected a world-mm CSV with an 'x,y,z' header")
         points = marks.points
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        _fail(f"--out {out}: the folder already holds results; pass --overwrite to replace them")
+        fail(f"--out {out}: the folder already holds results; pass --overwrite to replace them")
     result = run_registration(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
                               device=device, progress=lambda line: typer.echo(line, err=True), model=model,
                               memory_budget_gb=memory_budget)

@@ -73,9 +73,12 @@ BYTES_PER_VOXEL = {
 #: smoothing passes).
 INSTANCE_OPT_SIMILARITY_BYTES = 420
 INSTANCE_OPT_PARAMETER_BYTES = 96
-#: the full-resolution refinement samples ``refine.sample_fraction`` of the voxels per step, but
-#: keeps whole-grid copies (channels-last moving features, masks): it never costs less than this
-#: share of a full similarity grid.
+#: bytes per working voxel that the full-resolution refinement holds whatever its sampling: the
+#: channels-last copy of the moving features, the fixed features and voxel positions of the masked
+#: voxels, the diffusion and smoothing temporaries (calibrated: the 2 mm benchmark pair_01 peaked
+#: at 2114 MB RSS with the refinement, 1506 MB without any instance optimisation).
+REFINE_FIXED_BYTES = 250
+#: the sampled part never costs less than this share of a full similarity grid.
 REFINE_MIN_SHARE = 0.25
 #: bytes per cost-volume entry (keypoint x candidate) beyond the correlation chunk: the cost and
 #: the marginals (float32); belief propagation reuses the correlation's freed memory (measured:
@@ -221,7 +224,7 @@ def estimate_memory(fixed_grid: Grid, moving_grid: Grid, config=None,
         stages["instance optimisation"] = alive + per["field"] + max(downsample, similarity + parameter)
     if io.enabled and io.refine.iterations > 0:
         stages["instance optimisation (full resolution)"] = (
-            alive + per["field"] + INSTANCE_OPT_PARAMETER_BYTES * n_w
+            alive + per["field"] + (INSTANCE_OPT_PARAMETER_BYTES + REFINE_FIXED_BYTES) * n_w
             + int(INSTANCE_OPT_SIMILARITY_BYTES * n_w * max(io.refine.sample_fraction, REFINE_MIN_SHARE)))
     if include_outputs:
         field = OUTPUT_FIELD_BYTES * n_f

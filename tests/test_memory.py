@@ -55,6 +55,18 @@ def test_estimate_grows_with_keypoints_and_finer_spacing():
     assert wider.stages["search level 1"] > base.stages["search level 1"]
 
 
+def test_full_resolution_refinement_is_estimated_as_its_own_stage():
+    def stages(refine):
+        return estimate_memory(CT, CT, load_config({"instance_opt": {"refine": refine}}),
+                               include_outputs=False).stages
+
+    stage = "instance optimisation (full resolution)"
+    assert stage not in stages({"iterations": 0})
+    assert stages({"sample_fraction": 1.0})[stage] > stages({"sample_fraction": 0.25})[stage]
+    assert stages({"sample_fraction": 0.25})[stage] == stages({"sample_fraction": 0.05})[stage]  # floor
+    assert stages({})[stage] > stages({})["instance optimisation"]  # finer than the coarse stage
+
+
 def test_estimate_of_the_native_ct_is_under_six_gb():
     estimate = estimate_memory(CT, CT, working_shape=(128, 130, 165))  # measured working grid of pair_01
     assert 3e9 < estimate.peak_bytes < 6e9

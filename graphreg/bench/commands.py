@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from ..cli_common import fail
 from ..errors import GraphregError
 
 #: Where ``bench make`` writes and ``bench run`` reads by default.
@@ -29,11 +30,6 @@ bench_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @bench_app.command()
@@ -62,7 +58,7 @@ def run(
     if not pairs.exists():
         hint = (f"; make it with `graphreg bench make --out {pairs}` (add --spacing 2 for the standard 2 mm set, --low-res for a quick 4 mm one)"
                 if pairs == DEFAULT_PAIRS else "")
-        _fail(f"--pairs: folder {pairs} not found{hint}")
+        fail(f"--pairs: folder {pairs} not found{hint}")
     try:
         refs = open_pairs(pairs, layout=layout, split=split)[:limit]
         names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -80,7 +76,7 @@ def run(
         rows = run_benchmark(refs, names, device=device, json_path=json_file, isolate=isolate,
                              timeout_s=timeout, progress=report)
     except GraphregError as error:
-        _fail(str(error))
+        fail(str(error))
     typer.echo("")
     typer.echo(format_table(rows, summarize(rows)))
     if json_file is not None:
@@ -104,11 +100,11 @@ def make(
     from ..datasets.benchmark import make_benchmark_command
 
     if spacing is not None and not spacing > 0:
-        _fail(f"--spacing: expected a positive spacing in mm, got {spacing}")
+        fail(f"--spacing: expected a positive spacing in mm, got {spacing}")
     try:
         make_benchmark_command(out, low_res=low_res, seed=seed, spacing_mm=spacing)
     except GraphregError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @bench_app.command("methods")
@@ -139,12 +135,12 @@ def scaling(
     from .scaling import format_scaling, plot_scaling, run_sweep
 
     if not pair.is_dir():
-        _fail(f"--pair: folder {pair} not found")
+        fail(f"--pair: folder {pair} not found")
     try:
         document = run_sweep(pair, [c.strip() for c in curves.split(",") if c.strip()], threads=threads,
                              timeout_s=timeout, progress=typer.echo)
     except GraphregError as error:
-        _fail(str(error))
+        fail(str(error))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scaling.json", json.dumps(to_jsonable(document), indent=2) + "\n")
     text = format_scaling(document)
