@@ -62,6 +62,9 @@ def test_random_sampling_is_seeded_and_visits_different_voxels():
     assert not torch.equal(runs[0].displacement, runs[2].displacement)
     full = instance_optimise(fixed, moving, torch.zeros(1, 3, *SHAPE), iterations=3, lr=0.5)
     assert not torch.equal(runs[0].displacement, full.displacement)
+    tiny = instance_optimise(fixed, moving, torch.zeros(1, 3, *SHAPE), iterations=3, lr=0.5,
+                             sample_fraction=1e-9)  # no voxel drawn: the step uses all of them
+    assert all(torch.isfinite(torch.tensor(tiny.losses)))
 
 
 def test_optimise_with_config_runs_the_coarse_then_the_full_resolution_stage():

@@ -200,9 +200,10 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     for step in range(iterations):
         optimiser.zero_grad(set_to_none=True)
         smooth = smooth_field(param, smoothing_passes)
-        chosen = (slice(None) if sample_fraction == 1.0 else  # sorted indices keep memory locality
-                  (torch.rand(count, generator=generator, device=fixed.device) < sample_fraction)
-                  .nonzero()[:, 0])
+        chosen = slice(None)
+        if sample_fraction < 1.0:  # sorted indices keep memory locality; an empty draw keeps all
+            drawn = (torch.rand(count, generator=generator, device=fixed.device) < sample_fraction).nonzero()[:, 0]
+            chosen = drawn if drawn.numel() else chosen
         field = (smooth if low == sim_shape else resize_field(smooth, sim_shape))[0].flatten(1)
         field = field[:, inside[chosen]]  # (3, K') at the sampled voxels
         residual = (fixed[:, chosen] - sample_points(moving, points[chosen] + field.T)[0]) ** 2
