@@ -6,8 +6,8 @@ that succeeded, then (when peers ran) graphreg's time as a ratio to each peer's
 time in seconds, memory in MiB. For keypoint methods on pairs with a ground truth, ``kp err`` is
 the mean error of the graph stage's keypoint displacements (mm) and ``rho_u`` the rank correlation
 of the per-keypoint uncertainty with that error (see
-:func:`~graphreg.bench.runner.keypoint_uncertainty_scores`). Stage times are shown compactly as ``name=seconds`` in the last
-column.
+:func:`~graphreg.bench.runner.keypoint_uncertainty_scores`). Stage times are shown compactly as
+``name=seconds`` in the last column.
 """
 
 from __future__ import annotations

@@ -17,10 +17,8 @@ Convention:
 
 from __future__ import annotations
 
-import dataclasses
-
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -172,7 +170,7 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
             fixed_features = mind_ssc(dense.pair.fixed, cfg.mind.radius, cfg.mind.dilation)
             moving_features = mind_ssc(dense.pair.moving, cfg.mind.radius, cfg.mind.dilation)
         timings["mind"] = time.perf_counter() - tick
-        io_config = dataclasses.replace(cfg.instance_opt, enabled=True)
+        io_config = replace(cfg.instance_opt, enabled=True)
         displacement, io_timings = optimise_with_config(fixed_features, moving_features, displacement,
                                                         dense.pair.fixed_mask, io_config, cfg.seed)
         timings.update(io_timings)

@@ -207,7 +207,8 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
         field = (smooth if low == sim_shape else resize_field(smooth, sim_shape))[0].flatten(1)
         field = field[:, inside[chosen]]  # (3, K') at the sampled voxels
         residual = (fixed[:, chosen] - sample_points(moving, points[chosen] + field.T)[0]) ** 2
-        similarity = (residual * weight[chosen]).sum() / (weight[chosen].sum() * fixed.shape[0])
+        sampled_weight = weight[chosen]
+        similarity = (residual * sampled_weight).sum() / (sampled_weight.sum() * fixed.shape[0])
         loss = similarity + lambda_diffusion * diffusion_loss(smooth)
         loss.backward()
         optimiser.step()
