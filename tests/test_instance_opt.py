@@ -120,3 +120,20 @@ def test_exceptions():
     for fraction in (0.0, 1.5, float("nan")):
         with pytest.raises(GraphregError, match="sample_fraction"):
             instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), sample_fraction=fraction)
+
+
+def test_instance_features_reuse_the_search_features_only_at_the_same_dilation():
+    from graphreg.errors import ConfigError
+    from graphreg.pipeline.instance_opt import instance_features
+    from graphreg.pipeline.mind import mind_ssc
+
+    fixed, moving = blobs(1, 1), blobs(2, 1)
+    search = (mind_ssc(fixed, 1, 2), mind_ssc(moving, 1, 2))
+    same = instance_features(fixed, moving, 1, InstanceOptConfig(mind_dilation=2), 2, search)
+    assert same[0] is search[0] and same[1] is search[1]
+    finer = instance_features(fixed, moving, 1, InstanceOptConfig(mind_dilation=1), 2, search)
+    torch.testing.assert_close(finer[0], mind_ssc(fixed, 1, 1))
+    torch.testing.assert_close(finer[1], mind_ssc(moving, 1, 1))
+    assert not torch.allclose(finer[0], search[0])
+    with pytest.raises(ConfigError, match="instance_opt.mind_dilation"):
+        instance_features(fixed, moving, 1, InstanceOptConfig(mind_dilation=0))

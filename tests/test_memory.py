@@ -67,6 +67,16 @@ def test_full_resolution_refinement_is_estimated_as_its_own_stage():
     assert stages({})[stage] > stages({})["instance optimisation"]  # finer than the coarse stage
 
 
+def test_own_instance_optimisation_features_are_estimated_only_when_their_dilation_differs():
+    def stages(dilation):
+        return estimate_memory(CT, CT, load_config({"instance_opt": {"mind_dilation": dilation}}),
+                               include_outputs=False).stages
+
+    stage = "mind (instance optimisation)"
+    assert stage not in stages(2)  # the search's own features (mind.dilation 2) are reused
+    assert stages(1)[stage] > stages(1)["mind"]  # the search features are still alive meanwhile
+
+
 def test_estimate_of_the_native_ct_is_under_six_gb():
     estimate = estimate_memory(CT, CT, working_shape=(128, 130, 165))  # measured working grid of pair_01
     assert 3e9 < estimate.peak_bytes < 6e9

@@ -162,13 +162,12 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
     method = network.architecture
     refine = cfg.instance_opt.enabled if instance_optimisation is None else bool(instance_optimisation)
     if refine and (cfg.instance_opt.iterations > 0 or cfg.instance_opt.refine.iterations > 0):
-        from ..pipeline.instance_opt import optimise_with_config
-        from ..pipeline.mind import mind_ssc
+        from ..pipeline.instance_opt import instance_features, optimise_with_config
 
         tick = time.perf_counter()
         with torch.no_grad():
-            fixed_features = mind_ssc(dense.pair.fixed, cfg.mind.radius, cfg.mind.dilation)
-            moving_features = mind_ssc(dense.pair.moving, cfg.mind.radius, cfg.mind.dilation)
+            fixed_features, moving_features = instance_features(dense.pair.fixed, dense.pair.moving,
+                                                                cfg.mind.radius, cfg.instance_opt)
         timings["mind"] = time.perf_counter() - tick
         io_config = replace(cfg.instance_opt, enabled=True)
         displacement, io_timings = optimise_with_config(fixed_features, moving_features, displacement,

@@ -21,7 +21,7 @@ from ..spatial import sample_points, warp
 from .correlation import candidate_displacements, correlation_cost
 from .densify import densify
 from .graph import knn_graph
-from .instance_opt import optimise_with_config
+from .instance_opt import instance_features, optimise_with_config
 from .keypoints import foerstner_keypoints
 from .mind import mind_ssc
 from .preprocess import WorkingPair
@@ -196,7 +196,12 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             say(f"level {index + 1}: ±{level.radius * level.step:g} voxels in steps of {level.step:g}, "
                 f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
 
-    io_cfg = config.instance_opt
+        io_cfg = config.instance_opt
+        if io_cfg.enabled and (io_cfg.iterations > 0 or io_cfg.refine.iterations > 0):
+            del warped  # the last level's warped features are not needed any more
+            fixed_features, moving_features = timed(
+                "mind_io", instance_features, pair.fixed, pair.moving, config.mind.radius, io_cfg,
+                config.mind.dilation, (fixed_features, moving_features))
     dense, io_timings = optimise_with_config(fixed_features, moving_features, dense, pair.fixed_mask,
                                              io_cfg, config.seed)
     timings.update(io_timings)

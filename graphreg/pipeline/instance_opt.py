@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..errors import GraphregError, check_shape
+from ..errors import ConfigError, GraphregError, check_shape
 from ..geometry import ALIGN_CORNERS
 from ..losses import diffusion_loss
 from ..spatial import identity_grid, resize_field, sample_points
 from .filters import box_filter, filter_axis
+from .mind import mind_ssc
 
 if TYPE_CHECKING:
     from ..config import InstanceOptConfig
 
-__all__ = ["InstanceOptResult", "instance_optimise", "optimise_with_config", "smooth_field"]
+__all__ = ["InstanceOptResult", "instance_features", "instance_optimise", "optimise_with_config", "smooth_field"]
 
 
 class InstanceOptResult(NamedTuple):
@@ -218,6 +219,29 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     with torch.no_grad():
         field = resize_field(smooth_field(param, smoothing_passes), shape)
     return InstanceOptResult(field.detach(), losses)
+
+
+def instance_features(fixed_image: torch.Tensor, moving_image: torch.Tensor, radius: int,
+                      config: "InstanceOptConfig", search_dilation: int | None = None,
+                      search_features: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MIND-SSC features the instance optimisation compares (dilation ``config.mind_dilation``).
+
+    ``search_features`` (computed with ``search_dilation``) are returned as they are when that
+    dilation is the configured one; otherwise both images' features are computed anew.
+
+    Shapes:
+        fixed_image, moving_image: ``(1, 1, D, H, W)``; returns two ``(1, 12, D, H, W)`` tensors.
+
+    Raises:
+        ConfigError: ``config.mind_dilation`` is not an integer >= 1.
+    """
+    dilation = config.mind_dilation
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ConfigError(f"config key 'instance_opt.mind_dilation': expected an integer >= 1 voxels, got {dilation!r}")
+    if search_features is not None and search_dilation == dilation:
+        return search_features
+    return mind_ssc(fixed_image, radius, dilation), mind_ssc(moving_image, radius, dilation)
 
 
 def optimise_with_config(fixed_features: torch.Tensor, moving_features: torch.Tensor,
