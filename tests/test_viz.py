@@ -391,6 +391,10 @@ def test_bench_plots(tmp_path):
         assert _not_blank(_png(path))
     labels = [t.get_text() for t in bench_plots.plot_tre_boxplot(rows).axes[0].get_xticklabels()]
     assert labels[0].startswith("corrfield\n90 landmarks") and labels[1].startswith("voxelmorph\n3 pairs")
+    assert bench_plots.plot_tre_boxplot(rows).axes[0].get_yscale() == "linear"  # values within 10x
+    far = rows + [{"method": "identity", "pair": f"p{i}", "tre_mean_mm": 20.0 + i, "seconds_total": 0.1}
+                  for i in range(3)]
+    assert bench_plots.plot_tre_boxplot(far).axes[0].get_yscale() == "log"  # no registration beside them
     with pytest.raises(GraphregError, match=r"rows\[1\]: missing keys \['seconds_total'\]"):
         bench_plots.plot_runtime_vs_tre([rows[0], {"method": "a", "pair": "b", "tre_mean_mm": 1.0}])
     with pytest.raises(GraphregError, match=r"rows\[0\].tre_mean_mm: expected a finite number"):

@@ -106,8 +106,18 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained", dpi=100)
 
 
+#: the TRE axis turns logarithmic when the largest value exceeds this many times the smallest of the
+#: methods' medians
+LOG_AXIS_RATIO = 10.0
+
+
 def plot_tre_boxplot(rows: Sequence[dict], title: str = "Landmark TRE per method"):
-    """Box plot of TRE (mm) per method: all landmarks when ``tre_mm`` is given, else pair means."""
+    """Box plot of TRE (mm) per method: all landmarks when ``tre_mm`` is given, else pair means.
+
+    The TRE axis is logarithmic when one method's values reach :data:`LOG_AXIS_RATIO` times the
+    smallest method median (so the accurate methods stay readable beside ``identity``); long method names
+    are slanted.
+    """
     groups = _by_method(check_rows(rows))
     data, labels = [], []
     for method, items in groups.items():
@@ -122,8 +132,21 @@ def plot_tre_boxplot(rows: Sequence[dict], title: str = "Landmark TRE per method
     figure = _figure(max(4.0, 1.3 * len(data) + 1.5), 4.2)
     axes = figure.subplots()
     axes.boxplot(data, showmeans=True)
-    axes.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
-    axes.set_ylabel("TRE (mm)")
+    long_names = max(len(method) for method in groups) > 16
+    axes.set_xticks(range(1, len(labels) + 1), labels, fontsize=8, rotation=30 if long_names else 0,
+                    ha="right" if long_names else "center")
+    values = np.concatenate(data)
+    positive = values[values > 0]
+    # one method far off the others (e.g. no registration) would flatten the rest on a linear axis
+    wide = positive.size and positive.max() > LOG_AXIS_RATIO * min(np.median(d) for d in data)
+    if wide and positive.size == values.size:
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
+
+        axes.set_yscale("log")
+        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axes.yaxis.set_minor_locator(NullLocator())
+    axes.set_ylabel("TRE (mm, log scale)" if axes.get_yscale() == "log" else "TRE (mm)")
     axes.set_title(title, fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     return figure
