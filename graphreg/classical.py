@@ -60,9 +60,13 @@ class BSplineFFDOptions:
     control_spacing_mm: float = 20.0  #: control-point spacing at the finest level (mm)
     shrink_factors: list = field(default_factory=lambda: [4, 2, 1])  #: pyramid, coarse to fine
     smoothing_sigmas: list = field(default_factory=lambda: [2.0, 1.0, 0.0])  #: per level (voxels)
-    metric: str = "mse"  #: ``"mse"``, ``"ncc"`` (global correlation) or ``"mattes"`` (mutual information)
+    #: ``"mse"``, ``"ncc"`` (global correlation) or ``"mattes"`` (mutual information); on 2 mm
+    #: benchmark pair_01 with 1 % sampling, ncc reached 1.72 mm TRE and mse 2.47 mm
+    metric: str = "ncc"
     iterations: int = 50  #: L-BFGS-B iterations per level
-    sampling_percentage: float = 0.05  #: fraction of voxels sampled by the metric (random, seeded)
+    #: fraction of voxels sampled by the metric (random, seeded); 1 % takes ~75 s on a 2 mm pair on
+    #: 2 cores, 5 % took ~15 min (the full-resolution level dominates)
+    sampling_percentage: float = 0.01
     mask_dilation_mm: float = 6.0  #: the fixed lung mask is dilated by this before masking the metric
 
 
