@@ -111,6 +111,10 @@ class InstanceOptConfig:
     mind_dilation: int = 1
     refine: RefineConfig = field(default_factory=RefineConfig)  #: full-resolution second stage
 
+    def runs(self) -> bool:
+        """Whether any Adam step runs: enabled, with steps in the coarse stage or the refinement."""
+        return self.enabled and (self.iterations > 0 or self.refine.iterations > 0)
+
 
 @dataclass
 class RegistrationConfig:

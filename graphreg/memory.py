@@ -217,8 +217,7 @@ def estimate_memory(fixed_grid: Grid, moving_grid: Grid, config=None,
         search = _level_bytes(count, level.radius, level.step, cfg.regulariser.symmetric)
         stages[f"search level {index + 1}"] = alive + warp + search + per["level"]
     io = cfg.instance_opt
-    io_runs = io.enabled and (io.iterations > 0 or io.refine.iterations > 0)
-    if io_runs and io.mind_dilation != cfg.mind.dilation:  # its own features, one image at a time
+    if io.runs() and io.mind_dilation != cfg.mind.dilation:  # its own features, one image at a time
         stages["mind (instance optimisation)"] = alive + per["field"] + per["features"] // 2 + per["mind"]
     if io.enabled and io.iterations > 0:
         similarity = INSTANCE_OPT_SIMILARITY_BYTES * n_w // io.similarity_factor ** 3

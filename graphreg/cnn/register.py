@@ -160,16 +160,16 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
     say(f"network ({network.architecture}): {timings['network']:.1f} s")
 
     method = network.architecture
-    refine = cfg.instance_opt.enabled if instance_optimisation is None else bool(instance_optimisation)
-    if refine and (cfg.instance_opt.iterations > 0 or cfg.instance_opt.refine.iterations > 0):
+    enabled = cfg.instance_opt.enabled if instance_optimisation is None else bool(instance_optimisation)
+    io_config = replace(cfg.instance_opt, enabled=enabled)
+    if io_config.runs():
         from ..pipeline.instance_opt import instance_features, optimise_with_config
 
         tick = time.perf_counter()
         with torch.no_grad():
             fixed_features, moving_features = instance_features(dense.pair.fixed, dense.pair.moving,
-                                                                cfg.mind.radius, cfg.instance_opt)
+                                                                cfg.mind.radius, io_config)
         timings["mind"] = time.perf_counter() - tick
-        io_config = replace(cfg.instance_opt, enabled=True)
         displacement, io_timings = optimise_with_config(fixed_features, moving_features, displacement,
                                                         dense.pair.fixed_mask, io_config, cfg.seed)
         timings.update(io_timings)

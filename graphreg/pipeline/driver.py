@@ -197,7 +197,7 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
                 f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
 
         io_cfg = config.instance_opt
-        if io_cfg.enabled and (io_cfg.iterations > 0 or io_cfg.refine.iterations > 0):
+        if io_cfg.runs():
             del warped  # the last level's warped features are not needed any more
             fixed_features, moving_features = timed(
                 "mind_io", instance_features, pair.fixed, pair.moving, config.mind.radius, io_cfg,
