@@ -136,17 +136,16 @@ def plot_tre_boxplot(rows: Sequence[dict], title: str = "Landmark TRE per method
     axes.set_xticks(range(1, len(labels) + 1), labels, fontsize=8, rotation=30 if long_names else 0,
                     ha="right" if long_names else "center")
     values = np.concatenate(data)
-    positive = values[values > 0]
     # one method far off the others (e.g. no registration) would flatten the rest on a linear axis
-    wide = positive.size and positive.max() > LOG_AXIS_RATIO * min(np.median(d) for d in data)
-    if wide and positive.size == values.size:
+    log_axis = bool((values > 0).all() and values.max() > LOG_AXIS_RATIO * min(np.median(d) for d in data))
+    if log_axis:
         from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
 
         axes.set_yscale("log")
         axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         axes.yaxis.set_minor_locator(NullLocator())
-    axes.set_ylabel("TRE (mm, log scale)" if axes.get_yscale() == "log" else "TRE (mm)")
+    axes.set_ylabel("TRE (mm, log scale)" if log_axis else "TRE (mm)")
     axes.set_title(title, fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     return figure
