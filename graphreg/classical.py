@@ -67,6 +67,10 @@ class BSplineFFDOptions:
     #: fraction of voxels sampled by the metric (random, seeded); 1 % takes ~75 s on a 2 mm pair on
     #: 2 cores, 5 % took ~15 min (the full-resolution level dominates)
     sampling_percentage: float = 0.01
+    #: the metric samples at least this many voxels at every level: the percentage rises at the
+    #: coarse levels, where 1 % of a shrunk lung mask is only a few hundred voxels (or none on a
+    #: small image, which ITK rejects)
+    min_samples: int = 2000
     mask_dilation_mm: float = 6.0  #: the fixed lung mask is dilated by this before masking the metric
 
 
@@ -170,12 +174,19 @@ def bspline_ffd_field(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optiona
     if not 0 < options.sampling_percentage <= 1:
         raise ConfigError(f"bspline-ffd.sampling_percentage: expected a value in (0, 1], "
                           f"got {options.sampling_percentage}")
-    if options.sampling_percentage < 1:
-        method.SetMetricSamplingStrategy(method.RANDOM)
-        method.SetMetricSamplingPercentage(float(options.sampling_percentage), int(seed))
+    if isinstance(options.min_samples, bool) or not isinstance(options.min_samples, int) or options.min_samples < 1:
+        raise ConfigError(f"bspline-ffd.min_samples: expected an integer >= 1, got {options.min_samples!r}")
     if fixed_mask is not None:
         radius = [max(0, int(round(options.mask_dilation_mm / s))) for s in fixed_mask.GetSpacing()]
-        method.SetMetricFixedMask(sitk.BinaryDilate(fixed_mask, radius) if max(radius) else fixed_mask)
+        fixed_mask = sitk.BinaryDilate(fixed_mask, radius) if max(radius) else fixed_mask
+        method.SetMetricFixedMask(fixed_mask)
+    if options.sampling_percentage < 1:
+        region = (int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))) if fixed_mask is not None
+                  else int(np.prod(fixed.GetSize())))
+        percentages = [min(1.0, max(float(options.sampling_percentage), options.min_samples * s ** 3 / max(region, 1)))
+                       for s in options.shrink_factors]
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentagePerLevel(percentages, int(seed))
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-12, numberOfIterations=int(options.iterations),
                                 maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * int(options.iterations),

@@ -88,3 +88,15 @@ def test_exception_bad_method_and_options(pair):
     with pytest.raises(ConfigError, match="variant"):
         register_classical(fixed, moving, mask, mask, method="demons", config=CONFIG,
                            options={"variant": "thirion"})
+
+
+def test_bspline_ffd_samples_at_least_min_samples_per_level(pair):
+    """1e-4 of the shrunk lung mask is no voxel at all, which ITK rejects; the floor keeps it working."""
+    fixed, moving, mask, _, _ = pair
+    options = {"shrink_factors": [4, 1], "smoothing_sigmas": [1.0, 0.0], "iterations": 2,
+               "sampling_percentage": 1e-4, "min_samples": 500}
+    result = register_classical(fixed, moving, mask, mask, method="bspline-ffd", config=CONFIG, options=options)
+    assert torch.isfinite(result.field.displacement).all()
+    with pytest.raises(ConfigError, match="min_samples"):
+        register_classical(fixed, moving, mask, mask, method="bspline-ffd", config=CONFIG,
+                           options={**options, "min_samples": 0})
