@@ -109,6 +109,10 @@ class InstanceOptConfig:
     #: MIND-SSC dilation (working voxels) of the features both stages compare; the search's own
     #: features (``mind.dilation``) are reused when it is the same. 1 beat 2 on the 2 mm benchmark.
     mind_dilation: int = 1
+    #: weight (0..1) of the diffusion penalty outside the fixed lung mask, in both stages; below 1
+    #: the field may fall off steeply there, as breathing motion does at the pleura. 0.1 beat 1
+    #: (uniform) on the 2 mm benchmark
+    outside_diffusion: float = 0.1
     refine: RefineConfig = field(default_factory=RefineConfig)  #: full-resolution second stage
 
     def runs(self) -> bool:

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import ConfigError, GraphregError, ShapeError
+from .errors import ConfigError, GraphregError, ShapeError, check_shape
 from .pipeline.filters import box_filter
 from .pipeline.mind import mind_ssc
 
@@ -132,23 +132,36 @@ def mind_loss(fixed: torch.Tensor, warped: torch.Tensor, radius: int = 1, dilati
 
 
 # ---------------------------------------------------------------------- regularisers
-def diffusion_loss(displacement: torch.Tensor) -> torch.Tensor:
-    """Diffusion energy: ``sum over axes a of mean_x |u(x + e_a) - u(x)|^2`` (forward differences).
+def diffusion_loss(displacement: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Diffusion energy: ``sum over axes a of mean_x w_a(x) |u(x + e_a) - u(x)|^2`` (forward differences).
 
     ``|.|^2`` sums the three components; the mean runs over the batch and the positions that
-    have a forward neighbour along ``a``. A linear field ``u_z = g * z`` gives ``g^2``; any
-    translation gives 0. An axis of a single voxel has no differences and contributes nothing.
-    Dimensionless when ``u`` is in voxels of its own grid. This is the one diffusion penalty of
-    the library (training losses and :func:`graphreg.pipeline.instance_opt.instance_optimise`).
+    have a forward neighbour along ``a``. Without ``weight`` every difference counts fully
+    (``w_a = 1``): a linear field ``u_z = g * z`` gives ``g^2``; any translation gives 0. With a
+    ``weight`` map, a difference counts with the product of the weights of its two voxels, so a
+    weight below 1 outside the lungs lets the field change steeply there (sliding at the pleura)
+    without that region's differences being penalised as strongly. An axis of a single voxel has
+    no differences and contributes nothing. Dimensionless when ``u`` is in voxels of its own grid.
+    This is the one diffusion penalty of the library (training losses and
+    :func:`graphreg.pipeline.instance_opt.instance_optimise`).
 
     Shapes:
-        displacement: ``(B, 3, D, H, W)`` voxels; returns ``()``.
+        displacement: ``(B, 3, D, H, W)`` voxels; weight: ``(B or 1, 1, D, H, W)`` or ``None``;
+        returns ``()``.
     """
     _check_field("displacement", displacement, 1)
+    if weight is not None:
+        check_shape("weight", weight, f"(B or 1, 1, {', '.join(map(str, displacement.shape[2:]))})",
+                    weight.ndim == 5 and weight.shape[1] == 1 and weight.shape[0] in (1, displacement.shape[0])
+                    and weight.shape[2:] == displacement.shape[2:])
     total = displacement.new_zeros(())
     for dim in (2, 3, 4):
         if displacement.shape[dim] > 1:
-            total = total + torch.diff(displacement, dim=dim).square().sum(1).mean()
+            squared = torch.diff(displacement, dim=dim).square().sum(1, keepdim=True)
+            if weight is not None:
+                count = weight.shape[dim] - 1
+                squared = squared * weight.narrow(dim, 0, count) * weight.narrow(dim, 1, count)
+            total = total + squared.mean()
     return total
 
 

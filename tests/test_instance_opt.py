@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from graphreg.errors import GraphregError, ShapeError
 from graphreg.config import InstanceOptConfig, RefineConfig
-from graphreg.pipeline.instance_opt import instance_optimise, optimise_with_config, smooth_field
+from graphreg.pipeline.instance_opt import _diffusion_weight, instance_optimise, optimise_with_config, smooth_field
 from graphreg.spatial import identity_grid, warp
 
 SHAPE = (20, 20, 20)
@@ -120,6 +120,38 @@ def test_exceptions():
     for fraction in (0.0, 1.5, float("nan")):
         with pytest.raises(GraphregError, match="sample_fraction"):
             instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), sample_fraction=fraction)
+    for outside in (-0.1, 1.5, float("nan")):
+        with pytest.raises(GraphregError, match="outside_diffusion"):
+            instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), mask=torch.ones(1, 1, 8, 8, 8),
+                              outside_diffusion=outside)
+
+
+def test_diffusion_weight_marks_parameter_voxels_that_hold_mask_voxels():
+    mask = torch.zeros(1, 1, 8, 8, 8)
+    mask[..., 0, 0, 0] = 1  # one voxel: only the first parameter voxel of the half-resolution grid
+    weight = _diffusion_weight(mask, (4, 4, 4), 0.25, mask)
+    expected = torch.full((1, 1, 4, 4, 4), 0.25)
+    expected[..., 0, 0, 0] = 1.0
+    torch.testing.assert_close(weight, expected)
+    assert _diffusion_weight(mask, (4, 4, 4), 1.0, mask) is None  # uniform: the plain penalty
+    assert _diffusion_weight(None, (4, 4, 4), 0.25, mask) is None
+
+
+def test_a_free_outside_keeps_a_steep_falloff_just_outside_the_mask():
+    """Motion inside the mask, none outside, features without contrast (only the penalty acts):
+    the uniform penalty pulls the interior towards the outside; with weight 0 outside the step
+    costs nothing and stays."""
+    features = torch.zeros(1, 2, *SHAPE)
+    mask = torch.zeros(1, 1, *SHAPE)
+    mask[..., 5:15, 5:15, 5:15] = 1
+    init = torch.zeros(1, 3, *SHAPE)
+    init[:, 0] = 1.5 * mask[0, 0]
+    fields = [instance_optimise(features, features, init, mask=mask, iterations=5, lr=0.1,
+                                grid_factor=1, smoothing_passes=0, outside_diffusion=outside)
+              for outside in (1.0, 0.0)]
+    assert float(fields[0].displacement[0, 0, 5:15, 5:15, 5:15].mean()) < 1.4
+    assert fields[1].losses == [0.0] * 5
+    torch.testing.assert_close(fields[1].displacement, init)
 
 
 def test_instance_features_reuse_the_search_features_only_at_the_same_dilation():

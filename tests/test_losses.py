@@ -55,6 +55,18 @@ def test_diffusion_skips_single_voxel_axes():
     assert diffusion_loss(u).item() == pytest.approx(0.2 ** 2)
 
 
+def test_weighted_diffusion_counts_each_difference_with_both_end_weights():
+    u = torch.zeros(1, 3, 6, 4, 5, dtype=torch.float64)
+    u[:, 0] = 0.5 * identity_grid((6, 4, 5), dtype=torch.float64)[:, 0]  # u_z = 0.5 z
+    weight = torch.full((1, 1, 6, 4, 5), 0.1, dtype=torch.float64)
+    weight[:, :, :3] = 1.0  # z = 0, 1, 2 inside
+    # along z: 5 differences per column, 2 inside-inside (weight 1), 1 across (0.1), 2 outside (0.01)
+    assert diffusion_loss(u, weight).item() == pytest.approx(0.5 ** 2 * (2 + 0.1 + 2 * 0.01) / 5)
+    assert diffusion_loss(u, torch.ones_like(weight)).item() == pytest.approx(diffusion_loss(u).item())
+    with pytest.raises(ShapeError, match="weight"):
+        diffusion_loss(u, weight[:, :, :5])
+
+
 def test_bending_of_analytic_fields():
     grid = identity_grid((7, 8, 9), dtype=torch.float64)
     z, y, x = grid[0]
@@ -103,7 +115,12 @@ def test_gradcheck_similarities(name):
     assert torch.autograd.gradcheck(lambda w: fn(fixed, w, **options), (warped,))
 
 
-@pytest.mark.parametrize("fn", [diffusion_loss, bending_loss])
+def _weighted_diffusion(u):
+    weight = torch.rand(1, 1, *u.shape[2:], dtype=u.dtype, generator=torch.Generator().manual_seed(1))
+    return diffusion_loss(u, weight)
+
+
+@pytest.mark.parametrize("fn", [diffusion_loss, _weighted_diffusion, bending_loss])
 def test_gradcheck_regularisers(fn):
     u = torch.randn(1, 3, 4, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert torch.autograd.gradcheck(fn, (u.requires_grad_(True),))

@@ -56,13 +56,15 @@ def test_masked_similarity_equals_the_dense_loss():
     init = torch.randn(1, 3, *shape, dtype=torch.float64)
     mask = torch.zeros(1, 1, *shape)
     mask[..., 3:6, 4:8, 2:5] = 1
-    result = instance_optimise(fixed, moving, init, mask=mask, iterations=1, lambda_diffusion=0.2,
-                               grid_factor=1, smoothing_passes=1, mask_dilation=1)
     weight = F.max_pool3d(mask.double(), 3, stride=1, padding=1)
     smooth = smooth_field(init, 1)
     dense = ((fixed - warp(moving, smooth)) ** 2 * weight).sum() / (weight.sum() * 4)
-    expected = dense + 0.2 * diffusion_loss(smooth)
-    torch.testing.assert_close(torch.tensor(result.losses[0], dtype=torch.float64), expected)
+    for outside in (1.0, 0.1):  # the diffusion weight: 1 on the undilated mask, `outside` elsewhere
+        result = instance_optimise(fixed, moving, init, mask=mask, iterations=1, lambda_diffusion=0.2,
+                                   grid_factor=1, smoothing_passes=1, mask_dilation=1,
+                                   outside_diffusion=outside)
+        expected = dense + 0.2 * diffusion_loss(smooth, outside + (1 - outside) * mask.double())
+        torch.testing.assert_close(torch.tensor(result.losses[0], dtype=torch.float64), expected)
 
 
 def _reference_resample(field: DisplacementField, grid: Grid) -> torch.Tensor:

@@ -116,21 +116,41 @@ def _masked_weight(mask: torch.Tensor | None, shape, dilation: int, like: torch.
     return weight
 
 
+def _diffusion_weight(mask: torch.Tensor | None, low, outside: float, like: torch.Tensor) -> torch.Tensor | None:
+    """Weight map ``(1, 1, *low)`` of the diffusion penalty on the parameter grid: 1 where a voxel
+    of the (undilated) mask falls into the parameter voxel, ``outside`` elsewhere; ``None``
+    (uniform weight 1) without a mask or when ``outside`` is 1."""
+    if not 0.0 <= outside <= 1.0:
+        raise GraphregError(f"outside_diffusion: expected a number in [0, 1], got {outside}")
+    if mask is None or outside == 1.0:
+        return None
+    inside = (mask > 0).to(like.dtype)
+    if all(a >= b for a, b in zip(inside.shape[2:], low)):
+        inside = F.adaptive_max_pool3d(inside, low)
+    else:
+        inside = F.interpolate(inside, size=low, mode="nearest")
+    return outside + (1.0 - outside) * inside
+
+
 def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tensor,
                       init_displacement: torch.Tensor, mask: torch.Tensor | None = None,
                       iterations: int = 50, lr: float = 1.0, lambda_diffusion: float = 0.1,
                       grid_factor: int = 2, smoothing_passes: int = 3, mask_dilation: int = 3,
-                      similarity_factor: int = 1, sample_fraction: float = 1.0, seed: int = 0,
+                      similarity_factor: int = 1, sample_fraction: float = 1.0,
+                      outside_diffusion: float = 1.0, seed: int = 0,
                       progress: Callable[[int, float], None] | None = None) -> InstanceOptResult:
     """Refine a dense displacement field by Adam on a low-resolution displacement grid.
 
     Loss per step, with ``v`` the parameter grid smoothed by ``smoothing_passes`` box filters
     and ``u`` its trilinear upsampling (:func:`graphreg.spatial.resize_field`):
-    ``mean_{x in M, c} (F(x) - M_c(x + u(x)))^2 + lambda_diffusion * diffusion_loss(v)``
+    ``mean_{x in M, c} (F(x) - M_c(x + u(x)))^2 + lambda_diffusion * diffusion_loss(v, w)``
     (:func:`graphreg.losses.diffusion_loss`, which sums the three components),
     where ``M`` is the fixed mask dilated by ``mask_dilation`` voxels (all voxels when ``mask``
     is ``None``), so the similarity sees the lung boundary but not the chest wall's sliding
-    motion far outside it.
+    motion far outside it. The diffusion weight ``w`` is 1 on parameter voxels that hold a voxel
+    of the (undilated) mask and ``outside_diffusion`` elsewhere: below 1, the field may fall off
+    steeply just outside the lungs, where breathing motion changes fastest (sliding at the
+    pleura), without that steepness being pulled back into the lungs as under-registration.
 
     ``similarity_factor > 1`` evaluates the similarity on a grid ``similarity_factor`` times
     coarser (features box-smoothed and resampled once, the field resized to that grid), as
@@ -147,6 +167,8 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
         init_displacement: ``(1, 3, D, H, W)`` voxels; mask: ``(1, 1, D, H, W)`` or ``None``.
         returns: :class:`InstanceOptResult` with ``displacement`` ``(1, 3, D, H, W)`` voxels
         (detached) and the list of ``iterations`` losses.
+
+    ``outside_diffusion`` must lie in ``[0, 1]``; 1 (the default) is the uniform penalty.
 
     ``progress(iteration, loss)`` is called after every step.
     """
@@ -172,6 +194,8 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     fixed = fixed_features.detach()
     moving = moving_features.detach().to(fixed.dtype)
     weight = _masked_weight(mask, shape, mask_dilation, fixed)
+    low = tuple(max(2, round(n / grid_factor)) if n > 1 else 1 for n in shape)
+    diffusion_weight = _diffusion_weight(mask, low, outside_diffusion, fixed)
     sim_shape = shape
     if similarity_factor > 1:
         sim_shape = tuple(max(2, round(n / similarity_factor)) if n > 1 else 1 for n in shape)
@@ -192,7 +216,6 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     # fetch is one cache line instead of C (several times faster sampling on CPU).
     moving = moving.contiguous(memory_format=torch.channels_last_3d)
     generator = torch.Generator(device=fixed.device).manual_seed(seed)
-    low = tuple(max(2, round(n / grid_factor)) if n > 1 else 1 for n in shape)
     with torch.no_grad():
         start = resize_field(init_displacement.detach().to(fixed.dtype), low)
     param = torch.nn.Parameter(start.clone())
@@ -210,7 +233,7 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
         residual = (fixed[:, chosen] - sample_points(moving, points[chosen] + field.T)[0]) ** 2
         sampled_weight = weight[chosen]
         similarity = (residual * sampled_weight).sum() / (sampled_weight.sum() * fixed.shape[0])
-        loss = similarity + lambda_diffusion * diffusion_loss(smooth)
+        loss = similarity + lambda_diffusion * diffusion_loss(smooth, diffusion_weight)
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
@@ -268,7 +291,8 @@ def optimise_with_config(fixed_features: torch.Tensor, moving_features: torch.Te
                                   lambda_diffusion=config.lambda_diffusion, grid_factor=config.grid_factor,
                                   smoothing_passes=config.smoothing_passes,
                                   similarity_factor=config.similarity_factor,
-                                  sample_fraction=config.sample_fraction, seed=seed).displacement
+                                  sample_fraction=config.sample_fraction,
+                                  outside_diffusion=config.outside_diffusion, seed=seed).displacement
         timings["instance_opt"] = time.perf_counter() - start
     refine = config.refine
     if refine.iterations > 0:
@@ -277,6 +301,7 @@ def optimise_with_config(fixed_features: torch.Tensor, moving_features: torch.Te
                                   iterations=refine.iterations, lr=refine.lr,
                                   lambda_diffusion=refine.lambda_diffusion, grid_factor=1,
                                   smoothing_passes=refine.smoothing_passes, similarity_factor=1,
-                                  sample_fraction=refine.sample_fraction, seed=seed + 1).displacement
+                                  sample_fraction=refine.sample_fraction,
+                                  outside_diffusion=config.outside_diffusion, seed=seed + 1).displacement
         timings["instance_opt_refine"] = time.perf_counter() - start
     return field, timings
