@@ -135,8 +135,18 @@ def plot_tre_boxplot(rows: Sequence[dict], title: str = "Landmark TRE per method
     long_names = max(len(method) for method in groups) > 16
     axes.set_xticks(range(1, len(labels) + 1), labels, fontsize=8, rotation=30 if long_names else 0,
                     ha="right" if long_names else "center")
+    _tre_axis(axes, data, "TRE")
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def _tre_axis(axes, data: list[np.ndarray], label: str) -> None:
+    """Make the y (TRE) axis logarithmic, with ticks at 1, 2, 5 x 10^k, when one value reaches
+    :data:`LOG_AXIS_RATIO` times the smallest median of ``data`` (one array per method): one method
+    far off the others (e.g. no registration) would flatten the rest on a linear axis. Labels the
+    axis ``label`` in mm."""
     values = np.concatenate(data)
-    # one method far off the others (e.g. no registration) would flatten the rest on a linear axis
     log_axis = bool((values > 0).all() and values.max() > LOG_AXIS_RATIO * min(np.median(d) for d in data))
     if log_axis:
         from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
@@ -145,37 +155,40 @@ def plot_tre_boxplot(rows: Sequence[dict], title: str = "Landmark TRE per method
         axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         axes.yaxis.set_minor_locator(NullLocator())
-    axes.set_ylabel("TRE (mm, log scale)" if log_axis else "TRE (mm)")
-    axes.set_title(title, fontsize=10)
-    axes.grid(axis="y", alpha=0.3)
-    return figure
+    axes.set_ylabel(f"{label} (mm, log scale)" if log_axis else f"{label} (mm)")
+
+
+#: marker shapes cycled with the colours, so that up to 20 x 6 methods stay distinguishable
+_MARKERS = ("D", "o", "s", "^", "v", "P")
 
 
 def plot_runtime_vs_tre(rows: Sequence[dict], title: str = "Runtime against accuracy",
                         log_time: bool = True):
-    """Scatter of ``seconds_total`` against ``tre_mean_mm``: one point per run, one colour per
-    method, a large marker at each method's mean (lower left is better)."""
+    """Scatter of ``seconds_total`` against ``tre_mean_mm``: one point per run, one colour and
+    marker per method, a large marker at each method's mean (lower left is better). The legend
+    sits beside the axes; the TRE axis is logarithmic as in :func:`plot_tre_boxplot`."""
     import matplotlib
 
     rows = check_rows(rows)
     groups = _by_method(rows)
-    colors = matplotlib.colormaps["tab10"]
-    figure = _figure(6.0, 4.2)
+    colors = matplotlib.colormaps["tab20"]
+    figure = _figure(8.5, 4.2)
     axes = figure.subplots()
     for k, (method, items) in enumerate(groups.items()):
         seconds = np.array([item["seconds_total"] for item in items])
         tre = np.array([item["tre_mean_mm"] for item in items])
-        color = colors(k % 10)
-        axes.scatter(seconds, tre, color=color, alpha=0.5, s=20)
-        axes.scatter([seconds.mean()], [tre.mean()], color=color, s=120, marker="D", edgecolors="black",
+        color, marker = colors(k % 20), _MARKERS[k % len(_MARKERS)]
+        axes.scatter(seconds, tre, color=color, alpha=0.5, s=20, marker=marker)
+        axes.scatter([seconds.mean()], [tre.mean()], color=color, s=120, marker=marker, edgecolors="black",
                      label=f"{method}: {tre.mean():.2f} mm, {seconds.mean():.1f} s")
     if log_time and all(row["seconds_total"] > 0 for row in rows):
         axes.set_xscale("log")
     axes.set_xlabel("seconds per registration")
-    axes.set_ylabel("mean TRE (mm)")
+    _tre_axis(axes, [np.array([item["tre_mean_mm"] for item in items]) for items in groups.values()],
+              "mean TRE")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return figure
 
 
