@@ -116,6 +116,11 @@ def _masked_weight(mask: torch.Tensor | None, shape, dilation: int, like: torch.
     return weight
 
 
+def _coarse_shape(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    """``shape`` divided by ``factor`` (rounded), at least 2 along every axis longer than 1."""
+    return tuple(max(2, round(n / factor)) if n > 1 else 1 for n in shape)
+
+
 def _diffusion_weight(mask: torch.Tensor | None, low, outside: float, like: torch.Tensor) -> torch.Tensor | None:
     """Weight map ``(1, 1, *low)`` of the diffusion penalty on the parameter grid: 1 where a voxel
     of the (undilated) mask falls into the parameter voxel, ``outside`` elsewhere; ``None``
@@ -124,11 +129,7 @@ def _diffusion_weight(mask: torch.Tensor | None, low, outside: float, like: torc
         raise GraphregError(f"outside_diffusion: expected a number in [0, 1], got {outside}")
     if mask is None or outside == 1.0:
         return None
-    inside = (mask > 0).to(like.dtype)
-    if all(a >= b for a, b in zip(inside.shape[2:], low)):
-        inside = F.adaptive_max_pool3d(inside, low)
-    else:
-        inside = F.interpolate(inside, size=low, mode="nearest")
+    inside = F.adaptive_max_pool3d((mask > 0).to(like.dtype), low)  # low is never finer than the mask
     return outside + (1.0 - outside) * inside
 
 
@@ -194,11 +195,11 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     fixed = fixed_features.detach()
     moving = moving_features.detach().to(fixed.dtype)
     weight = _masked_weight(mask, shape, mask_dilation, fixed)
-    low = tuple(max(2, round(n / grid_factor)) if n > 1 else 1 for n in shape)
+    low = _coarse_shape(shape, grid_factor)
     diffusion_weight = _diffusion_weight(mask, low, outside_diffusion, fixed)
     sim_shape = shape
     if similarity_factor > 1:
-        sim_shape = tuple(max(2, round(n / similarity_factor)) if n > 1 else 1 for n in shape)
+        sim_shape = _coarse_shape(shape, similarity_factor)
         fixed = _downsample(fixed, similarity_factor, sim_shape)
         moving = _downsample(moving, similarity_factor, sim_shape)
         if weight is not None:
