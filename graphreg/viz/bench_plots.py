@@ -174,9 +174,11 @@ def plot_runtime_vs_tre(rows: Sequence[dict], title: str = "Runtime against accu
     colors = matplotlib.colormaps["tab20"]
     figure = _figure(8.5, 4.2)
     axes = figure.subplots()
+    tres = []  # one array of pair TREs per method, for the axis scale
     for k, (method, items) in enumerate(groups.items()):
         seconds = np.array([item["seconds_total"] for item in items])
         tre = np.array([item["tre_mean_mm"] for item in items])
+        tres.append(tre)
         color, marker = colors(k % 20), _MARKERS[k % len(_MARKERS)]
         axes.scatter(seconds, tre, color=color, alpha=0.5, s=20, marker=marker)
         axes.scatter([seconds.mean()], [tre.mean()], color=color, s=120, marker=marker, edgecolors="black",
@@ -184,8 +186,7 @@ def plot_runtime_vs_tre(rows: Sequence[dict], title: str = "Runtime against accu
     if log_time and all(row["seconds_total"] > 0 for row in rows):
         axes.set_xscale("log")
     axes.set_xlabel("seconds per registration")
-    _tre_axis(axes, [np.array([item["tre_mean_mm"] for item in items]) for items in groups.values()],
-              "mean TRE")
+    _tre_axis(axes, tres, "mean TRE")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
