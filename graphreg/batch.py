@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .errors import GraphregError, InputFileError
+from .errors import GraphregError, InputFileError, is_int_at_least
 
 #: columns a pairs table may have
 PAIR_COLUMNS = ("id", "fixed", "moving", "fixed_mask", "moving_mask", "landmarks", "moving_landmarks")
@@ -367,7 +367,7 @@ def write_summary(rows: Sequence[dict], path: Union[str, os.PathLike]) -> Path:
 
 
 def _scheduler(scheduler: Optional[str], workers: int, address: Optional[str]) -> str:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not is_int_at_least(workers, 1):
         raise GraphregError(f"workers: expected an integer >= 1, got {workers!r}")
     if scheduler is None:
         scheduler = "dask" if address else ("processes" if workers > 1 else "local")

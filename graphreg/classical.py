@@ -32,7 +32,7 @@ import SimpleITK as sitk
 import torch
 
 from .config import from_mapping, load_config
-from .errors import ConfigError
+from .errors import ConfigError, is_int_at_least
 from .field import DisplacementField
 from .geometry import Grid
 from .registration import Registration
@@ -174,7 +174,7 @@ def bspline_ffd_field(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optiona
     if not 0 < options.sampling_percentage <= 1:
         raise ConfigError(f"bspline-ffd.sampling_percentage: expected a value in (0, 1], "
                           f"got {options.sampling_percentage}")
-    if isinstance(options.min_samples, bool) or not isinstance(options.min_samples, int) or options.min_samples < 1:
+    if not is_int_at_least(options.min_samples, 1):
         raise ConfigError(f"bspline-ffd.min_samples: expected an integer >= 1, got {options.min_samples!r}")
     if fixed_mask is not None:
         radius = [max(0, int(round(options.mask_dilation_mm / s))) for s in fixed_mask.GetSpacing()]

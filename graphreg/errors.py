@@ -32,6 +32,12 @@ class ResourceError(GraphregError):
     """A run would need more of a resource (memory) than the user allowed; nothing heavy was started."""
 
 
+def is_int_at_least(value, minimum: int) -> bool:
+    """Whether ``value`` is an ``int`` (not a ``bool``) of at least ``minimum``; callers raise
+    their own error (type and message) when it is not."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
 def check_shape(name: str, value, expected: str, ok: bool) -> None:
     """Raise :class:`ShapeError` naming ``name`` when ``ok`` is false.
 

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import ConfigError, GraphregError, ShapeError, check_shape
+from .errors import ConfigError, GraphregError, ShapeError, check_shape, is_int_at_least
 from .pipeline.filters import box_filter
 from .pipeline.mind import mind_ssc
 
@@ -104,7 +104,7 @@ def ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9,
         fixed, warped: ``(B, 1, D, H, W)``; mask: ``(B or 1, 1, D, H, W)`` or None; returns ``()``.
     """
     _check_images(fixed, warped, mask)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+    if not is_int_at_least(window, 1) or window % 2 == 0:
         raise GraphregError(f"window: expected an odd integer >= 1 voxels, got {window!r}")
     radius = window // 2
     stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)

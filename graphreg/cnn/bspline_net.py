@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_int_at_least
 from ..pipeline.densify import bspline_control_shape, evaluate_bspline
 from ..training.checkpoint import LoadableModel, register_architecture
 from .unet import check_pair, conv_block
@@ -52,7 +52,7 @@ class BSplineNet(LoadableModel):
         features = list(features)
         if not features or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in features):
             raise ConfigError(f"features: expected a non-empty list of positive integers, got {features!r}")
-        if isinstance(control_spacing, bool) or not isinstance(control_spacing, int) or control_spacing < 1:
+        if not is_int_at_least(control_spacing, 1):
             raise ConfigError(f"control_spacing: expected an integer >= 1 voxels, got {control_spacing!r}")
         self.blocks = nn.ModuleList()
         channels = 2

@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, is_int_at_least
 from ..spatial import compose
 
 
 def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if not is_int_at_least(steps, 0):
         raise ConfigError(f"steps: expected an integer >= 0, got {steps!r}")
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_int_at_least
 from ..spatial import identity_grid
 from ..training.checkpoint import LoadableModel, register_architecture
 from .unet import check_pair, conv_block, pad_to_multiple
@@ -91,7 +91,7 @@ class LinearDeformableNet(LoadableModel):
         if not features or len(features) != len(dilations) or min(features + dilations) < 1:
             raise ConfigError(f"features, dilations: expected two lists of positive integers of one length, "
                               f"got {features!r} and {dilations!r}")
-        if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
+        if not is_int_at_least(downsample, 1):
             raise ConfigError(f"downsample: expected an integer >= 1, got {downsample!r}")
         self.blocks = nn.ModuleList()
         channels = 2

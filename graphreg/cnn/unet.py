@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, is_int_at_least
 from ..spatial import resize_field
 from ..training.checkpoint import LoadableModel, register_architecture
 from .integrate import integrate_velocity
@@ -142,10 +142,9 @@ class VoxelMorph(LoadableModel):
                  decoder: Sequence[int] = (32, 32, 32, 32, 32, 16, 16),
                  integration_steps: int = 7, integration_downsize: int = 2) -> None:
         super().__init__()
-        if isinstance(integration_steps, bool) or not isinstance(integration_steps, int) or integration_steps < 0:
+        if not is_int_at_least(integration_steps, 0):
             raise ConfigError(f"integration_steps: expected an integer >= 0, got {integration_steps!r}")
-        if isinstance(integration_downsize, bool) or not isinstance(integration_downsize, int) \
-                or integration_downsize < 1:
+        if not is_int_at_least(integration_downsize, 1):
             raise ConfigError(f"integration_downsize: expected an integer >= 1, got {integration_downsize!r}")
         self.unet = UNet3d(2, encoder, decoder)
         self.flow = flow_head(self.unet.out_channels)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..config import RegistrationConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, is_int_at_least
 from ..io.atomic import atomic_output
 from ..pipeline.densify import ThinPlateSpline
 from ..pipeline.driver import keypoints_and_features, level_cost
@@ -149,7 +149,7 @@ class GraphTrainingData:
                  sampler: Optional[dict] = None, source: Optional[str] = None, progress: bool = True) -> None:
         for name, value, minimum in (("pool_size", pool_size, 1), ("validation_size", validation_size, 0),
                                      ("loss_points", loss_points, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            if not is_int_at_least(value, minimum):
                 raise ConfigError(f"data.{name}: expected an integer >= {minimum}, got {value!r}")
         self.out_dir = Path(out_dir)
         self.config = config

@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from ..errors import GraphregError, ShapeError
+from ..errors import GraphregError, ShapeError, is_int_at_least
 from ..spatial import sample_points
 
 #: Working memory (bytes) aimed at per chunk of keypoints when ``chunk_size`` is not given.
@@ -54,7 +54,7 @@ def _lattice(radius: int, step: float, device=None, dtype=torch.float32) -> torc
 
 
 def _check_radius_step(radius, step) -> None:
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+    if not is_int_at_least(radius, 0):
         raise GraphregError(f"radius: expected an integer >= 0 (candidates per side), "
                             f"got {radius!r}")
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not (
@@ -142,8 +142,7 @@ def correlation_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor
             math.isfinite(patch_radius) and patch_radius >= 0):
         raise GraphregError(f"patch_radius: expected a finite number >= 0 voxels, "
                             f"got {patch_radius!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
+    if chunk_size is not None and not is_int_at_least(chunk_size, 1):
         raise GraphregError(f"chunk_size: expected an integer >= 1 or None, got {chunk_size!r}")
 
     device = fixed_features.device

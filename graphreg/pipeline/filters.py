@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import GraphregError, ShapeError
+from ..errors import GraphregError, ShapeError, is_int_at_least
 
 #: Fourth-order central difference ``[1, -8, 0, 8, -1] / 12`` (Förstner keypoints in corrField and
 #: GraphRegNet). Tap ``i`` multiplies the voxel at offset ``i - 2``.
@@ -154,7 +154,7 @@ def box_filter(volume: torch.Tensor, radius: int) -> torch.Tensor:
         volume: ``(B, C, D, H, W)`` floating point; returns the same shape.
     """
     _check_volume("volume", volume)
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+    if not is_int_at_least(radius, 0):
         raise GraphregError(f"radius: expected an integer >= 0 voxels, got {radius!r}")
     if radius == 0:
         return volume

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, GraphregError, check_shape
+from ..errors import ConfigError, GraphregError, check_shape, is_int_at_least
 from ..geometry import ALIGN_CORNERS
 from ..losses import diffusion_loss
 from ..spatial import identity_grid, resize_field, sample_points
@@ -261,7 +261,7 @@ def instance_features(fixed_image: torch.Tensor, moving_image: torch.Tensor, rad
         ConfigError: ``config.mind_dilation`` is not an integer >= 1.
     """
     dilation = config.mind_dilation
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+    if not is_int_at_least(dilation, 1):
         raise ConfigError(f"config key 'instance_opt.mind_dilation': expected an integer >= 1 voxels, got {dilation!r}")
     if search_features is not None and search_dilation == dilation:
         return search_features

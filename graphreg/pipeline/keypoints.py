@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import GraphregError, ShapeError
+from ..errors import GraphregError, ShapeError, is_int_at_least
 from .filters import gaussian_filter, gradient_5tap
 
 
@@ -39,7 +39,7 @@ def _check_image(image) -> None:
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int_at_least(value, minimum):
         raise GraphregError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return value
 
@@ -119,9 +119,9 @@ def farthest_point_sampling(points: torch.Tensor, k: int, start: int = 0) -> tor
         raise ShapeError(f"points: expected shape (N, 3), "
                          f"got {tuple(getattr(points, 'shape', ()))}")
     n = points.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+    if not (is_int_at_least(k, 1) and k <= n):
         raise GraphregError(f"k: expected an integer in [1, N={n}], got {k!r}")
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < n:
+    if not (is_int_at_least(start, 0) and start < n):
         raise GraphregError(f"start: expected an index in [0, N={n}), got {start!r}")
     if points.device.type == "cpu":
         chosen = _fps_numpy(points.detach().double().numpy(), k, start)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import GraphregError, ShapeError
+from ..errors import GraphregError, ShapeError, is_int_at_least
 from .filters import box_filter, shift
 
 #: The 6-neighbourhood, offsets ``(z, y, x)`` in units of the dilation.
@@ -59,9 +59,9 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2,
     if not isinstance(image, torch.Tensor) or image.ndim != 5 or image.shape[1] != 1:
         raise ShapeError(f"image: expected shape (B, 1, D, H, W), "
                          f"got {tuple(getattr(image, 'shape', ()))}")
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+    if not is_int_at_least(radius, 0):
         raise GraphregError(f"radius: expected an integer >= 0 voxels, got {radius!r}")
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+    if not is_int_at_least(dilation, 1):
         raise GraphregError(f"dilation: expected an integer >= 1 voxels, got {dilation!r}")
     dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
     image = image.to(dtype)

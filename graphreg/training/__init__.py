@@ -42,7 +42,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_int_at_least
 from ..io.atomic import atomic_output
 from .checkpoint import (LoadableModel, architectures, build_model, load_model, read_checkpoint,
                          register_architecture, save_checkpoint)
@@ -95,10 +95,9 @@ class DenseTrainingData:
     def __post_init__(self) -> None:
         for name in ("pool_size", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int_at_least(value, 1):
                 raise ConfigError(f"data.{name}: expected an integer >= 1, got {value!r}")
-        if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
-                or self.validation_size < 0:
+        if not is_int_at_least(self.validation_size, 0):
             raise ConfigError(f"data.validation_size: expected an integer >= 0, got {self.validation_size!r}")
         if not self.hu_max > self.hu_min:
             raise ConfigError(f"data.hu_max: expected a value above hu_min {self.hu_min}, got {self.hu_max}")

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError, GraphregError, InputFileError
+from ..errors import ConfigError, GraphregError, InputFileError, is_int_at_least
 from ..io.atomic import atomic_output
 
 #: value of the ``format`` key
@@ -208,7 +208,7 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
         raise InputFileError(f"checkpoint {path}: expected a graphreg checkpoint, got a file without "
                              f"format={CHECKPOINT_FORMAT!r}")
     version = payload.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    if not is_int_at_least(version, 1):
         raise InputFileError(f"checkpoint {path}: expected an integer format_version >= 1, got {version!r}")
     if version > FORMAT_VERSION:
         raise InputFileError(f"checkpoint {path}: format version {version!r} is newer than this graphreg "

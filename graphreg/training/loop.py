@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, GraphregError
+from ..errors import ConfigError, GraphregError, is_int_at_least
 from ..io.atomic import atomic_write_text
 from .checkpoint import LoadableModel, read_checkpoint, save_checkpoint
 from .distributed import init_distributed
@@ -97,7 +97,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if allow_none and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int_at_least(value, 1):
         raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
 
 
