@@ -26,6 +26,39 @@ def _check_field(name: str, field: torch.Tensor) -> None:
         raise ShapeError(f"{name}: expected shape (B, 3, D, H, W), got {tuple(field.shape)}")
 
 
+#: Fewest sample points per thread worth a split in :func:`grid_sample_parallel`.
+_MIN_POINTS_PER_THREAD = 16384
+
+
+def grid_sample_parallel(volume: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
+                         padding_mode: str = "border") -> torch.Tensor:
+    """``F.grid_sample(volume, grid, align_corners=ALIGN_CORNERS)`` that uses every CPU thread.
+
+    PyTorch's CPU 3D grid sampler parallelises over the batch only, so a single volume is
+    sampled on one core. For one CPU volume and many points, the points are split into one
+    chunk per thread, stacked as a batch over the (expanded, not copied) volume, and sampled
+    in one call; the result and its gradients are those of the plain call.
+
+    Shapes:
+        volume: ``(B, C, D, H, W)``; grid: ``(B, D', H', W', 3)`` normalised ``(x, y, z)``;
+        returns ``(B, C, D', H', W')``.
+    """
+    threads = torch.get_num_threads()
+    out_shape = grid.shape[1:4]
+    count = out_shape.numel()
+    chunks = min(threads, count // _MIN_POINTS_PER_THREAD)
+    if volume.shape[0] != 1 or grid.shape[0] != 1 or volume.device.type != "cpu" or chunks < 2:
+        return F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    flat = grid.reshape(count, 3)
+    pad = (-count) % chunks
+    if pad:
+        flat = torch.cat([flat, flat[-1:].expand(pad, 3)])
+    values = F.grid_sample(volume.expand(chunks, -1, -1, -1, -1), flat.reshape(chunks, -1, 1, 1, 3),
+                           mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    values = values.reshape(chunks, volume.shape[1], -1).transpose(0, 1).reshape(1, volume.shape[1], -1)
+    return values[:, :, :count].reshape(1, volume.shape[1], *out_shape)
+
+
 def identity_grid(shape: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:
     """Voxel coordinates of every voxel, ``(1, 3, D, H, W)`` in ``(z, y, x)`` order."""
     axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
@@ -53,8 +86,7 @@ def warp(volume: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear
     grid = Grid(shape).field_voxel_to_normalized(points) - 1.0
     if grid.shape[0] != volume.shape[0]:
         grid = grid.expand(volume.shape[0], -1, -1, -1, -1)
-    return F.grid_sample(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode,
-                         align_corners=ALIGN_CORNERS)
+    return grid_sample_parallel(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode)
 
 
 def sample_points(volume: torch.Tensor, points: torch.Tensor, mode: str = "bilinear",
@@ -73,8 +105,7 @@ def sample_points(volume: torch.Tensor, points: torch.Tensor, mode: str = "bilin
     pts = points.expand(batch, -1, -1) if points.ndim == 2 else points
     normalized = Grid(tuple(volume.shape[2:])).voxel_to_normalized(pts.to(volume.dtype))
     grid = normalized[:, :, None, None, :]  # (B, N, 1, 1, 3)
-    values = F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode,
-                           align_corners=ALIGN_CORNERS)
+    values = grid_sample_parallel(volume, grid, mode=mode, padding_mode=padding_mode)
     return values[:, :, :, 0, 0]
 
 

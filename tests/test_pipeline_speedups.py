@@ -1,8 +1,10 @@
 """The faster forms of pipeline pieces equal the straightforward ones they replace (issue 9 profile)."""
 
 import math
+from unittest import mock
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +14,7 @@ from graphreg.losses import diffusion_loss
 from graphreg.pipeline.filters import box_filter
 from graphreg.pipeline.instance_opt import _downsample, _masked_weight, instance_optimise, smooth_field
 from graphreg.registration import resample_field
-from graphreg.spatial import sample_points, warp
+from graphreg.spatial import grid_sample_parallel, sample_points, warp
 
 
 def test_smooth_field_gradcheck():
@@ -86,3 +88,39 @@ def test_resample_field_matches_the_world_mapping_for_oblique_grids():
     out = resample_field(field, target_grid)
     assert out.grid is target_grid
     torch.testing.assert_close(out.displacement, _reference_resample(field, target_grid).to(torch.float64))
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_grid_sample_parallel_equals_grid_sample(two_threads, mode):
+    """Split over the threads (41 * 33 * 31 points: an odd count, so one padded point) it gives
+    the plain call's values and gradients, for the volume and the grid."""
+    torch.manual_seed(0)
+    volume = torch.randn(1, 5, 20, 30, 25, dtype=torch.float64, requires_grad=True)
+    grid = (torch.rand(1, 41, 33, 31, 3, dtype=torch.float64) * 2.2 - 1.1).requires_grad_()
+    with mock.patch("graphreg.spatial.F.grid_sample", wraps=F.grid_sample) as spy:
+        split = grid_sample_parallel(volume, grid, mode=mode)
+    assert spy.call_args.args[0].shape[0] == 2  # one chunk per thread
+    plain = F.grid_sample(volume, grid, mode=mode, padding_mode="border", align_corners=ALIGN_CORNERS)
+    assert split.shape == plain.shape == (1, 5, 41, 33, 31)
+    assert torch.equal(split, plain)
+    weights = torch.randn_like(plain)
+    for ours, theirs in zip(torch.autograd.grad((split * weights).sum(), (volume, grid)),
+                            torch.autograd.grad((plain * weights).sum(), (volume, grid))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_sample_points_split_over_threads_matches_one_thread(two_threads):
+    torch.manual_seed(1)
+    volume = torch.randn(1, 3, 16, 18, 20).contiguous(memory_format=torch.channels_last_3d)
+    points = torch.rand(50001, 3) * torch.tensor([15.0, 17.0, 19.0])
+    split = sample_points(volume, points)
+    torch.set_num_threads(1)
+    assert torch.equal(split, sample_points(volume, points))
