@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from graphreg.field import DisplacementField
 from graphreg.geometry import ALIGN_CORNERS, Grid
 from graphreg.losses import diffusion_loss
-from graphreg.pipeline.filters import box_filter
+from graphreg.pipeline.filters import binary_dilation, box_filter
 from graphreg.pipeline.instance_opt import _downsample, _masked_weight, instance_optimise, smooth_field
 from graphreg.registration import resample_field
 from graphreg.spatial import grid_sample_parallel, sample_points, warp
@@ -47,6 +47,15 @@ def test_separable_mask_dilation_equals_the_cube():
     mask[0, 0, 0, 11, 0] = 1
     cube = F.max_pool3d(mask, 7, stride=1, padding=3)
     torch.testing.assert_close(_masked_weight(mask, (15, 12, 13), 3, mask), cube)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_binary_dilation_equals_the_max_over_the_cube(radius):
+    torch.manual_seed(radius)
+    mask = torch.rand(2, 1, 9, 11, 10) > 0.97  # sparse voxels, some on the border
+    cube = F.max_pool3d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
+    dilated = binary_dilation(mask, radius)
+    assert dilated.dtype == torch.bool and torch.equal(dilated, cube)
 
 
 def test_masked_similarity_equals_the_dense_loss():

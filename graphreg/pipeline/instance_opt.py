@@ -24,7 +24,7 @@ from ..errors import ConfigError, GraphregError, check_shape, is_int_at_least
 from ..geometry import ALIGN_CORNERS
 from ..losses import diffusion_loss
 from ..spatial import identity_grid, resize_field, sample_points
-from .filters import box_filter, filter_axis
+from .filters import binary_dilation, box_filter, filter_axis
 from .mind import mind_ssc
 
 if TYPE_CHECKING:
@@ -106,11 +106,7 @@ def _masked_weight(mask: torch.Tensor | None, shape, dilation: int, like: torch.
         return None
     check_shape("mask", mask, f"(1, 1, {shape[0]}, {shape[1]}, {shape[2]})",
                 mask.ndim == 5 and mask.shape[:2] == (1, 1) and tuple(mask.shape[2:]) == shape)
-    weight = (mask > 0).to(like.dtype)
-    if dilation > 0:  # the maximum over a cube is separable: three 1D passes, not (2d+1)^3 taps
-        side = 2 * dilation + 1
-        for kernel in ((side, 1, 1), (1, side, 1), (1, 1, side)):
-            weight = F.max_pool3d(weight, kernel, stride=1, padding=tuple(k // 2 for k in kernel))
+    weight = binary_dilation(mask > 0, dilation).to(like.dtype)
     if float(weight.sum()) == 0:
         raise GraphregError("mask: expected at least one foreground voxel, got an empty mask")
     return weight

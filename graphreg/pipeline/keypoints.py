@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GraphregError, ShapeError, is_int_at_least
-from .filters import gaussian_filter, gradient_5tap
+from .filters import binary_dilation, gaussian_filter, gradient_5tap
 
 
 def _check_image(image) -> None:
@@ -175,8 +175,7 @@ def foerstner_keypoints(image: torch.Tensor, mask: torch.Tensor | None = None,
     distinct = foerstner_distinctiveness(image, sigma)
     inside = torch.ones_like(distinct, dtype=torch.bool) if mask is None else mask != 0
     if erode_mask > 0 and mask is not None:
-        outside = (~inside).to(image.dtype)
-        inside = F.max_pool3d(outside, 2 * erode_mask + 1, stride=1, padding=erode_mask) == 0
+        inside = ~binary_dilation(~inside, erode_mask)
     local_max = _max_filter(distinct, nms_size) == distinct
     strongest = distinct[inside].max() if bool(inside.any()) else distinct.new_zeros(())
     keep = local_max & inside & (distinct > strongest * min_distinctiveness)

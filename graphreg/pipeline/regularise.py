@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch_geometric.utils import to_undirected
 
 from ..errors import GraphregError, check_finite, check_shape
 from .graph import SpanningTree, knn_graph, minimum_spanning_tree
@@ -401,6 +400,8 @@ def regularise_mean_field(cost: torch.Tensor, candidates: torch.Tensor, keypoint
     mean = soft_displacements(energy, cand, gamma)
     if n < 2:
         return mean, energy
+    from torch_geometric.utils import to_undirected  # here, not at the top: its import costs ~1.7 s
+
     points = keypoints.detach().to(torch.float64)
     edges = to_undirected(knn_graph(points, min(k, n - 1)), num_nodes=n)
     weights = edge_weights(points, edges, None if intensities is None
