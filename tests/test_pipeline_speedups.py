@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from graphreg.field import DisplacementField
 from graphreg.geometry import ALIGN_CORNERS, Grid
 from graphreg.losses import diffusion_loss
-from graphreg.pipeline.filters import binary_dilation, box_filter
+from graphreg.pipeline.filters import binary_dilation, box_filter, repeated_box_filter
 from graphreg.pipeline.instance_opt import _downsample, _masked_weight, instance_optimise, smooth_field
 from graphreg.registration import resample_field
 from graphreg.spatial import grid_sample_parallel, sample_points, warp
@@ -47,6 +47,21 @@ def test_separable_mask_dilation_equals_the_cube():
     mask[0, 0, 0, 11, 0] = 1
     cube = F.max_pool3d(mask, 7, stride=1, padding=3)
     torch.testing.assert_close(_masked_weight(mask, (15, 12, 13), 3, mask), cube)
+
+
+@pytest.mark.parametrize("shape", [(14, 13, 12), (5, 16, 13), (2, 1, 30)])
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_repeated_box_filter_equals_the_box_filter_applied_passes_times(shape, passes):
+    """The banded form (axes of >= 4 passes voxels) and the fallback (shorter axes) both equal
+    ``passes`` radius-1 box filters, border rows included, and stay self-adjoint."""
+    torch.manual_seed(passes)
+    volume, other = torch.randn(2, 2, 3, *shape, dtype=torch.float64)
+    reference = volume
+    for _ in range(passes):
+        reference = box_filter(reference, 1)
+    torch.testing.assert_close(repeated_box_filter(volume, passes), reference, rtol=0, atol=1e-14)
+    assert math.isclose(float((repeated_box_filter(volume, passes) * other).sum()),
+                        float((volume * repeated_box_filter(other, passes)).sum()), rel_tol=1e-12)
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2])

@@ -24,7 +24,7 @@ from ..errors import ConfigError, GraphregError, check_shape, is_int_at_least
 from ..geometry import ALIGN_CORNERS
 from ..losses import diffusion_loss
 from ..spatial import identity_grid, resize_field, sample_points
-from .filters import binary_dilation, box_filter, filter_axis
+from .filters import binary_dilation, filter_axis, repeated_box_filter
 from .mind import mind_ssc
 
 if TYPE_CHECKING:
@@ -45,12 +45,6 @@ class InstanceOptResult(NamedTuple):
     losses: list[float]
 
 
-def _box_passes(field: torch.Tensor, passes: int) -> torch.Tensor:
-    for _ in range(passes):
-        field = box_filter(field, 1)
-    return field
-
-
 class _SymmetricSmooth(torch.autograd.Function):
     """:func:`smooth_field` with a hand-written backward.
 
@@ -64,11 +58,11 @@ class _SymmetricSmooth(torch.autograd.Function):
     @staticmethod
     def forward(ctx, field: torch.Tensor, passes: int) -> torch.Tensor:
         ctx.passes = passes
-        return _box_passes(field, passes)
+        return repeated_box_filter(field, passes)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _box_passes(grad, ctx.passes), None
+        return repeated_box_filter(grad, ctx.passes), None
 
 
 def smooth_field(field: torch.Tensor, passes: int) -> torch.Tensor:
@@ -81,7 +75,7 @@ def smooth_field(field: torch.Tensor, passes: int) -> torch.Tensor:
     """
     if field.requires_grad and torch.is_grad_enabled():
         return _SymmetricSmooth.apply(field, passes)
-    return _box_passes(field, passes)
+    return repeated_box_filter(field, passes)
 
 
 def _downsample(volume: torch.Tensor, factor: int, shape) -> torch.Tensor:
