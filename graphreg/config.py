@@ -24,7 +24,7 @@ class PreprocessConfig:
     hu_min: float = -1000.0  #: intensities are clipped to [hu_min, hu_max] and scaled to [0, 1]
     hu_max: float = 1500.0
     crop_margin_mm: float = 12.0  #: margin around the fixed lung bounding box (mm)
-    prealign: bool = True  #: translate the moving lungs' centre of mass onto the fixed one's first
+    prealign: bool = True  #: first translate the moving lungs' centre of mass onto the fixed one's (whole working voxels)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from graphreg.field import DisplacementField
 from graphreg.geometry import ALIGN_CORNERS, Grid
 from graphreg.losses import diffusion_loss
 from graphreg.pipeline.filters import binary_dilation, box_filter, repeated_box_filter
-from graphreg.pipeline.instance_opt import _downsample, _masked_weight, instance_optimise, smooth_field
+from graphreg.pipeline.instance_opt import _Adam, _downsample, _masked_weight, instance_optimise, smooth_field
 from graphreg.registration import resample_field
 from graphreg.spatial import grid_sample_parallel, sample_points, warp
 
@@ -148,3 +148,20 @@ def test_sample_points_split_over_threads_matches_one_thread(two_threads):
     split = sample_points(volume, points)
     torch.set_num_threads(1)
     assert torch.equal(split, sample_points(volume, points))
+
+
+def test_own_adam_follows_torch_adam():
+    """The instance optimisation's Adam takes torch.optim.Adam's steps (float64, 25 steps)."""
+    torch.manual_seed(3)
+    target = torch.randn(2, 3, 4, dtype=torch.float64)
+    start = torch.randn(2, 3, 4, dtype=torch.float64)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    own, reference = _Adam(ours, lr=0.3), torch.optim.Adam([theirs], lr=0.3)
+    for _ in range(25):
+        for param in (ours, theirs):
+            param.grad = None
+            ((param - target) ** 4).sum().backward()
+        own.step()
+        reference.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(ours, start)

@@ -3,7 +3,8 @@
 Convention:
     The working grid has the fixed image's direction, an isotropic spacing and covers the fixed
     lung bounding box plus a margin. The moving image is sampled on the same grid shifted by a
-    world translation ``t`` (the pre-alignment of the lung centres of mass), so a working
+    world translation ``t`` (the pre-alignment of the lung centres of mass, rounded to whole
+    working voxels so the moving image is not interpolated by a fraction of a voxel), so a working
     displacement ``d`` (voxels, ``(z, y, x)``) at fixed voxel ``x`` means the world displacement
     ``u_mm(x) = A d(x) + t`` with ``A = grid.voxel_vectors_to_mm``.
 """
