@@ -87,7 +87,9 @@ class RefineConfig:
     at a random ``sample_fraction`` of the masked voxels each step to keep the cost down.
     """
 
-    iterations: int = 10  #: Adam steps; 0 skips the stage
+    #: Adam steps; 0 skips the stage. 8 here with the coarse stage's sample_fraction 0.5 (instead
+    #: of 10 and 1.0): 1.1 s faster, mean TRE 0.370 -> 0.381 mm on 2 mm benchmark pairs 01/04/08
+    iterations: int = 8
     lr: float = 0.25  #: Adam learning rate (working voxels)
     lambda_diffusion: float = 0.3  #: weight of losses.diffusion_loss
     smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
@@ -105,7 +107,7 @@ class InstanceOptConfig:
     grid_factor: int = 2  #: the parameter lives at 1 / grid_factor resolution
     smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
     similarity_factor: int = 2  #: the MIND similarity is evaluated at 1 / similarity_factor resolution
-    sample_fraction: float = 1.0  #: fraction of the masked voxels drawn at random for each step's similarity
+    sample_fraction: float = 0.5  #: fraction of the masked voxels drawn at random for each step's similarity
     #: MIND-SSC dilation (working voxels) of the features both stages compare; the search's own
     #: features (``mind.dilation``) are reused when it is the same. 1 beat 2 on the 2 mm benchmark.
     mind_dilation: int = 1
