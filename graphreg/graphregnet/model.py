@@ -3,8 +3,8 @@
 After Hansen & Heinrich, "GraphRegNet: Deep Graph Regularisation Networks on Sparse Keypoints
 for Dense Registration of 3D Lung CTs", IEEE TMI 2021. For every keypoint a small 3D CNN encodes
 its cost volume (one cost per candidate displacement of a cubic search grid) into a feature
-vector; the keypoint coordinates are appended; three EdgeConv layers (torch-geometric, mean
-aggregation) on the kNN graph of the keypoints exchange information between neighbours; a
+vector; the keypoint coordinates are appended; three EdgeConv layers (mean aggregation,
+:mod:`graphreg.graphregnet.edgeconv`, equal to torch-geometric's) on the kNN graph of the keypoints exchange information between neighbours; a
 decoder turns each node's features back into a heat-map over the candidates. The heat-map is
 *added* to the cost-derived logits ``-beta * cost`` (beta learned), so an untrained decoder
 starts from the plain soft-argmin of the costs and learning only has to add the regularisation.
@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError, check_shape
 from ..training.checkpoint import LoadableModel, register_architecture
+from .edgeconv import EdgeConv
 
 #: graph variants understood by :class:`GraphRegNet`
 GRAPH_VARIANTS = ("edgeconv", "none", "coordinates")
@@ -170,8 +171,6 @@ class GraphRegNet(LoadableModel):
             raise ConfigError(f"model.graph: expected one of {', '.join(GRAPH_VARIANTS)}, got {graph!r}")
         if int(radius) < 1:
             raise ConfigError(f"model.radius: expected an integer >= 1, got {radius!r}")
-        from torch_geometric.nn import EdgeConv
-
         if int(k) < 1:
             raise ConfigError(f"model.k: expected an integer >= 1, got {k!r}")
         self.radius, self.step, self.k = int(radius), float(step), int(k)
@@ -184,7 +183,7 @@ class GraphRegNet(LoadableModel):
         width = graph_in
         if graph != "none":
             for _ in range(int(edgeconv_layers)):
-                self.edge_convs.append(EdgeConv(_edge_mlp(width, features), aggr="mean"))
+                self.edge_convs.append(EdgeConv(_edge_mlp(width, features)))
                 width = features
         decoder_in = features + width
         self.decoder = HeatmapDecoder(self.side, decoder_in, decoder_channels)
