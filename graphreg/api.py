@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from .allocator import reusing_freed_memory
 from .config import RegistrationConfig, load_config
 from .errors import GraphregError
 from .inputs import as_optional_mask, as_volume
@@ -35,6 +36,7 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return resolved
 
 
+@reusing_freed_memory()
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
              progress: Optional[Callable[[str], None]] = None, model: Any = None,
