@@ -231,12 +231,14 @@ def measure_keypoint_stages(pair_dir: str, overrides: dict, crop: float = 1.0, t
     mask on the working grid replace the Förstner keypoints (whose number is limited by the
     image), then the first search level (:func:`graphreg.pipeline.driver.regularised_search`)
     and the densification run on them. Same result keys as :func:`measure_configuration`
-    (``timings``: ``mind``, ``search_1``, ``densify``, ``end_to_end``, ``end_to_end_cpu``).
+    (``timings``: ``mind``, ``search_1``, ``densify``, ``end_to_end``, ``end_to_end_cpu``). Runs
+    with :func:`graphreg.allocator.reusing_freed_memory`, as :func:`graphreg.register` does.
     """
     import time
 
     import torch
 
+    from ..allocator import reusing_freed_memory
     from ..config import load_config
     from ..datasets.pairs import read_pair
     from ..pipeline.densify import densify
@@ -254,7 +256,7 @@ def measure_keypoint_stages(pair_dir: str, overrides: dict, crop: float = 1.0, t
     baseline = _rss_mb()
     timings = {}
     start, cpu_start = time.perf_counter(), time.process_time()
-    with torch.no_grad():
+    with torch.no_grad(), reusing_freed_memory():
         fixed_features = mind_ssc(work.fixed, config.mind.radius, config.mind.dilation)
         moving_features = mind_ssc(work.moving, config.mind.radius, config.mind.dilation)
         timings["mind"] = time.perf_counter() - start
