@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from graphreg.bench.runner import peer_ratios, summarize
+from graphreg.bench.runner import compute_seconds, peer_ratios, summarize
 from graphreg.bench.table import format_peer_ratios, format_table
 
 
@@ -36,6 +36,17 @@ def test_peer_ratios_are_medians_of_per_pair_ratios_on_common_pairs():
     convexadam = ratios["corrfield"]["convexadam"]  # its p2 run failed: only p1 counts
     assert convexadam["n_pairs"] == 1 and convexadam["time_ratio"] == pytest.approx(0.25)
     assert convexadam["tre_mean_mm"] == pytest.approx(1.0)
+
+
+def test_a_peers_package_import_is_left_out_of_the_ratio():
+    rows = [dict(r) for r in ROWS]
+    for r in rows:
+        if r["method"] == "elastix":
+            r["timings"] = {"import": 20.0, "register": r["seconds_total"] - 20.0}
+    elastix = peer_ratios(rows)["corrfield"]["elastix"]
+    assert elastix["time_ratio"] == pytest.approx((10 / 80 + 12 / 130) / 2)
+    assert compute_seconds(rows[2]) == pytest.approx(80.0) and compute_seconds(rows[1]) == pytest.approx(10.0)
+    assert compute_seconds({"seconds_total": None}) is None
 
 
 def test_no_peers_no_ratios():

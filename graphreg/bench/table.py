@@ -78,7 +78,8 @@ def format_peer_ratios(summary: dict) -> str:
     width = max(12, *(len(method) for method, _, _ in rows))
     header = (f"{'method':<{width}}  {'vs peer':<12}  {'pairs':>5}  {'time ratio':>10}  {'speed-up':>8}  "
               f"{'TRE':>6}  {'peer TRE':>8}  {'RSS ratio':>9}")
-    lines = ["graphreg time / peer time on the same pairs (median of per-pair ratios; < 1 = graphreg faster)",
+    lines = ["graphreg time / peer time on the same pairs (median of per-pair ratios; < 1 = graphreg faster; "
+             "without the peer's package import, e.g. itk's)",
              header, "-" * len(header)]
     for method, peer, r in rows:
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
