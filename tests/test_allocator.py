@@ -14,7 +14,7 @@ PAGE = resource.getpagesize()
 BLOCK_BYTES = 64 * 2 ** 20  # above glibc's largest mmap threshold (32 MiB): mmap'd by default
 
 
-def _faults_per_cycle(cycles: int = 10) -> list[int]:
+def _faults_per_cycle(cycles: int = 20) -> list[int]:
     """Minor page faults of each of ``cycles`` rounds of allocating, filling and freeing two
     64 MiB tensors.
 
