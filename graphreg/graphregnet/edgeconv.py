@@ -9,10 +9,10 @@ This is ``torch_geometric.nn.EdgeConv(h, aggr="mean")``, computed the same way (
 ends of every edge, one call of ``h`` on all edges, a sum per target divided by its in-degree);
 the test suite checks both give the same output and gradients for the same ``h``, and that
 construction re-initialises ``h`` as torch-geometric's does (same random draws: a seeded
-training run builds the same network with either). It exists
-because importing torch-geometric imports ``torch._dynamo``, 2.3 s of every fresh process on a
-2-core CPU, longer than GraphRegNet's whole inference. The edge function is stored as ``.nn``,
-as torch-geometric stores it, so state dicts are interchangeable.
+training run builds the same network with either). It exists because importing
+torch-geometric imports ``torch._dynamo``, 2.3 s of every fresh process on a 2-core CPU, longer
+than GraphRegNet's whole inference. The edge function is stored as ``.nn``, as torch-geometric
+stores it, so state dicts are interchangeable.
 
 Convention:
     ``edge_index`` ``(2, E)`` long: row 0 the source (neighbour ``j``), row 1 the target (centre
