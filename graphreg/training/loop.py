@@ -125,7 +125,7 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
 
     Runs with :func:`graphreg.allocator.reusing_freed_memory` (freed memory is reused instead of
     being faulted in again every step: 12 VoxelMorph steps on 80^3 volumes, 2-core CPU,
-    27.0 -> 21.1 s).
+    27.9 s with ``GRAPHREG_REUSE_MEMORY=0``, 22.2 s by default).
 
     Args:
         model: a registered :class:`~graphreg.training.checkpoint.LoadableModel`.
