@@ -5,9 +5,9 @@ for Dense Registration of 3D Lung CTs", IEEE TMI 2021. For every keypoint a smal
 its cost volume (one cost per candidate displacement of a cubic search grid) into a feature
 vector; the keypoint coordinates are appended; three EdgeConv layers (mean aggregation,
 :mod:`graphreg.graphregnet.edgeconv`, equal to torch-geometric's) on the kNN graph of the
-keypoints exchange information between neighbours; a decoder turns each node's features back into a heat-map over the candidates. The heat-map is
-*added* to the cost-derived logits ``-beta * cost`` (beta learned), so an untrained decoder
-starts from the plain soft-argmin of the costs and learning only has to add the regularisation.
+keypoints exchange information between neighbours; a decoder turns each node's features back
+into a heat-map over the candidates. The heat-map is *added* to the cost-derived logits
+``-beta * cost`` (beta learned), so an untrained decoder starts from the plain soft-argmin of the costs and learning only has to add the regularisation.
 A softmax over the candidates gives each keypoint's displacement distribution; its mean is the
 displacement (soft-argmax), its spread the keypoint's uncertainty.
 
