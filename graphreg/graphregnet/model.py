@@ -7,9 +7,10 @@ vector; the keypoint coordinates are appended; three EdgeConv layers (mean aggre
 :mod:`graphreg.graphregnet.edgeconv`, equal to torch-geometric's) on the kNN graph of the
 keypoints exchange information between neighbours; a decoder turns each node's features back
 into a heat-map over the candidates. The heat-map is *added* to the cost-derived logits
-``-beta * cost`` (beta learned), so an untrained decoder starts from the plain soft-argmin of the costs and learning only has to add the regularisation.
-A softmax over the candidates gives each keypoint's displacement distribution; its mean is the
-displacement (soft-argmax), its spread the keypoint's uncertainty.
+``-beta * cost`` (beta learned), so an untrained decoder starts from the plain soft-argmin of
+the costs and learning only has to add the regularisation. A softmax over the candidates gives
+each keypoint's displacement distribution; its mean is the displacement (soft-argmax), its
+spread the keypoint's uncertainty.
 
 Variants (for ablations, same constructor): ``graph="edgeconv"`` (the model),
 ``graph="none"`` (encoder/decoder only, no message passing) and ``graph="coordinates"``
