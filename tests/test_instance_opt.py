@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from graphreg.errors import GraphregError, ShapeError
 from graphreg.config import InstanceOptConfig, RefineConfig
 from graphreg.pipeline.instance_opt import _diffusion_weight, instance_optimise, optimise_with_config, smooth_field
-from graphreg.spatial import identity_grid, warp
+from graphreg.spatial import identity_grid, resize_field, warp
 
 SHAPE = (20, 20, 20)
 
@@ -52,6 +52,19 @@ def test_instance_optimise_recovers_shift(similarity_factor, sample_fraction):
     centre = field[0, :, 5:-5, 5:-5, 5:-5].reshape(3, -1).mean(1)
     before = torch.tensor(shift).norm()
     assert (centre - torch.tensor(shift)).norm() < 0.25 * before
+
+
+@pytest.mark.parametrize("grid_factor", [2, 3])
+def test_a_coarser_parameter_grid_gives_the_loss_of_the_upsampled_field(grid_factor):
+    """The field sampled at the similarity voxels equals resize_field's trilinear upsampling."""
+    fixed, moving = shifted_pair((1.0, -0.5, 0.25))
+    init = 2.0 * blobs(seed=3, channels=3)
+    result = instance_optimise(fixed, moving, init, iterations=1, lambda_diffusion=0.0,
+                               grid_factor=grid_factor, smoothing_passes=2)
+    low = tuple(round(n / grid_factor) for n in SHAPE)
+    upsampled = resize_field(smooth_field(resize_field(init, low), 2), SHAPE)
+    expected = ((fixed - warp(moving, upsampled)) ** 2).mean()
+    assert result.losses[0] == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_random_sampling_is_seeded_and_visits_different_voxels():

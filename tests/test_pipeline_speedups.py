@@ -124,14 +124,15 @@ def two_threads():
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_grid_sample_parallel_equals_grid_sample(two_threads, mode):
-    """Split over the threads (41 * 33 * 31 points: an odd count, so one padded point) it gives
-    the plain call's values and gradients, for the volume and the grid."""
+    """Split over the threads (41 * 33 * 31 points: an odd count, so one padded point) and
+    channels-last, it gives the plain call's values and gradients, for the volume and the grid."""
     torch.manual_seed(0)
     volume = torch.randn(1, 5, 20, 30, 25, dtype=torch.float64, requires_grad=True)
     grid = (torch.rand(1, 41, 33, 31, 3, dtype=torch.float64) * 2.2 - 1.1).requires_grad_()
     with mock.patch("graphreg.spatial.F.grid_sample", wraps=F.grid_sample) as spy:
         split = grid_sample_parallel(volume, grid, mode=mode)
     assert spy.call_args.args[0].shape[0] == 2  # one chunk per thread
+    assert spy.call_args.args[0].stride(1) == 1  # 5 channels: sampled channels-last
     plain = F.grid_sample(volume, grid, mode=mode, padding_mode="border", align_corners=ALIGN_CORNERS)
     assert split.shape == plain.shape == (1, 5, 41, 33, 31)
     assert torch.equal(split, plain)

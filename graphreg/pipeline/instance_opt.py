@@ -227,6 +227,13 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     fixed = fixed[0].flatten(1)[:, inside]  # (C, K)
     weight = torch.ones_like(fixed[0]) if weight is None else weight.flatten()[inside]  # (K,)
     count = inside.numel()
+    if low != sim_shape:  # the parameter grid is coarser: sample the field at the points themselves
+        to_low = torch.tensor([(n - 1) / (s - 1) if s > 1 else 0.0 for n, s in zip(low, sim_shape)],
+                              dtype=fixed.dtype, device=fixed.device)
+        low_points = points * to_low  # (K, 3) voxels of the parameter grid
+        # parameter-grid voxels -> similarity-grid voxels, the align_corners relation of resize_field
+        to_sim = torch.tensor([(s - 1) / (n - 1) if n > 1 else 1.0 for n, s in zip(low, sim_shape)],
+                              dtype=fixed.dtype, device=fixed.device)[:, None]
     # Channels-last: the C feature values of a voxel are adjacent, so each trilinear corner
     # fetch is one cache line instead of C (several times faster sampling on CPU).
     moving = moving.contiguous(memory_format=torch.channels_last_3d)
@@ -243,8 +250,10 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
         if sample_fraction < 1.0:  # sorted indices keep memory locality; an empty draw keeps all
             drawn = (torch.rand(count, generator=generator, device=fixed.device) < sample_fraction).nonzero()[:, 0]
             chosen = drawn if drawn.numel() else chosen
-        field = (smooth if low == sim_shape else resize_field(smooth, sim_shape))[0].flatten(1)
-        field = field[:, inside[chosen]]  # (3, K') at the sampled voxels
+        if low == sim_shape:
+            field = smooth[0].flatten(1)[:, inside[chosen]]  # (3, K') at the sampled voxels
+        else:  # trilinear, as resize_field's upsampling, at the sampled voxels only
+            field = sample_points(smooth, low_points[chosen])[0] * to_sim
         residual = (fixed[:, chosen] - sample_points(moving, points[chosen] + field.T)[0]) ** 2
         sampled_weight = weight[chosen]
         similarity = (residual * sampled_weight).sum() / (sampled_weight.sum() * fixed.shape[0])
