@@ -139,6 +139,8 @@ def resize_field(displacement: torch.Tensor, shape: tuple[int, int, int]) -> tor
     """
     _check_field("displacement", displacement)
     old = displacement.shape[2:]
+    if tuple(old) == tuple(shape):  # the identity (align_corners): skip the interpolation
+        return displacement.clone()
     scale = torch.tensor([(n - 1) / (o - 1) if o > 1 else 1.0 for n, o in zip(shape, old)],
                          dtype=displacement.dtype, device=displacement.device)
     resized = F.interpolate(displacement, size=tuple(shape), mode="trilinear",

@@ -12,9 +12,10 @@ from graphreg.field import DisplacementField
 from graphreg.geometry import ALIGN_CORNERS, Grid
 from graphreg.losses import diffusion_loss
 from graphreg.pipeline.filters import binary_dilation, box_filter, repeated_box_filter
-from graphreg.pipeline.instance_opt import _Adam, _downsample, _masked_weight, instance_optimise, smooth_field
+from graphreg.pipeline.instance_opt import (_Adam, _diffusion_weight, _downsample, _masked_weight, instance_optimise,
+                                            smooth_field)
 from graphreg.registration import resample_field
-from graphreg.spatial import grid_sample_parallel, sample_points, warp
+from graphreg.spatial import grid_sample_parallel, identity_grid, resize_field, sample_points, warp
 
 
 def test_smooth_field_gradcheck():
@@ -166,3 +167,23 @@ def test_own_adam_follows_torch_adam():
         reference.step()
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(ours, start)
+
+
+def test_resize_field_keeps_the_physical_displacement_and_copies_at_the_same_shape():
+    """``u_z = 0.5 z`` voxels stays ``0.5 z`` in the voxels of a twice finer grid of the same
+    extent; at the same shape the result is an equal copy (no interpolation)."""
+    gain = torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    field = identity_grid((9, 5, 7), dtype=torch.float64) * gain
+    finer = resize_field(field, (17, 9, 13))
+    expected = identity_grid((17, 9, 13), dtype=torch.float64) * gain
+    torch.testing.assert_close(finer, expected)
+    same = resize_field(field, (9, 5, 7))
+    assert torch.equal(same, field) and same.data_ptr() != field.data_ptr()
+
+
+def test_diffusion_weight_at_the_mask_resolution_is_the_mask_itself():
+    torch.manual_seed(2)
+    mask = (torch.rand(1, 1, 6, 7, 5) > 0.6).float()
+    weight = _diffusion_weight(mask, (6, 7, 5), 0.1, mask)
+    torch.testing.assert_close(weight, 0.1 + 0.9 * mask)
+    torch.testing.assert_close(weight, 0.1 + 0.9 * F.adaptive_max_pool3d(mask, (6, 7, 5)))

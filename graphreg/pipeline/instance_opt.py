@@ -143,7 +143,9 @@ def _diffusion_weight(mask: torch.Tensor | None, low, outside: float, like: torc
         raise GraphregError(f"outside_diffusion: expected a number in [0, 1], got {outside}")
     if mask is None or outside == 1.0:
         return None
-    inside = F.adaptive_max_pool3d((mask > 0).to(like.dtype), low)  # low is never finer than the mask
+    inside = (mask > 0).to(like.dtype)
+    if tuple(inside.shape[2:]) != tuple(low):
+        inside = F.adaptive_max_pool3d(inside, low)  # low is never finer than the mask
     return outside + (1.0 - outside) * inside
 
 
