@@ -12,8 +12,8 @@ from graphreg.field import DisplacementField
 from graphreg.geometry import ALIGN_CORNERS, Grid
 from graphreg.losses import diffusion_loss
 from graphreg.pipeline.filters import binary_dilation, box_filter, repeated_box_filter
-from graphreg.pipeline.instance_opt import (_Adam, _diffusion_weight, _downsample, _masked_weight, instance_optimise,
-                                            smooth_field)
+from graphreg.pipeline.instance_opt import (_Adam, _diffusion_weight, _downsample, _masked_weight, _resize_axis,
+                                            instance_optimise, smooth_field)
 from graphreg.registration import resample_field
 from graphreg.spatial import grid_sample_parallel, identity_grid, resize_field, sample_points, warp
 
@@ -40,6 +40,17 @@ def test_downsample_equals_filter_then_resize():
     shape = (6, 5, 7)
     reference = F.interpolate(box_filter(volume, 1), size=shape, mode="trilinear", align_corners=ALIGN_CORNERS)
     torch.testing.assert_close(_downsample(volume, 2, shape), reference)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("size", [1, 4, 9, 13])
+def test_resize_axis_equals_trilinear_interpolation_of_that_axis(axis, size):
+    torch.manual_seed(axis)
+    volume = torch.rand(2, 3, 9, 8, 10, dtype=torch.float64)
+    target = list(volume.shape[2:])
+    target[axis] = size
+    reference = F.interpolate(volume, size=tuple(target), mode="trilinear", align_corners=ALIGN_CORNERS)
+    torch.testing.assert_close(_resize_axis(volume, size, axis), reference, rtol=1e-14, atol=1e-14)
 
 
 def test_separable_mask_dilation_equals_the_cube():
