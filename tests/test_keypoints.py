@@ -6,11 +6,13 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from graphreg.errors import GraphregError, ShapeError
 from graphreg.pipeline.filters import gaussian_filter, gradient_5tap
 from graphreg.pipeline.keypoints import (
     _fps_torch,
+    _max_filter,
     farthest_point_sampling,
     foerstner_distinctiveness,
     foerstner_keypoints,
@@ -157,3 +159,13 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(
         lambda v: (foerstner_distinctiveness(v, sigma=0.8) * weights).sum(), (image,),
         fast_mode=True)
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 11), (2, 1, 6), (5, 3, 1)])
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_max_filter_equals_max_pool3d(shape, size):
+    """Axes shorter than the window included (the window is clipped at the border)."""
+    torch.manual_seed(size)
+    volume = torch.randn(2, 3, *shape)
+    expected = F.max_pool3d(volume, size, stride=1, padding=size // 2)
+    assert torch.equal(_max_filter(volume, size), expected)
