@@ -59,4 +59,5 @@ def test_every_registration_config_in_configs_loads():
     for path in configs:
         load_config(path)
     accurate = load_config(Path(__file__).resolve().parents[1] / "configs" / "accurate.yaml").instance_opt
-    assert (accurate.grid_factor, accurate.similarity_factor) == (1, 1)
+    default = load_config(None).instance_opt
+    assert accurate.refine.iterations > default.refine.iterations and accurate.sample_fraction == 1.0
