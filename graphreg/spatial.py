@@ -129,6 +129,18 @@ def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return first + warp(second, first, padding_mode="border")
 
 
+def voxel_scale(new_shape, old_shape, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Per-axis factor from voxels of a grid of ``old_shape`` to voxels of a grid of ``new_shape``
+    over the same extent: ``(n_new - 1) / (n_old - 1)``, the ``align_corners`` relation (1 along
+    an axis of one voxel).
+
+    Shapes:
+        new_shape, old_shape: ``(D, H, W)``; returns ``(3,)`` in ``(z, y, x)`` order.
+    """
+    return torch.tensor([(n - 1) / (o - 1) if o > 1 else 1.0 for n, o in zip(new_shape, old_shape)],
+                        dtype=dtype, device=device)
+
+
 def resize_field(displacement: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """Trilinear resize of a voxel displacement to a grid of ``shape`` over the same extent.
 
@@ -142,8 +154,7 @@ def resize_field(displacement: torch.Tensor, shape: tuple[int, int, int]) -> tor
     old = displacement.shape[2:]
     if tuple(old) == tuple(shape):  # the identity (align_corners): skip the interpolation
         return displacement.clone()
-    scale = torch.tensor([(n - 1) / (o - 1) if o > 1 else 1.0 for n, o in zip(shape, old)],
-                         dtype=displacement.dtype, device=displacement.device)
+    scale = voxel_scale(shape, old, displacement.dtype, displacement.device)
     resized = F.interpolate(displacement, size=tuple(shape), mode="trilinear",
                             align_corners=ALIGN_CORNERS)
     return resized * scale.view(1, 3, 1, 1, 1)

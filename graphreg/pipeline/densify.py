@@ -26,7 +26,7 @@ import scipy.sparse.linalg
 import torch
 
 from ..errors import GraphregError, check_finite, check_shape
-from ..spatial import resize_field
+from ..spatial import resize_field, voxel_scale
 
 __all__ = [
     "ThinPlateSpline",
@@ -148,8 +148,7 @@ def tps_dense_field(keypoints: torch.Tensor, displacements: torch.Tensor,
     values = spline(nodes.to(keypoints.device))  # (M, 3) float64, full-grid voxels
     field = values.T.reshape(1, 3, *coarse)
     # resize_field expects voxels of the coarse grid and rescales them to the fine grid
-    to_coarse = torch.tensor([(c - 1) / (n - 1) if n > 1 else 1.0 for n, c in zip(shape, coarse)],
-                             dtype=torch.float64, device=field.device)
+    to_coarse = voxel_scale(coarse, shape, torch.float64, field.device)
     field = resize_field(field * to_coarse.view(1, 3, 1, 1, 1), shape)
     return field.to(dtype=displacements.dtype if displacements.is_floating_point()
                     else torch.float32)

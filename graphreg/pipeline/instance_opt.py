@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, GraphregError, check_shape, is_int_at_least
 from ..geometry import ALIGN_CORNERS
 from ..losses import diffusion_loss
-from ..spatial import identity_grid, resize_field, sample_points
+from ..spatial import identity_grid, resize_field, sample_points, voxel_scale
 from .filters import binary_dilation, filter_axis, repeated_box_filter
 from .mind import mind_ssc
 
@@ -253,12 +253,9 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     weight = torch.ones_like(fixed[0]) if weight is None else weight.flatten()[inside]  # (K,)
     count = inside.numel()
     if low != sim_shape:  # the parameter grid is coarser: sample the field at the points themselves
-        to_low = torch.tensor([(n - 1) / (s - 1) if s > 1 else 0.0 for n, s in zip(low, sim_shape)],
-                              dtype=fixed.dtype, device=fixed.device)
-        low_points = points * to_low  # (K, 3) voxels of the parameter grid
-        # parameter-grid voxels -> similarity-grid voxels, the align_corners relation of resize_field
-        to_sim = torch.tensor([(s - 1) / (n - 1) if n > 1 else 1.0 for n, s in zip(low, sim_shape)],
-                              dtype=fixed.dtype, device=fixed.device)[:, None]
+        # (K, 3) positions in parameter-grid voxels; parameter-grid displacements -> similarity-grid voxels
+        low_points = points * voxel_scale(low, sim_shape, fixed.dtype, fixed.device)
+        to_sim = voxel_scale(sim_shape, low, fixed.dtype, fixed.device)[:, None]
     # Channels-last: the C feature values of a voxel are adjacent, so each trilinear corner
     # fetch is one cache line instead of C (several times faster sampling on CPU).
     moving = moving.contiguous(memory_format=torch.channels_last_3d)
