@@ -11,6 +11,7 @@ import torch
 from .allocator import reusing_freed_memory
 from .config import RegistrationConfig, load_config
 from .errors import GraphregError
+from .field import DisplacementField
 from .inputs import as_optional_mask, as_volume
 from .registration import Registration
 
@@ -21,6 +22,8 @@ CLASSICAL_METHODS = ("demons", "bspline-ffd")
 #: dense CNN baselines (:mod:`graphreg.cnn`); shipped weights unless ``model=`` is given
 CNN_METHODS = ("voxelmorph", "bspline-cnn", "linear-deformable")
 METHODS = KEYPOINT_METHODS + CLASSICAL_METHODS + CNN_METHODS
+#: diagnostics for the benchmark, not registration methods (they need the true field)
+DIAGNOSTIC_METHODS = ("oracle",)
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -34,6 +37,26 @@ def resolve_device(device: Optional[str]) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise GraphregError("device: 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     return resolved
+
+
+def displacements_at_keypoints(truth: DisplacementField, pair) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``truth`` as the keypoint pipeline sees displacements (the ``"oracle"`` method's regulariser).
+
+    Args:
+        truth: fixed -> moving field on the fixed grid (world mm).
+        pair: the :class:`~graphreg.pipeline.preprocess.WorkingPair`.
+
+    Returns:
+        ``points (N, 3) -> displacements (N, 3)``, both in working voxels ``(z, y, x)``, the
+        displacements without the pair's pre-alignment translation.
+    """
+    def at(points: torch.Tensor) -> torch.Tensor:
+        world = pair.grid.voxel_to_world(points.double().cpu().numpy())
+        moved = truth.transform_points(world) - pair.translation_mm
+        voxels = pair.grid.mm_vectors_to_voxel(moved - world)
+        return torch.as_tensor(np.asarray(voxels)).to(points)
+
+    return at
 
 
 @reusing_freed_memory()
@@ -54,7 +77,11 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             coarse level; shipped weights unless ``model=`` is given),
             ``"demons"`` / ``"bspline-ffd"`` (SimpleITK), or a dense CNN baseline
             (``"voxelmorph"``, ``"bspline-cnn"``, ``"linear-deformable"``; network + instance
-            optimisation unless ``config`` sets ``instance_opt.enabled: false``).
+            optimisation unless ``config`` sets ``instance_opt.enabled: false``); or the
+            diagnostic ``"oracle"``: the keypoint pipeline with the true displacements of ``model``
+            (the ground-truth :class:`~graphreg.field.DisplacementField` on the fixed grid) at the
+            keypoints in place of any regulariser, then the same densification and instance
+            optimisation: the best a keypoint regulariser could reach through them.
         config: a :class:`~graphreg.config.RegistrationConfig`, a YAML path or a mapping of
             overrides (unknown keys are rejected).
         device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
@@ -73,8 +100,11 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
     from .pipeline.preprocess import optional_mask, working_pair
 
-    if method not in METHODS:
+    if method not in METHODS + DIAGNOSTIC_METHODS:
         raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if method == "oracle" and not isinstance(model, DisplacementField):
+        raise GraphregError(f"model: method 'oracle' needs the ground-truth DisplacementField, got "
+                            f"{type(model).__name__}")
     if memory_budget_gb is not None:
         from .memory import validate_memory_budget
 
@@ -121,6 +151,8 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         check_memory_budget(estimate_memory(fixed_volume.grid, moving_volume.grid, cfg, shape, itemsize),
                             memory_budget_gb)
     pair = working_pair(fixed_volume, moving_volume, fixed_lungs, moving_lungs, cfg.preprocess, torch_device)
+    if method == "oracle":
+        network = displacements_at_keypoints(model, pair)
     timings = {"preprocess": time.perf_counter() - start}
     if progress:
         progress(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "

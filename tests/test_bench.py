@@ -21,7 +21,8 @@ from graphreg.bench.runner import SUMMARY_METRICS, run_benchmark, summarize, wri
 from graphreg.bench.sources import detect_layout, open_pairs
 from graphreg.bench.table import format_table
 from graphreg.datasets.pairs import PairData, write_pair
-from graphreg.errors import ConfigError, InputFileError
+from graphreg.api import register
+from graphreg.errors import ConfigError, GraphregError, InputFileError
 from graphreg.field import DisplacementField
 from graphreg.geometry import Grid
 from graphreg.io import write_image
@@ -168,6 +169,15 @@ def test_keypoint_uncertainty_is_scored_against_the_ground_truth(pair_dir):
     assert "rho_u" in format_table([row])
     (plain,) = run_benchmark(open_pairs(pair_dir), [ORACLE], isolate=False)
     assert "uncertainty_spearman" not in plain and "keypoint_error" not in plain
+
+
+def test_keypoint_oracle_diagnostic_needs_a_ground_truth_field():
+    pair = translation_pair()
+    pair.gt_field = None
+    (row,) = run_benchmark([pair], ["oracle-noio"], isolate=False)
+    assert row["status"] == "failed" and "ground-truth field" in row["error"]
+    with pytest.raises(GraphregError, match="ground-truth DisplacementField"):
+        register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method="oracle")
 
 
 def test_isolated_run_measures_its_own_process(pair_dir):

@@ -199,6 +199,28 @@ def keypoint_method(name: str, instance_optimisation: bool, fixed: Volume, movin
                                        device=device, model=model))
 
 
+def oracle_method(instance_optimisation: bool, fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
+                  moving_mask: Optional[Volume], device: str = "cpu", *, truth) -> MethodResult:
+    """Diagnostic: the keypoint pipeline with the pair's true displacements at the keypoints in
+    place of a regulariser (``graphreg.register(method="oracle")``), densified, with or without
+    the default instance optimisation: what a perfect keypoint regulariser would score.
+
+    Args:
+        truth: the pair's ground-truth :class:`~graphreg.field.DisplacementField`; the runner
+            passes it to methods for which :func:`needs_ground_truth` holds.
+    """
+    from ..api import register
+
+    config = None if instance_optimisation else {"instance_opt": {"enabled": False}}
+    return _from_registration(register(fixed, moving, fixed_mask, moving_mask, method="oracle", config=config,
+                                       device=device, model=truth))
+
+
+def needs_ground_truth(fn: Method) -> bool:
+    """Whether ``fn`` (a registered callable) is a diagnostic that takes the true field as ``truth=``."""
+    return getattr(fn, "func", fn) is oracle_method
+
+
 def classical_method(name: str, fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
                      moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
     """A SimpleITK baseline of :mod:`graphreg.classical` (``"demons"`` or ``"bspline-ffd"``) with its
@@ -243,6 +265,11 @@ for _name, _description in GRAPHREGNET_ABLATIONS.items():
                     functools.partial(keypoint_method, "graphregnet", True, model=_weights),
                     f"GraphRegNet ablation: {_description}; + Adam instance optimisation")
 del _name, _description, _weights
+register_method("oracle", functools.partial(oracle_method, True),
+                "diagnostic: true displacements at the keypoints (no regulariser), densified, + Adam "
+                "instance optimisation; needs pairs with a ground-truth field")
+register_method("oracle-noio", functools.partial(oracle_method, False),
+                "diagnostic: true displacements at the keypoints, densified, no instance optimisation")
 register_method("demons", functools.partial(classical_method, "demons"),
                 "SimpleITK fast symmetric forces demons, 3-level pyramid (graphreg.classical)")
 register_method("bspline-ffd", functools.partial(classical_method, "bspline-ffd"),

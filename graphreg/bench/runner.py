@@ -41,6 +41,7 @@ time-out fails that run only.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import multiprocessing
 import os
@@ -56,7 +57,7 @@ import numpy as np
 
 from ..jsonable import to_jsonable
 from ..errors import ConfigError, GraphregError
-from .methods import MethodUnavailableError, get_method
+from .methods import MethodUnavailableError, get_method, needs_ground_truth
 from .sources import PairRef
 
 #: Scalar metrics of a row that :func:`summarize` aggregates and tables show.
@@ -153,6 +154,12 @@ def _measure(row: dict, fn: Callable, pair, device: str, isolated: bool) -> None
     if len(fixed_lm):
         row["tre_before"] = summarize_errors(landmark_errors(fixed_lm, moving_lm))
 
+    call = fn
+    if needs_ground_truth(fn):
+        if not pair.has_ground_truth:
+            raise GraphregError(f"method {row['method']!r}: needs a pair with a ground-truth field "
+                                f"(generated pairs have one); {row['pair']!r} has none")
+        call = functools.partial(fn, truth=pair.load_gt_field())
     cuda = device.startswith("cuda")
     if cuda:
         import torch
@@ -161,7 +168,7 @@ def _measure(row: dict, fn: Callable, pair, device: str, isolated: bool) -> None
     if isolated:
         row["baseline_rss_mb"] = _ru_maxrss_mb()
         start = time.perf_counter()
-        result = fn(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, device)
+        result = call(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, device)
         row["seconds_total"] = time.perf_counter() - start
         row["peak_rss_mb"] = _ru_maxrss_mb()
         row["memory_measure"] = "ru_maxrss"
@@ -169,7 +176,7 @@ def _measure(row: dict, fn: Callable, pair, device: str, isolated: bool) -> None
         with _RssSampler() as sampler:
             row["baseline_rss_mb"] = sampler.peak_mb
             start = time.perf_counter()
-            result = fn(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, device)
+            result = call(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, device)
             row["seconds_total"] = time.perf_counter() - start
         row["peak_rss_mb"] = sampler.peak_mb
         row["memory_measure"] = "sampled"

@@ -154,9 +154,14 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
     """Run every stage on a preprocessed pair (see :func:`graphreg.pipeline.preprocess.working_pair`).
 
     Args:
-        method: ``"corrfield"`` (classical regulariser at every level) or ``"graphregnet"``
-            (``model`` regularises the first, coarse level; the finer levels stay classical).
-        model: a :class:`graphreg.graphregnet.GraphRegNet` for ``method="graphregnet"``.
+        method: ``"corrfield"`` (classical regulariser at every level), ``"graphregnet"``
+            (``model`` regularises the first, coarse level; the finer levels stay classical) or
+            ``"oracle"``, a diagnostic: ``model(keypoints)`` gives the true displacements ``(N, 3)``
+            (working voxels, without the pre-alignment) at the keypoints ``(N, 3)``, which replace
+            every search level (spread 0). Densification and instance optimisation are unchanged,
+            so it shows the best any keypoint regulariser could reach through them.
+        model: a :class:`graphreg.graphregnet.GraphRegNet` for ``method="graphregnet"``, the
+            truth callable for ``"oracle"``.
     """
     timings: dict = {}
     say = progress or (lambda line: None)
@@ -169,6 +174,8 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
 
     if method == "graphregnet" and model is None:
         raise ConfigError("model: method 'graphregnet' needs a GraphRegNet (weights path or module)")
+    if method == "oracle" and not callable(model):
+        raise ConfigError("model: method 'oracle' needs the true displacements as a callable of the keypoints")
     with torch.no_grad():
         keypoints, fixed_features, moving_features = keypoints_and_features(pair, config, timed)
         say(f"keypoints: {len(keypoints)} ({timings['keypoints']:.1f} s)")
@@ -178,9 +185,13 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
         dense = torch.zeros((1, 3) + shape, dtype=fixed_features.dtype, device=fixed_features.device)
         sparse = torch.zeros_like(keypoints)
         spread = None
-        for index, level in enumerate(config.levels):
+        levels = config.levels[:1] if method == "oracle" else config.levels  # the truth needs no refining
+        for index, level in enumerate(levels):
             warped = moving_features if index == 0 else timed("warp", warp, moving_features, dense)
-            if method == "graphregnet" and index == 0:
+            if method == "oracle":
+                delta = timed(f"search_{index + 1}", model, keypoints)
+                level_spread = torch.zeros_like(delta[:, 0])
+            elif method == "graphregnet" and index == 0:
                 delta, level_spread = timed(f"search_{index + 1}", learned_search, model, fixed_features, warped,
                                             keypoints, level)
             else:
