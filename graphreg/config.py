@@ -25,6 +25,8 @@ class PreprocessConfig:
     hu_max: float = 1500.0
     crop_margin_mm: float = 12.0  #: margin around the fixed lung bounding box (mm)
     prealign: bool = True  #: first translate the moving lungs' centre of mass onto the fixed one's (whole working voxels)
+    #: low-pass filter each image along the axes it is downsampled on (Volume.antialiased) before resampling it
+    antialias: bool = True
 
 
 @dataclass

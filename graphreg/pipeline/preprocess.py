@@ -111,6 +111,9 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
                  config: PreprocessConfig, device=None) -> WorkingPair:
     """Resample, crop, scale and pre-align a fixed/moving pair for the registration stages.
 
+    Images finer than the working spacing are low-pass filtered first (``config.antialias``,
+    :meth:`graphreg.volume.Volume.antialiased`); masks are resampled by nearest neighbour.
+
     Args:
         fixed, moving: CT volumes in Hounsfield units (any geometry).
         fixed_mask, moving_mask: lung masks on their image's grid (resampled with a warning otherwise).
@@ -137,6 +140,8 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
     if not moving_mask_w.array.any():
         raise GeometryError("fixed and moving: the moving lungs do not overlap the fixed lung region "
                             "(check the images' origins and directions)")
+    if config.antialias:
+        fixed, moving = fixed.antialiased(grid.spacing, grid), moving.antialiased(grid.spacing, moving_grid)
     fixed_w = fixed.resampled(grid, "linear", default=config.hu_min)
     moving_w = moving.resampled(moving_grid, "linear", default=config.hu_min)
 
