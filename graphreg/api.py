@@ -39,26 +39,6 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return resolved
 
 
-def displacements_at_keypoints(truth: DisplacementField, pair) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``truth`` as the keypoint pipeline sees displacements (the ``"oracle"`` method's regulariser).
-
-    Args:
-        truth: fixed -> moving field on the fixed grid (world mm).
-        pair: the :class:`~graphreg.pipeline.preprocess.WorkingPair`.
-
-    Returns:
-        ``points (N, 3) -> displacements (N, 3)``, both in working voxels ``(z, y, x)``, the
-        displacements without the pair's pre-alignment translation.
-    """
-    def at(points: torch.Tensor) -> torch.Tensor:
-        world = pair.grid.voxel_to_world(points.double().cpu().numpy())
-        moved = truth.transform_points(world) - pair.translation_mm
-        voxels = pair.grid.mm_vectors_to_voxel(moved - world)
-        return torch.as_tensor(np.asarray(voxels)).to(points)
-
-    return at
-
-
 @reusing_freed_memory()
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
@@ -151,8 +131,13 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         check_memory_budget(estimate_memory(fixed_volume.grid, moving_volume.grid, cfg, shape, itemsize),
                             memory_budget_gb)
     pair = working_pair(fixed_volume, moving_volume, fixed_lungs, moving_lungs, cfg.preprocess, torch_device)
-    if method == "oracle":
-        network = displacements_at_keypoints(model, pair)
+    if method == "oracle":  # the truth at the keypoints, as GraphRegNet's training targets are made
+        from .graphregnet.data import keypoint_targets
+
+        truth = model.to("cpu")
+
+        def network(points: torch.Tensor) -> torch.Tensor:
+            return keypoint_targets(pair, points.cpu(), truth.displacement[0], truth.grid).to(points)
     timings = {"preprocess": time.perf_counter() - start}
     if progress:
         progress(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
