@@ -10,33 +10,19 @@ import torch
 
 from .allocator import reusing_freed_memory
 from .config import RegistrationConfig, load_config
+from .device import resolve_device
 from .errors import GraphregError
 from .field import DisplacementField
 from .inputs import as_optional_mask, as_volume
 from .registration import Registration
 
-#: the keypoint pipeline's methods (each names its sparse regulariser)
-KEYPOINT_METHODS = ("corrfield", "graphregnet")
-#: SimpleITK's classical methods (:mod:`graphreg.classical`)
-CLASSICAL_METHODS = ("demons", "bspline-ffd")
-#: dense CNN baselines (:mod:`graphreg.cnn`); shipped weights unless ``model=`` is given
-CNN_METHODS = ("voxelmorph", "bspline-cnn", "linear-deformable")
-METHODS = KEYPOINT_METHODS + CLASSICAL_METHODS + CNN_METHODS
+from .methods import METHODS, method_names
+
+KEYPOINT_METHODS = method_names("keypoint")
+CLASSICAL_METHODS = method_names("classical")
+CNN_METHODS = method_names("cnn")
 #: diagnostics for the benchmark, not registration methods (they need the true field)
 DIAGNOSTIC_METHODS = ("oracle",)
-
-
-def resolve_device(device: Optional[str]) -> torch.device:
-    """``None`` -> CUDA when available, else CPU; an explicit ``"cuda"`` without a GPU is an error."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise GraphregError(f"device: expected 'cpu' or 'cuda[:N]', got {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise GraphregError("device: 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return resolved
 
 
 @reusing_freed_memory()
@@ -80,7 +66,7 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
     from .pipeline.preprocess import optional_mask, working_pair
 
-    if method not in METHODS + DIAGNOSTIC_METHODS:
+    if method not in (*METHODS, *DIAGNOSTIC_METHODS):
         raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     if method == "oracle" and not isinstance(model, DisplacementField):
         raise GraphregError(f"model: method 'oracle' needs the ground-truth DisplacementField, got "

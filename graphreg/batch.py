@@ -418,12 +418,11 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
         InputFileError: a malformed table (before anything runs).
         GraphregError / ConfigError: bad arguments or configuration.
     """
-    from .api import METHODS
     from .config import load_config
+    from .methods import method_info
 
     scheduler = _scheduler(scheduler, workers, scheduler_address)
-    if method not in METHODS:
-        raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    method_info(method)
     pairs = read_pairs_csv(pairs_csv)
     settings = load_config(config).to_dict()
     out_dir = Path(out_dir).resolve()
@@ -469,10 +468,11 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
 def _run_on_dask(todo: list[BatchPair], task: dict, scheduler: str, workers: int, address: Optional[str],
                  out_dir: Path, finished: Callable[[dict], None]) -> None:
     """Submit one task per pair and collect the rows as they finish (a dead worker fails its pair)."""
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise GraphregError("scheduler: Dask is not installed; pip install 'dask[distributed]'") from None
+    from .extras import require_extra
+
+    require_extra("batch", f"scheduler {scheduler!r}")
+    from distributed import Client, as_completed
+
     cluster = None
     if scheduler == "processes":
         threads = max(1, (os.cpu_count() or 1) // workers)

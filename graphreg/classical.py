@@ -35,10 +35,11 @@ from .config import from_mapping, load_config
 from .errors import ConfigError, is_int_at_least
 from .field import DisplacementField
 from .geometry import Grid
+from .methods import method_names
 from .registration import Registration
 
 #: methods of :func:`register_classical`
-CLASSICAL_METHODS = ("demons", "bspline-ffd")
+CLASSICAL_METHODS = method_names("classical")
 
 
 @dataclass

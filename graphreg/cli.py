@@ -16,6 +16,11 @@ import typer
 from .bench.commands import bench_app
 from .cli_common import fail
 from .errors import GraphregError
+from .methods import DEFAULT_METHOD, methods_help
+from .resources import TRAINING_RECIPES, preset_names
+
+#: the shipped presets, for help texts
+PRESETS = ", ".join(preset_names())
 
 app = typer.Typer(
     name="graphreg",
@@ -85,9 +90,9 @@ def register(
     moving: Path = typer.Argument(..., help="Moving image (e.g. exhale CT), same formats."),
     fixed_mask: Optional[Path] = typer.Option(None, help="Fixed lung mask (computed when omitted)."),
     moving_mask: Optional[Path] = typer.Option(None, help="Moving lung mask (computed when omitted)."),
-    method: str = typer.Option("corrfield", help="corrfield | demons | bspline-ffd | voxelmorph | bspline-cnn | linear-deformable."),
-    config: Optional[Path] = typer.Option(None, help="YAML config overriding the defaults (see configs/)."),
-    model: Optional[Path] = typer.Option(None, help="Trained weights (model.pt) for a CNN method (default: the shipped assets/<name>/model.pt)."),
+    method: str = typer.Option(DEFAULT_METHOD, help=f"Registration method: {methods_help()}."),
+    config: Optional[Path] = typer.Option(None, help=f"YAML config overriding the defaults, or a preset name ({PRESETS})."),
+    model: Optional[Path] = typer.Option(None, help="Trained weights (model.pt) of a learned method (default: its shipped weights)."),
     landmarks: Optional[Path] = typer.Option(None, help="CSV 'x,y,z' world-mm points on the fixed image to map into the moving one."),
     out: Path = typer.Option(Path("graphreg_out"), help="Output folder."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -125,7 +130,7 @@ def register(
 
 
 @app.command()
-def train(config: Path = typer.Option(..., help="Training recipe (configs/voxelmorph.yaml, configs/bspline_cnn.yaml, ...)."),
+def train(config: Path = typer.Option(..., help=f"Training recipe: a YAML file or a shipped recipe's name ({', '.join(TRAINING_RECIPES)})."),
           out: Path = typer.Option(Path("runs/train"), help="Folder for checkpoints, history and the final model.pt."),
           variant: Optional[str] = typer.Option(None, help="Recipe section merged over it, e.g. 'gpu' for the full recipe."),
           max_minutes: Optional[float] = typer.Option(None, help="Wall-time budget; stops with a checkpoint (resume later)."),
@@ -159,10 +164,10 @@ def viz(result_dir: Path = typer.Argument(..., help="A folder written by 'graphr
 
 @app.command()
 def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (report.json, field, warped image)."),
-         method: str = typer.Option("corrfield", help="corrfield | demons | bspline-ffd | voxelmorph | bspline-cnn | linear-deformable (CNNs: shipped weights)."),
+         method: str = typer.Option(DEFAULT_METHOD, help=f"Registration method: {methods_help()}."),
          device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
          overwrite: bool = typer.Option(True, help="Replace an earlier demo result in --out.")) -> None:
-    """Register the bundled demo pair (assets/demo) and print the landmark TRE before and after."""
+    """Register the bundled demo pair and print the landmark TRE before and after."""
     from .demo import run_demo
 
     report = run_demo(out, method=method, device=device, overwrite=overwrite,
@@ -174,9 +179,9 @@ def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (re
 @app.command()
 def batch(pairs: Path = typer.Argument(..., help="CSV: fixed, moving[, fixed_mask, moving_mask, landmarks, moving_landmarks, id]; paths relative to the CSV."),
           out: Path = typer.Option(..., help="Output folder: one result folder per pair (DIR/<id>/), <id>.error.txt, summary.csv."),
-          method: str = typer.Option("corrfield", help="Registration method (as for 'graphreg register')."),
-          config: Optional[Path] = typer.Option(None, help="YAML config overriding the defaults (see configs/)."),
-          model: Optional[Path] = typer.Option(None, help="Trained weights (model.pt) for a CNN method."),
+          method: str = typer.Option(DEFAULT_METHOD, help=f"Registration method: {methods_help()}."),
+          config: Optional[Path] = typer.Option(None, help=f"YAML config overriding the defaults, or a preset name ({PRESETS})."),
+          model: Optional[Path] = typer.Option(None, help="Trained weights (model.pt) of a learned method (default: its shipped weights)."),
           device: Optional[str] = typer.Option(None, help="cpu or cuda[:N] (default: Dask worker i uses GPU i mod n_gpus, else CPU)."),
           workers: int = typer.Option(1, help="Pairs registered in parallel (worker processes of a local Dask cluster)."),
           scheduler: Optional[str] = typer.Option(None, help="local (this process) | processes (Dask LocalCluster) | dask (a running Dask scheduler); default: local for 1 worker, else processes."),

@@ -1,7 +1,7 @@
 """Configuration of the registration pipeline: dataclasses with documented defaults, loaded from YAML.
 
 Every field has a default that is the recommended setting for inhale/exhale lung CT; a YAML file
-(see ``configs/``) overrides any subset of them. Unknown keys and values of the wrong type are
+(a shipped preset in ``graphreg/configs/``, see :mod:`graphreg.resources`) overrides any subset of them. Unknown keys and values of the wrong type are
 rejected with :class:`graphreg.errors.ConfigError` naming the key.
 """
 
@@ -224,29 +224,28 @@ def read_yaml(path: Union[str, Path]) -> Any:
 
 
 def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationConfig] = None) -> RegistrationConfig:
-    """A :class:`RegistrationConfig` from defaults, a YAML file, a mapping, or an existing config.
+    """A :class:`RegistrationConfig` from defaults, a YAML file, a preset name, a mapping, or an existing config.
+
+    A string or path without a suffix that names no existing file is a shipped preset
+    (:func:`graphreg.resources.preset_names`, e.g. ``"accurate"``).
 
     Raises:
-        ConfigError: unreadable YAML, unknown keys, wrong types (the key is named).
+        ConfigError: unknown preset, unreadable YAML, unknown keys, wrong types (the key is named).
     """
     if source is None:
         return RegistrationConfig()
     if isinstance(source, RegistrationConfig):
         return source
     if isinstance(source, (str, Path)):
+        from .resources import preset_names, shipped_or_path
+
+        source = shipped_or_path(source, preset_names(), "preset")
         return from_mapping(RegistrationConfig, read_yaml(source))
     return from_mapping(RegistrationConfig, source)
 
 
-def save_config(config: RegistrationConfig, path: Union[str, Path]) -> None:
-    """Write ``config`` as YAML."""
-    import yaml
-
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-
-
 __all__ = [
     "PreprocessConfig", "KeypointConfig", "MindConfig", "SearchLevel", "RegulariserConfig",
-    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "load_config", "read_yaml", "save_config",
+    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "load_config", "read_yaml",
     "from_mapping",
 ]

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import GraphregError
+from .resources import asset_path, preset_path
 
 #: the embedded demo pair (made by ``tools/make_demo_assets.py``), stored at 3 mm
-DEMO_PAIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO_PAIR = asset_path("demo")
 #: settings for 3 mm images (used when no config is given)
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lowres_3mm.yaml"
+DEMO_CONFIG = preset_path("lowres_3mm")
 
 
 def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overwrite: bool = True,

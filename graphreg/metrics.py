@@ -15,7 +15,6 @@ import scipy.ndimage
 import torch
 
 from .errors import GeometryError, GraphregError, ShapeError, check_finite
-from .field import DisplacementField
 
 #: Determinants are clipped to this before the logarithm (the Learn2Reg script uses the same).
 LOG_JACOBIAN_FLOOR = 1e-9
@@ -170,10 +169,10 @@ def jacobian_stats(field, mask=None) -> dict[str, float]:
         ``folding_percent``: percentage of voxels with ``J <= 0``; ``jacobian_min``,
         ``jacobian_max``.
     """
-    if isinstance(field, DisplacementField):
-        disp, spacing = field.displacement, field.grid.spacing_zyx
-    else:
+    if isinstance(field, torch.Tensor):
         disp, spacing = field, None
+    else:  # a DisplacementField
+        disp, spacing = field.displacement, field.grid.spacing_zyx
     with torch.no_grad():
         jac = jacobian_determinant(disp, spacing).to(torch.float64)
         if mask is not None:

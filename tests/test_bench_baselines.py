@@ -48,7 +48,7 @@ def test_shipped_weights_exist_and_match_their_method(name):
 
 def test_missing_weights_name_the_recipe(monkeypatch, tmp_path):
     monkeypatch.setitem(checkpoint_module.DEFAULT_WEIGHTS, "voxelmorph", tmp_path / "voxelmorph" / "model.pt")
-    with pytest.raises(GraphregError, match="configs/voxelmorph.yaml"):
+    with pytest.raises(GraphregError, match="--config voxelmorph "):
         checkpoint_module.default_weights("voxelmorph")
     with pytest.raises(GraphregError, match="method"):
         checkpoint_module.default_weights("corrfield")

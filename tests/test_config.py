@@ -2,7 +2,7 @@
 
 import pytest
 
-from graphreg.config import RegistrationConfig, SearchLevel, load_config, save_config
+from graphreg.config import RegistrationConfig, SearchLevel, load_config
 from graphreg.errors import ConfigError
 
 
@@ -11,18 +11,6 @@ def test_defaults_are_documented_values():
     assert isinstance(config, RegistrationConfig)
     assert config.preprocess.spacing_mm == 2.0
     assert [level.radius for level in config.levels] == [8, 4]
-
-
-def test_yaml_round_trip(tmp_path):
-    config = load_config({"keypoints": {"num_points": 500}, "levels": [{"radius": 4, "step": 1}]})
-    path = tmp_path / "c.yaml"
-    save_config(config, path)
-    again = load_config(path)
-    assert again == config
-    assert again.levels == [SearchLevel(radius=4, step=1.0)]
-    assert again.keypoints.num_points == 500
-    refined = load_config({"instance_opt": {"refine": {"iterations": 0, "sample_fraction": 1}}})
-    assert refined.instance_opt.refine.iterations == 0 and refined.instance_opt.refine.sample_fraction == 1.0
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -10,7 +10,6 @@ from graphreg.pipeline.correlation import (
     candidate_displacements,
     correlation_cost,
     hard_argmin_displacement,
-    soft_argmin_displacement,
 )
 from graphreg.pipeline.filters import gaussian_filter, shift
 from graphreg.pipeline.mind import mind_ssc
@@ -101,23 +100,15 @@ def test_recovers_known_integer_shift():
     assert torch.all(cost.reshape(60, -1)[:, index] < 1e-5)
 
 
-def test_soft_and_hard_argmin():
+def test_hard_argmin():
     candidates = candidate_displacements(1, 1.0)
     cost = torch.full((2, 27), 10.0)
     cost[0, 5] = 0.0
     cost[1, 20] = 0.0
     hard = hard_argmin_displacement(cost.reshape(2, 3, 3, 3), candidates)
     assert torch.equal(hard, candidates[[5, 20]])
-    soft = soft_argmin_displacement(cost, candidates, temperature=0.1)
-    torch.testing.assert_close(soft, candidates[[5, 20]], atol=1e-6, rtol=0)
-    # infinite temperature: uniform weights, the mean of a symmetric lattice is 0
-    flat = soft_argmin_displacement(cost, candidates, temperature=1e9)
-    torch.testing.assert_close(flat, torch.zeros(2, 3), atol=1e-6, rtol=0)
-    # two equal minima: soft-argmin lies half-way
     cost = torch.full((1, 27), 5.0)
     cost[0, [12, 14]] = 0.0
-    mid = soft_argmin_displacement(cost, candidates, temperature=0.01)
-    torch.testing.assert_close(mid, torch.zeros(1, 3), atol=1e-6, rtol=0)
     # ties in the hard argmin go to the first candidate
     assert torch.equal(hard_argmin_displacement(cost, candidates), candidates[[12]])
 
@@ -142,10 +133,6 @@ def test_exception():
     candidates = candidate_displacements(1, 1)
     with pytest.raises(ShapeError, match="cost"):
         hard_argmin_displacement(torch.zeros(3, 26), candidates)
-    with pytest.raises(ShapeError, match="candidates"):
-        soft_argmin_displacement(torch.zeros(3, 27), torch.zeros(27, 2))
-    with pytest.raises(GraphregError, match="temperature"):
-        soft_argmin_displacement(torch.zeros(3, 27), candidates, temperature=0)
 
 
 def test_empty_keypoints():
@@ -163,6 +150,3 @@ def test_gradcheck():
             return (cost * weights[:keypoints.shape[0]]).sum()
 
         assert torch.autograd.gradcheck(loss, (fixed, moving), fast_mode=True)
-    cost = torch.rand(3, 27, dtype=torch.float64, requires_grad=True)
-    candidates = candidate_displacements(1, 1.0, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda c: soft_argmin_displacement(c, candidates, 0.3), (cost,))

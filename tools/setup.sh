@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up graphreg on a fresh Debian/Python machine: system libraries for open3d's headless renderer,
-# the CPU build of torch (installed first, so no CUDA build is pulled), then graphreg with its test tools.
+# the CPU build of torch (installed first, so no CUDA build is pulled), then graphreg with every extra and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +16,4 @@ fi
 PIP="python -m pip --disable-pip-version-check -q"
 python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
     || $PIP install "torch==2.13.0"
-$PIP install -e ".[test]"
+$PIP install -e ".[all,test]"

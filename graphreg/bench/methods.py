@@ -29,7 +29,8 @@ from dataclasses import dataclass, field as dataclass_field
 from typing import Optional, Protocol, Union
 
 from ..errors import ConfigError, GraphregError
-from ..training.checkpoint import ASSETS
+from ..methods import METHODS, method_names
+from ..resources import asset_path
 from ..volume import Volume
 
 
@@ -244,20 +245,25 @@ def cnn_method(architecture: str, instance_optimisation: bool, fixed: Volume, mo
 
 
 register_method("identity", identity_method, "no registration (zero displacement)")
-register_method("corrfield", functools.partial(keypoint_method, "corrfield", True),
-                "graphreg keypoint pipeline, classical graph regulariser (corrField), + Adam instance optimisation")
-register_method("corrfield-noio", functools.partial(keypoint_method, "corrfield", False),
-                "graphreg keypoint pipeline, classical graph regulariser, densified, no instance optimisation")
-register_method("graphregnet", functools.partial(keypoint_method, "graphregnet", True),
-                "graphreg keypoint pipeline, GraphRegNet regulariser (shipped weights), + Adam instance optimisation")
-register_method("graphregnet-noio", functools.partial(keypoint_method, "graphregnet", False),
-                "graphreg keypoint pipeline, GraphRegNet regulariser, densified, no instance optimisation")
+# every method of graphreg.register (graphreg.methods), and its variants
+for _name in method_names("keypoint"):
+    register_method(_name, functools.partial(keypoint_method, _name, True),
+                    f"graphreg {METHODS[_name].description}, + Adam instance optimisation")
+    register_method(f"{_name}-noio", functools.partial(keypoint_method, _name, False),
+                    f"graphreg {METHODS[_name].description}, densified, no instance optimisation")
+for _name in method_names("classical"):
+    register_method(_name, functools.partial(classical_method, _name), f"{METHODS[_name].description} (graphreg.classical)")
+for _name in method_names("cnn"):
+    register_method(_name, functools.partial(cnn_method, _name, False),
+                    f"{METHODS[_name].description}, shipped weights, network alone")
+    register_method(f"{_name}+io", functools.partial(cnn_method, _name, True),
+                    f"{METHODS[_name].description}, shipped weights, + Adam instance optimisation (MIND)")
 #: ablation weights shipped beside the default GraphRegNet (assets/graphregnet/ablations/<name>.pt)
 GRAPHREGNET_ABLATIONS = {"noedge": "encoder/decoder only, no EdgeConv",
                          "coords": "EdgeConv on keypoint coordinates only",
                          "sup": "trained with ground-truth supervision (the shipped model is unsupervised)"}
 for _name, _description in GRAPHREGNET_ABLATIONS.items():
-    _weights = str(ASSETS / "graphregnet" / "ablations" / f"{_name}.pt")
+    _weights = str(asset_path("graphregnet", "ablations", f"{_name}.pt"))
     register_method(f"graphregnet-{_name}-noio",
                     functools.partial(keypoint_method, "graphregnet", False, model=_weights),
                     f"GraphRegNet ablation: {_description}; no instance optimisation")
@@ -270,19 +276,6 @@ register_method("oracle", functools.partial(oracle_method, True),
                 "instance optimisation; needs pairs with a ground-truth field")
 register_method("oracle-noio", functools.partial(oracle_method, False),
                 "diagnostic: true displacements at the keypoints, densified, no instance optimisation")
-register_method("demons", functools.partial(classical_method, "demons"),
-                "SimpleITK fast symmetric forces demons, 3-level pyramid (graphreg.classical)")
-register_method("bspline-ffd", functools.partial(classical_method, "bspline-ffd"),
-                "SimpleITK cubic B-spline FFD, masked metric, L-BFGS-B, pyramid (graphreg.classical)")
-_CNN_DESCRIPTIONS = {"voxelmorph": "VoxelMorph-style diffeomorphic U-Net",
-                     "bspline-cnn": "DIRNet-style B-spline CNN",
-                     "linear-deformable": "linear + deformable network (Stergios et al.)"}
-for _name, _description in _CNN_DESCRIPTIONS.items():
-    register_method(_name, functools.partial(cnn_method, _name, False),
-                    f"{_description}, shipped weights, network alone")
-    register_method(f"{_name}+io", functools.partial(cnn_method, _name, True),
-                    f"{_description}, shipped weights, + Adam instance optimisation (MIND)")
-del _name, _description
 register_method("elastix", "graphreg.bench.peers:elastix_method",
                 "itk-elastix: affine + B-spline (10 mm grid), MI, bending energy, masked",
                 requires={"itk.ElastixPython": "itk-elastix"})

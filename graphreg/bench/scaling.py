@@ -440,6 +440,9 @@ def format_scaling(document: dict) -> str:
 
 def plot_scaling(document: dict, out_dir: Union[str, os.PathLike]) -> dict[str, Path]:
     """One PNG per curve: stage seconds (log-log, with the fitted lines) and added memory vs x."""
+    from ..extras import require_extra
+
+    require_extra("viz", "scaling plots")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -136,7 +136,7 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
         A :class:`~graphreg.registration.Registration` whose ``method`` is the network's
         architecture name (``"+io"`` appended when instance optimisation ran).
     """
-    from ..api import resolve_device
+    from ..device import resolve_device
 
     torch_device = resolve_device(device)
     say = progress or (lambda line: None)

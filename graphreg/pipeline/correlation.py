@@ -231,21 +231,3 @@ def hard_argmin_displacement(cost: torch.Tensor, candidates: torch.Tensor) -> to
     flat = _flat_cost(cost, candidates)
     return candidates[flat.argmin(dim=1).to(candidates.device)]
 
-
-def soft_argmin_displacement(cost: torch.Tensor, candidates: torch.Tensor,
-                             temperature: float = 1.0) -> torch.Tensor:
-    """Expected displacement under ``softmax(-cost / temperature)`` over the candidates.
-
-    Differentiable; ``temperature -> 0`` approaches :func:`hard_argmin_displacement`.
-
-    Shapes:
-        cost: ``(N, L)`` or ``(N, s, s, s)`` (cost units); candidates: ``(L, 3)`` voxels
-        ``(z, y, x)``; temperature in cost units (> 0).
-        returns: ``(N, 3)`` voxels.
-    """
-    flat = _flat_cost(cost, candidates)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0):
-        raise GraphregError(f"temperature: expected a finite number > 0, got {temperature!r}")
-    weights = torch.softmax(-flat / temperature, dim=1)
-    return weights @ candidates.to(weights.dtype)

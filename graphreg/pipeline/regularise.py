@@ -32,11 +32,9 @@ from ..errors import GraphregError, check_finite, check_shape
 from .graph import SpanningTree, knn_graph, minimum_spanning_tree
 
 __all__ = [
-    "combine_symmetric_displacements",
     "combine_symmetric_marginals",
     "edge_weights",
     "min_convolution",
-    "regularise_mean_field",
     "regularise_mst_bp",
     "soft_displacements",
     "tree_marginals",
@@ -368,69 +366,6 @@ def regularise_mst_bp(cost: torch.Tensor, candidates: torch.Tensor, keypoints: t
     marginals = tree_marginals(cost, candidates, tree, pair.to(cost.device, cost.dtype),
                                temperature)
     return soft_displacements(marginals, candidates, gamma), marginals
-
-
-def regularise_mean_field(cost: torch.Tensor, candidates: torch.Tensor, keypoints: torch.Tensor,
-                          k: int = 8, alpha: float = 1.0, gamma: float = 5.0,
-                          iterations: int = 10, damping: float = 0.5,
-                          intensities: torch.Tensor | None = None, intensity_weight: float = 16.0,
-                          edge_scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loopy mean-field inference on the (symmetrised) kNN graph itself.
-
-    Each node keeps a distribution ``q_i = softmax(-gamma * E_i)`` over the candidates with
-    ``E_i(d) = cost_i(d) + sum_j a_ij E_{q_j} ||d - d_j||^2``. Because the penalty is quadratic
-    the expectation only needs the neighbours' mean displacements ``mu_j``:
-    ``E_i(d) = cost_i(d) + A_i ||d||^2 - 2 d . sum_j a_ij mu_j + const`` with ``A_i = sum_j a_ij``,
-    so one sweep costs ``O(N L)``. All nodes are updated in parallel, the means damped by
-    ``damping`` (0 = no damping).
-
-    Shapes:
-        as :func:`regularise_mst_bp`; returns displacements ``(N, 3)`` voxels and the final
-        energies ``E_i`` ``(N, L)`` (row minimum 0).
-    """
-    cost = _flatten_cost(cost, candidates)
-    _check_keypoints(keypoints, cost.shape[0])
-    if not 0.0 <= damping < 1.0:
-        raise GraphregError(f"damping: expected a value in [0, 1), got {damping}")
-    if iterations < 0:
-        raise GraphregError(f"iterations: expected >= 0, got {iterations}")
-    n = cost.shape[0]
-    cand = candidates.to(cost)
-    energy = cost - cost.amin(1, keepdim=True)
-    mean = soft_displacements(energy, cand, gamma)
-    if n < 2:
-        return mean, energy
-    from torch_geometric.utils import to_undirected  # here, not at the top: its import costs ~1.7 s
-
-    points = keypoints.detach().to(torch.float64)
-    edges = to_undirected(knn_graph(points, min(k, n - 1)), num_nodes=n)
-    weights = edge_weights(points, edges, None if intensities is None
-                           else intensities.detach().to(torch.float64), intensity_weight)
-    pair = _pair_weights(weights, alpha, edge_scaled).to(cost)
-    src, dst = edges.to(cost.device)
-    total = torch.zeros(n, dtype=cost.dtype, device=cost.device).index_add_(0, dst, pair)
-    sq_norm = (cand ** 2).sum(1)
-    for _ in range(iterations):
-        pull = torch.zeros_like(mean).index_add_(0, dst, pair[:, None] * mean[src])
-        energy = cost + total[:, None] * sq_norm[None, :] - 2.0 * pull @ cand.T
-        energy = energy - energy.amin(1, keepdim=True)
-        mean = damping * mean + (1.0 - damping) * soft_displacements(energy, cand, gamma)
-    return mean, energy
-
-
-def combine_symmetric_displacements(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
-    """Average a forward estimate with the negated backward estimate.
-
-    ``backward[i]`` must be the moving -> fixed displacement found at the moved keypoint
-    ``keypoints[i] + forward[i]`` (the caller swaps fixed and moving and re-runs the search
-    there), so ``-backward[i]`` estimates ``forward[i]``.
-
-    Shapes:
-        forward, backward: ``(N, 3)`` voxels; returns ``(N, 3)`` = ``(forward - backward) / 2``.
-    """
-    check_shape("forward", forward, "(N, 3)", forward.ndim == 2 and forward.shape[1] == 3)
-    check_shape("backward", backward, f"{tuple(forward.shape)}", backward.shape == forward.shape)
-    return 0.5 * (forward - backward)
 
 
 def combine_symmetric_marginals(forward: torch.Tensor, backward: torch.Tensor,

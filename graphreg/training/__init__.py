@@ -228,9 +228,10 @@ def read_recipe(path: Union[str, Path], variant: Optional[str] = None) -> dict:
         ConfigError: unreadable YAML, unknown sections, a missing or unknown ``architecture``.
     """
     from ..config import read_yaml
+    from ..resources import TRAINING_RECIPES, shipped_or_path
 
     path = Path(path)
-    recipe = read_yaml(path)
+    recipe = read_yaml(shipped_or_path(path, TRAINING_RECIPES, "training recipe"))
     if not isinstance(recipe, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     unknown = sorted(set(recipe) - _SECTIONS, key=str)

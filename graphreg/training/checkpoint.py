@@ -36,6 +36,8 @@ from torch import nn
 
 from ..errors import ConfigError, GraphregError, InputFileError, is_int_at_least
 from ..io.atomic import atomic_output
+from ..methods import METHODS
+from ..resources import asset_path
 
 #: value of the ``format`` key
 CHECKPOINT_FORMAT = "graphreg-checkpoint"
@@ -44,12 +46,9 @@ FORMAT_VERSION = 1
 
 _ARCHITECTURES: dict[str, type] = {}
 
-#: the shipped weights of each learned method (``assets/<name>/model.pt``, its recipe in ``assets/<name>/README.md``)
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-DEFAULT_WEIGHTS = {"voxelmorph": ASSETS / "voxelmorph" / "model.pt",
-                   "bspline-cnn": ASSETS / "bspline_cnn" / "model.pt",
-                   "linear-deformable": ASSETS / "linear_deformable" / "model.pt",
-                   "graphregnet": ASSETS / "graphregnet" / "model.pt"}
+#: the shipped weights of each learned method (package data ``graphreg/assets/<name>/model.pt``, its
+#: recipe in ``graphreg/assets/<name>/README.md``)
+DEFAULT_WEIGHTS = {info.name: asset_path(info.weights, "model.pt") for info in METHODS.values() if info.learned}
 
 
 def default_weights(method: str) -> Path:
@@ -62,9 +61,9 @@ def default_weights(method: str) -> Path:
         raise GraphregError(f"method: expected one of {', '.join(DEFAULT_WEIGHTS)}, got {method!r}")
     path = DEFAULT_WEIGHTS[method]
     if not path.is_file():
-        recipe = path.parent.name
+        recipe = METHODS[method].recipe
         raise GraphregError(f"model: no shipped weights for {method!r} at {path}; train them with "
-                            f"'graphreg train --config configs/{recipe}.yaml --out runs/{recipe}' and pass "
+                            f"'graphreg train --config {recipe} --out runs/{recipe}' and pass "
                             f"model=runs/{recipe}/model.pt")
     return path
 
@@ -250,5 +249,5 @@ def load_model(path: Union[str, Path], architecture: Optional[str] = None, devic
     return model.to(device or "cpu").eval()
 
 
-__all__ = ["ASSETS", "CHECKPOINT_FORMAT", "DEFAULT_WEIGHTS", "FORMAT_VERSION", "LoadableModel", "architectures", "build_model", "default_weights",
+__all__ = ["CHECKPOINT_FORMAT", "DEFAULT_WEIGHTS", "FORMAT_VERSION", "LoadableModel", "architectures", "build_model", "default_weights",
            "load_model", "read_checkpoint", "register_architecture", "save_checkpoint"]

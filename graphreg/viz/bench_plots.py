@@ -195,6 +195,9 @@ def plot_runtime_vs_tre(rows: Sequence[dict], title: str = "Runtime against accu
 
 def write_bench_plots(rows: Sequence[dict], out_dir) -> dict[str, Path]:
     """Both figures as ``out_dir/bench_tre_boxplot.png`` and ``out_dir/bench_runtime_vs_tre.png``."""
+    from ..extras import require_extra
+
+    require_extra("viz", "benchmark plots")
     from .slices import save_figure
 
     out = Path(out_dir)

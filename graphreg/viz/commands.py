@@ -46,6 +46,9 @@ def viz_command(result_dir, fixed=None, moving=None, fixed_mask=None, moving_mas
             ``interactive`` without a display.
     """
     from ..errors import GraphregError
+    from ..extras import require_extra
+
+    require_extra("viz", "graphreg viz")
     from .pointclouds import display_available, export_ply, show_scene
     from .report import load_result, result_scenes, write_report
 
