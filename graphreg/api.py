@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .allocator import reusing_freed_memory
-from .config import RegistrationConfig, load_config
+from .config import RegistrationConfig, config_label, load_config
 from .device import resolve_device
 from .errors import GraphregError
 from .field import DisplacementField
@@ -90,6 +90,8 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         return register_cnn(fixed, moving, fixed_mask, moving_mask, config=config, device=device, progress=progress,
                             model=default_weights(method) if model is None else model, architecture=method)
     cfg: RegistrationConfig = load_config(config)
+    if progress:
+        progress(f"settings: {config_label(config)}")
     torch_device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
@@ -148,6 +150,6 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         keypoints_mm=keypoints_mm,
         keypoint_displacements_mm=keypoint_disp_mm,
         keypoint_uncertainty_mm=spread,
-        extras={**extras, "device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
+        extras={**extras, "settings": config_label(config), "device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
                 "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist()},
     )

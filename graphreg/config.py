@@ -223,6 +223,18 @@ def read_yaml(path: Union[str, Path]) -> Any:
         raise ConfigError(f"config file {path}: not valid YAML ({detail})") from None
 
 
+def config_label(source: Union[None, str, Path, Mapping[str, Any], RegistrationConfig]) -> str:
+    """How a :func:`load_config` source is named in logs and reports: ``"corrfield (default)"``,
+    a preset's name, a YAML file's path, ``"overrides of the defaults"`` or ``"a RegistrationConfig"``."""
+    if source is None:
+        return "corrfield (default)"
+    if isinstance(source, RegistrationConfig):
+        return "a RegistrationConfig"
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return "overrides of the defaults"
+
+
 def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationConfig] = None) -> RegistrationConfig:
     """A :class:`RegistrationConfig` from defaults, a YAML file, a preset name, a mapping, or an existing config.
 
@@ -246,6 +258,6 @@ def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationCo
 
 __all__ = [
     "PreprocessConfig", "KeypointConfig", "MindConfig", "SearchLevel", "RegulariserConfig",
-    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "load_config", "read_yaml",
+    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "config_label", "load_config", "read_yaml",
     "from_mapping",
 ]

@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import GraphregError
-from .resources import asset_path, preset_path
+from .resources import asset_path
 
 #: the embedded demo pair (made by ``tools/make_demo_assets.py``), stored at 3 mm
 DEMO_PAIR = asset_path("demo")
-#: settings for 3 mm images (used when no config is given)
-DEMO_CONFIG = preset_path("lowres_3mm")
 
 
 def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overwrite: bool = True,
              config=None, progress: Optional[Callable[[str], None]] = None) -> dict:
-    """Register ``assets/demo``, write the result folder ``out`` and return its report.
+    """Register the demo pair as ``graphreg register`` would (same defaults), write the result folder
+    ``out`` and return its report.
 
     The report (also ``out/report.json``) holds at least ``tre_before_mm``, ``tre_after_mm``,
     ``seconds_total`` and ``method``.
@@ -29,8 +28,6 @@ def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overw
     if not DEMO_PAIR.is_dir():
         raise GraphregError(f"demo pair not found at {DEMO_PAIR}; run tools/make_demo_assets.py")
     pair = read_pair(DEMO_PAIR)
-    if config is None and method == "corrfield":
-        config = DEMO_CONFIG
     result = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method=method,
                       config=config, device=device, progress=progress)
     before = summarize_errors(landmark_errors(pair.fixed_landmarks_mm, pair.moving_landmarks_mm))

@@ -81,10 +81,11 @@ def test_evaluate_errors_are_one_line(dirlab_dir, tmp_path, monkeypatch, capsys)
 
 
 def test_register_writes_the_documented_outputs(tmp_path, monkeypatch, capsys):
-    from graphreg.demo import DEMO_CONFIG, DEMO_PAIR
+    from graphreg.demo import DEMO_PAIR
+    from graphreg.resources import preset_path
 
     config = tmp_path / "fast.yaml"
-    config.write_text(DEMO_CONFIG.read_text() + "instance_opt:\n  enabled: false\n")
+    config.write_text(preset_path("lowres_3mm").read_text() + "instance_opt:\n  enabled: false\n")
     out = tmp_path / "out"
     args = ["register", str(DEMO_PAIR / "fixed.nii.gz"), str(DEMO_PAIR / "moving.nii.gz"),
             "--fixed-mask", str(DEMO_PAIR / "fixed_mask.nii.gz"), "--moving-mask", str(DEMO_PAIR / "moving_mask.nii.gz"),

@@ -205,14 +205,15 @@ def test_learned_search_refuses_another_search_grid():
 def test_register_with_graphregnet_on_the_demo_pair(tmp_path):
     from graphreg import register
     from graphreg.datasets.pairs import read_pair
-    from graphreg.demo import DEMO_CONFIG, DEMO_PAIR
+    from graphreg.demo import DEMO_PAIR
+    from graphreg.resources import preset_path
     from graphreg.metrics import landmark_errors
 
     pair = read_pair(DEMO_PAIR)
-    level = load_config(DEMO_CONFIG).levels[0]
+    level = load_config(preset_path("lowres_3mm")).levels[0]
     torch.manual_seed(0)
     net = GraphRegNet(radius=level.radius, step=level.step)  # untrained: soft-argmin of the costs
-    config = {**_yaml(DEMO_CONFIG), "instance_opt": {"enabled": False}}
+    config = {**_yaml(preset_path("lowres_3mm")), "instance_opt": {"enabled": False}}
     result = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method="graphregnet",
                       config=config, model=net)
     before = landmark_errors(pair.fixed_landmarks_mm, pair.moving_landmarks_mm).mean()
