@@ -8,10 +8,11 @@ rejected with :class:`graphreg.errors.ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 from .errors import ConfigError
 
@@ -147,6 +148,76 @@ class RegistrationConfig:
 _LIST_ITEM_TYPES = {("RegistrationConfig", "levels"): SearchLevel}
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The allowed values of one config key: ``test(value)`` holds; ``expected`` says it in words."""
+
+    test: Callable[[Any], bool]
+    expected: str
+
+
+def _at_least(low: float) -> Rule:
+    return Rule(lambda value: math.isfinite(value) and value >= low, f"a finite value >= {low}")
+
+
+_POSITIVE = Rule(lambda value: math.isfinite(value) and value > 0, "a finite value > 0")
+_FRACTION = Rule(lambda value: 0 < value <= 1, "in (0, 1]")
+_WEIGHT = Rule(lambda value: 0 <= value <= 1, "in [0, 1]")
+_ODD = Rule(lambda value: value >= 1 and value % 2 == 1, "an odd integer >= 1")
+
+
+def _one_of(*choices: str) -> Rule:
+    return Rule(lambda value: value in choices, f"one of {', '.join(map(repr, choices))}")
+
+
+#: allowed values per config section and key; every config is checked against them once, when built
+#: (:func:`validate_config`), so an error names the full key path
+RULES: dict[type, dict[str, Rule]] = {
+    PreprocessConfig: {"spacing_mm": _POSITIVE, "crop_margin_mm": _at_least(0)},
+    KeypointConfig: {"sigma": _POSITIVE, "nms_size": _ODD, "num_points": _at_least(1), "erode_mask": _at_least(0)},
+    MindConfig: {"radius": _at_least(0), "dilation": _at_least(1)},
+    SearchLevel: {"radius": _at_least(0), "step": _POSITIVE, "alpha": _at_least(0), "gamma": _POSITIVE},
+    RegulariserConfig: {"k": _at_least(1), "inference": _one_of("sum-product", "min-sum")},
+    DensifyConfig: {"method": _one_of("tps", "bspline"), "smoothing": _at_least(0), "grid_step": _at_least(1),
+                    "control_spacing": _at_least(1)},
+    RefineConfig: {"iterations": _at_least(0), "lr": _POSITIVE, "lambda_diffusion": _at_least(0),
+                   "smoothing_passes": _at_least(0), "sample_fraction": _FRACTION},
+    InstanceOptConfig: {"iterations": _at_least(0), "lr": _POSITIVE, "lambda_diffusion": _at_least(0),
+                        "grid_factor": _at_least(1), "smoothing_passes": _at_least(0),
+                        "similarity_factor": _at_least(1), "sample_fraction": _FRACTION, "mind_dilation": _at_least(1),
+                        "outside_diffusion": _WEIGHT},
+    RegistrationConfig: {"seed": _at_least(0)},
+}
+
+
+def validate_config(config: Any, prefix: str = "") -> Any:
+    """Check every key of a config dataclass (nested sections and lists included) against :data:`RULES`.
+
+    Returns:
+        ``config`` unchanged.
+
+    Raises:
+        ConfigError: the first value out of range, named by its full key path
+            (``config key 'instance_opt.refine.sample_fraction': expected in (0, 1], got 1.5``).
+    """
+    rules = RULES.get(type(config), {})
+    for item in dataclasses.fields(config):
+        value, key = getattr(config, item.name), f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            validate_config(value, f"{key}.")
+        elif isinstance(value, list):
+            for index, entry in enumerate(value):
+                if dataclasses.is_dataclass(entry):
+                    validate_config(entry, f"{key}[{index}].")
+        elif item.name in rules and not rules[item.name].test(value):
+            raise ConfigError(f"config key '{key}': expected {rules[item.name].expected}, got {value!r}")
+    if isinstance(config, PreprocessConfig) and not (math.isfinite(config.hu_min) and math.isfinite(config.hu_max)
+                                                     and config.hu_min < config.hu_max):
+        raise ConfigError(f"config key '{prefix}hu_max': expected a finite value above hu_min {config.hu_min}, "
+                          f"got {config.hu_max}")
+    return config
+
+
 def _coerce(value: Any, expected: Any, key: str) -> Any:
     if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -242,22 +313,22 @@ def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationCo
     (:func:`graphreg.resources.preset_names`, e.g. ``"accurate"``).
 
     Raises:
-        ConfigError: unknown preset, unreadable YAML, unknown keys, wrong types (the key is named).
+        ConfigError: unknown preset, unreadable YAML, unknown keys, wrong types, values out of range
+            (the key is named by its full path).
     """
     if source is None:
         return RegistrationConfig()
     if isinstance(source, RegistrationConfig):
-        return source
+        return validate_config(source)
     if isinstance(source, (str, Path)):
         from .resources import preset_names, shipped_or_path
 
-        source = shipped_or_path(source, preset_names(), "preset")
-        return from_mapping(RegistrationConfig, read_yaml(source))
-    return from_mapping(RegistrationConfig, source)
+        source = read_yaml(shipped_or_path(source, preset_names(), "preset"))
+    return validate_config(from_mapping(RegistrationConfig, source))
 
 
 __all__ = [
     "PreprocessConfig", "KeypointConfig", "MindConfig", "SearchLevel", "RegulariserConfig",
-    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "config_label", "load_config", "read_yaml",
+    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "RULES", "config_label", "load_config", "validate_config", "read_yaml",
     "from_mapping",
 ]

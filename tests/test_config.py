@@ -2,7 +2,7 @@
 
 import pytest
 
-from graphreg.config import RegistrationConfig, SearchLevel, load_config
+from graphreg.config import RegistrationConfig, load_config
 from graphreg.errors import ConfigError
 
 
@@ -49,3 +49,32 @@ def test_every_registration_config_in_configs_loads():
     accurate = load_config(Path(__file__).resolve().parents[1] / "configs" / "accurate.yaml").instance_opt
     default = load_config(None).instance_opt
     assert accurate.refine.iterations > default.refine.iterations and accurate.sample_fraction == 1.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"instance_opt": {"refine": {"sample_fraction": 1.5}}},
+     "config key 'instance_opt.refine.sample_fraction': expected in (0, 1], got 1.5"),
+    ({"levels": [{"radius": 4}, {"step": 0}]}, "config key 'levels[1].step': expected a finite value > 0, got 0.0"),
+    ({"keypoints": {"nms_size": 4}}, "config key 'keypoints.nms_size': expected an odd integer >= 1, got 4"),
+    ({"densify": {"method": "rbf"}}, "config key 'densify.method': expected one of 'tps', 'bspline', got 'rbf'"),
+    ({"instance_opt": {"outside_diffusion": -0.1}}, "config key 'instance_opt.outside_diffusion'"),
+    ({"preprocess": {"hu_min": 100, "hu_max": 0}}, "config key 'preprocess.hu_max': expected a finite value above hu_min 100.0"),
+])
+def test_ranges_are_checked_with_the_full_key_path(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides)
+    assert message in str(error.value)
+
+
+def test_every_default_and_preset_is_in_range():
+    from graphreg.config import RULES, validate_config
+    from graphreg.resources import preset_names
+
+    validate_config(RegistrationConfig())
+    for name in preset_names():
+        load_config(name)
+    broken = RegistrationConfig()
+    broken.instance_opt.lr = 0.0  # a config built in code is checked when it is loaded
+    with pytest.raises(ConfigError, match="instance_opt.lr"):
+        load_config(broken)
+    assert all(rules for rules in RULES.values())

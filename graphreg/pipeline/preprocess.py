@@ -19,8 +19,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import PreprocessConfig
-from ..errors import ConfigError, GeometryError, GraphregError
+from ..config import PreprocessConfig, validate_config
+from ..errors import GeometryError, GraphregError
 from ..geometry import Grid
 from ..volume import Volume, bounding_box
 
@@ -42,23 +42,6 @@ class WorkingPair:
     grid: Grid
     moving_grid: Grid
     translation_mm: np.ndarray
-
-
-def check_preprocess_config(config: PreprocessConfig) -> None:
-    """Reject preprocessing settings no registration can run with (the config key is named).
-
-    Raises:
-        ConfigError: ``spacing_mm`` not a finite number > 0, ``crop_margin_mm`` negative or not
-            finite, or ``hu_max`` not above ``hu_min``.
-    """
-    if not (np.isfinite(config.spacing_mm) and config.spacing_mm > 0):
-        raise ConfigError(f"config key 'preprocess.spacing_mm': expected a finite value > 0 mm, got {config.spacing_mm}")
-    if not (np.isfinite(config.crop_margin_mm) and config.crop_margin_mm >= 0):
-        raise ConfigError(f"config key 'preprocess.crop_margin_mm': expected a finite value >= 0 mm, "
-                          f"got {config.crop_margin_mm}")
-    if not (np.isfinite(config.hu_min) and np.isfinite(config.hu_max) and config.hu_max > config.hu_min):
-        raise ConfigError(f"config key 'preprocess.hu_max': expected a finite value above hu_min "
-                          f"{config.hu_min}, got {config.hu_max}")
 
 
 def scale_intensities(array: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
@@ -120,7 +103,7 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
         fixed_mask, moving_mask: lung masks on their image's grid (resampled with a warning otherwise).
         config: working spacing, HU window, crop margin, pre-alignment.
     """
-    check_preprocess_config(config)
+    validate_config(config, "preprocess.")
     fixed_mask = mask_on_grid(fixed_mask, fixed.grid, "fixed_mask")
     moving_mask = mask_on_grid(moving_mask, moving.grid, "moving_mask")
     spacing = config.spacing_mm
