@@ -13,7 +13,7 @@ from .config import RegistrationConfig, load_config
 from .errors import GraphregError
 from .field import DisplacementField
 from .inputs import as_optional_mask, as_volume
-from .registration import Registration
+from .registration import Registration, working_lungs
 
 #: the keypoint pipeline's methods (each names its sparse regulariser)
 KEYPOINT_METHODS = ("corrfield", "graphregnet")
@@ -164,4 +164,5 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         keypoint_uncertainty_mm=spread,
         extras={**extras, "device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
                 "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist()},
+        fixed_lungs=working_lungs(pair),
     )
