@@ -200,7 +200,8 @@ class Registration(TwoWayMapping):
             ``round_trip_mm`` (``|u(x) + v(x + u(x))|`` at fixed lung voxels ``x``, at most
             ``_RESIDUAL_POINTS`` of them evenly strided: ``mean``, ``p99``, ``max``, ``n_points``,
             ``region``), ``solver_max_residual_mm`` (``|T(T^-1(y)) - y|`` left at the moving grid's
-            voxels), ``iterations`` and ``seconds``.
+            voxels), ``unsolved_voxels`` (those left above the solver's tolerance: where the field
+            folds), ``iterations`` and ``seconds``.
         """
         from .inverse import round_trip_error_mm
 
@@ -213,8 +214,8 @@ class Registration(TwoWayMapping):
         info = self._inverse[1]
         return {"round_trip_mm": {"mean": float(error.mean()), "p99": float(np.percentile(error, 99)),
                                   "max": float(error.max()), "n_points": int(len(error)), "region": region},
-                "solver_max_residual_mm": info["max_residual_mm"], "iterations": info["iterations"],
-                "seconds": info["seconds"]}
+                "solver_max_residual_mm": info["max_residual_mm"], "unsolved_voxels": info["unsolved"],
+                "iterations": info["iterations"], "seconds": info["seconds"]}
 
     def _point_field(self) -> DisplacementField:
         return self.working_field
