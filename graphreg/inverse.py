@@ -21,8 +21,6 @@ from .spatial import sample_points
 
 #: moving-grid points solved at once (about 200 MB of temporaries per chunk)
 _CHUNK_POINTS = 65536
-#: half the span (voxels) of the central differences that give the Jacobian of ``u``
-_STEP = 0.5
 #: Newton steps are replaced by fixed-point steps where ``det(I + grad u)`` is below this (folding)
 _MIN_JACOBIAN = 0.05
 
@@ -42,15 +40,24 @@ def solve3x3(a, r) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([sum(cof[i][j] * r[i] for i in range(3)) / det for j in range(3)]), det
 
 
-def _newton(displacement: torch.Tensor, targets: torch.Tensor, iterations: int, tolerance: float,
+def _with_gradient(displacement: torch.Tensor) -> torch.Tensor:
+    """``(1, 12, D, H, W)`` channels-last: ``u`` (3 channels), then ``d u_c / d axis_b`` (central
+    differences) at channel ``3 + 3 c + b``."""
+    grads = torch.gradient(displacement[0], dim=(1, 2, 3))  # grads[b][c] = d u_c / d axis_b
+    jacobian = torch.stack([grads[b][c] for c in range(3) for b in range(3)])
+    return torch.cat([displacement, jacobian[None]], dim=1).contiguous(memory_format=torch.channels_last_3d)
+
+
+def _newton(both: torch.Tensor, targets: torch.Tensor, iterations: int, tolerance: float,
             to_mm: torch.Tensor) -> tuple[torch.Tensor, float, int, int]:
     """Solve ``x + u(x) = targets`` (fixed voxels, ``(N, 3)``) by Newton's method from ``x = targets``.
 
-    The Jacobian comes from central differences of the sampled ``u`` over ``±_STEP`` voxels (the
-    interpolant's slope averaged over one voxel; a one-cell slope made Newton jump between cells
-    where the slope changes). A step that raises a point's residual is halved instead
-    (backtracking). Points stop once their residual is below ``tolerance`` mm; the best position
-    seen is kept.
+    ``u`` and its central-difference gradient are sampled trilinearly (``both``, see
+    :func:`_with_gradient`); the exact slope of the interpolant, which jumps at cell borders, made
+    Newton jump between cells instead. Beyond the grid ``u`` is constant along the axes it lies
+    outside of (border extension), so those derivatives are zero. A step that raises a point's
+    residual is halved instead (backtracking). Points stop once their residual is below
+    ``tolerance`` mm; the best position seen is kept.
 
     Returns the solution, the largest remaining residual in mm, the most steps any point took and
     the number of points left above ``tolerance``.
@@ -59,11 +66,10 @@ def _newton(displacement: torch.Tensor, targets: torch.Tensor, iterations: int, 
     index = torch.arange(len(x), device=x.device)  # rows of x still being solved
     points, goals = x.clone(), targets
     previous, previous_error = points.clone(), torch.full((len(x),), float("inf")).to(targets)
-    offsets = torch.cat([torch.zeros(1, 3), _STEP * torch.eye(3), -_STEP * torch.eye(3)]).to(targets)
+    last = torch.tensor(both.shape[2:], dtype=targets.dtype, device=targets.device) - 1
     for step in range(iterations + 1):
-        probes = (points[None] + offsets[:, None]).reshape(-1, 3)
-        sampled = sample_points(displacement, probes)[0].reshape(3, 7, -1)  # (c, probe, n)
-        residual = points.T + sampled[:, 0] - goals.T  # (3, n)
+        sampled = sample_points(both, points)[0]  # (12, n)
+        residual = points.T + sampled[:3] - goals.T  # (3, n)
         error = (residual.T @ to_mm).norm(dim=1)
         keep = error >= tolerance
         if step == iterations or not bool(keep.any()):
@@ -74,10 +80,10 @@ def _newton(displacement: torch.Tensor, targets: torch.Tensor, iterations: int, 
         if int(keep.sum()) < 0.9 * len(keep):  # drop the converged points (gathers cost time)
             x[index[~keep]] = points[~keep]
             index, points, goals, sampled, residual, error, previous, previous_error = (
-                index[keep], points[keep], goals[keep], sampled[:, :, keep], residual[:, keep], error[keep],
+                index[keep], points[keep], goals[keep], sampled[:, keep], residual[:, keep], error[keep],
                 previous[keep], previous_error[keep])
-        slopes = (sampled[:, 1:4] - sampled[:, 4:]) / (2 * _STEP)  # slopes[c, b] = d u_c / d axis_b
-        jacobian = [[slopes[c, b] + float(c == b) for b in range(3)] for c in range(3)]
+        inside = ((points >= 0) & (points <= last)).T  # (3, n): d / d axis_b is zero outside along b
+        jacobian = [[sampled[3 + 3 * c + b] * inside[b] + float(c == b) for b in range(3)] for c in range(3)]
         newton, det = solve3x3(jacobian, residual)
         update = torch.where(det >= _MIN_JACOBIAN, newton, residual).T  # a fixed-point step where folded
         worse = (error > previous_error)[:, None]
@@ -93,7 +99,7 @@ def invert_field(field: DisplacementField, grid: Grid, iterations: int = 20,
     """The inverse ``v`` of ``field`` sampled at every voxel of ``grid``.
 
     For each voxel centre ``y`` of ``grid`` the pre-image ``x`` with ``x + u(x) = y`` is found by
-    Newton's method on the fixed grid (``u`` and the Jacobian of its trilinear interpolant; a
+    Newton's method on the fixed grid (``u`` and its gradient sampled trilinearly, backtracking; a
     fixed-point step where the field folds), starting from ``x = y``; then
     ``v(y) = x - y``.
 
@@ -113,7 +119,7 @@ def invert_field(field: DisplacementField, grid: Grid, iterations: int = 20,
         raise GraphregError(f"tolerance_mm: expected a positive number, got {tolerance_mm!r}")
     device, dtype = field.device, field.dtype
     with torch.no_grad():
-        displacement = field.displacement.detach()
+        both = _with_gradient(field.displacement.detach())
         to_mm = torch.as_tensor(field.grid.voxel_to_world_matrix[:3, :3].T, dtype=dtype, device=device)
         # moving voxel -> fixed voxel is affine: offset + index @ steps
         basis = np.vstack([np.zeros(3), np.eye(3)])
@@ -133,7 +139,7 @@ def invert_field(field: DisplacementField, grid: Grid, iterations: int = 20,
             index = torch.cat([torch.arange(z0, z1, dtype=dtype, device=device).view(-1, 1, 1, 1)
                                .expand(-1, 1, height, width), yx[None].expand(z1 - z0, -1, -1, -1)], dim=1)
             targets = index.movedim(1, -1).reshape(-1, 3) @ steps + offset  # fixed voxels
-            x, residual, count, left = _newton(displacement, targets, iterations, tolerance_mm, to_mm)
+            x, residual, count, left = _newton(both, targets, iterations, tolerance_mm, to_mm)
             worst, taken, unsolved = max(worst, residual), max(taken, count), unsolved + left
             v = (x - targets) @ to_target  # fixed-voxel vectors -> target-grid voxels
             out[0, :, z0:z1] = v.T.reshape(3, z1 - z0, height, width)
