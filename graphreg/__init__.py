@@ -10,9 +10,10 @@ from .errors import GraphregError, ResourceError
 from .field import DisplacementField
 from .geometry import Grid
 from .io import read_image, read_landmarks, write_image, write_landmarks
+from .result import load_result
 from .volume import Volume
 
 __version__ = "0.1.0"
 
-__all__ = ["DisplacementField", "GraphregError", "Grid", "ResourceError", "Volume", "__version__", "read_image",
-           "read_landmarks", "register", "write_image", "write_landmarks"]
+__all__ = ["DisplacementField", "GraphregError", "Grid", "ResourceError", "Volume", "__version__", "load_result",
+           "read_image", "read_landmarks", "register", "write_image", "write_landmarks"]

@@ -14,7 +14,7 @@ from .device import resolve_device
 from .errors import GraphregError
 from .field import DisplacementField
 from .inputs import as_optional_mask, as_volume
-from .registration import Registration
+from .registration import Registration, working_lungs
 
 from .methods import METHODS, method_names
 
@@ -152,4 +152,5 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         keypoint_uncertainty_mm=spread,
         extras={**extras, "settings": config_label(config), "device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
                 "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist()},
+        fixed_lungs=working_lungs(pair),
     )

@@ -98,10 +98,11 @@ def register(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     overwrite: bool = typer.Option(False, help="Replace the results in an existing output folder."),
     report: bool = typer.Option(False, "--report", help="Also write figures and a self-contained report.html (graphreg viz)."),
+    inverse: bool = typer.Option(False, "--inverse", help="Also write inverse_transform.h5 (moving -> fixed on the moving grid) and its round-trip error in report.json."),
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GB",
                                                   help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
 ) -> None:
-    """Register MOVING to FIXED; write field.nii.gz (ITK mm), disp_l2r.nii.gz, warped.nii.gz, report.json."""
+    """Register MOVING to FIXED; write field.nii.gz (ITK mm), transform.h5, disp_l2r.nii.gz, warped.nii.gz, report.json."""
     from .api import register as run_registration
     from .io.landmarks import read_landmarks
     from .registration import file_checksum
@@ -120,13 +121,31 @@ def register(
     inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
               "moving_mask": moving_mask and str(moving_mask)}
     checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
-    result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inputs=inputs, input_sha256=checksums)
+    result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inverse=inverse, inputs=inputs,
+                input_sha256=checksums)
     typer.echo(f"wrote {out} ({result.timings['total']:.1f} s)")
     if report:
         from .viz.commands import viz_command
 
         written = viz_command(out, echo=typer.echo)
         typer.echo(f"wrote {written['report']}")
+
+
+@app.command()
+def apply(result_dir: Path = typer.Argument(..., help="A folder written by 'graphreg register' (transform.h5 or field.nii.gz, report.json)."),
+          image: Optional[Path] = typer.Option(None, help="Image to warp (forward: one in moving space, onto the fixed grid)."),
+          labels: Optional[Path] = typer.Option(None, help="Label map to warp by nearest neighbour (no new labels)."),
+          points: Optional[Path] = typer.Option(None, help="Points to map: CSV 'x,y,z' world mm, DIR-Lab .txt or Learn2Reg .csv (forward: fixed points into the moving image)."),
+          inverse: bool = typer.Option(False, "--inverse", help="Map moving -> fixed: images in fixed space onto the moving grid, moving points into the fixed image."),
+          interpolation: str = typer.Option("linear", help="Image interpolation: linear | bspline."),
+          default: Optional[float] = typer.Option(None, help="Value outside the source image (default: image minimum; labels 0)."),
+          out: Path = typer.Option(..., help="Output file (image format for images and labels; points keep their input format).")) -> None:
+    """Warp an image or label map, or map points, through a registration result, either way."""
+    from .apply import apply_result
+
+    written = apply_result(result_dir, out, image=image, labels=labels, points=points, inverse=inverse,
+                           interpolation=interpolation, default=default, echo=typer.echo)
+    typer.echo(f"wrote {written}")
 
 
 @app.command()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from .errors import GeometryError, GraphregError, ShapeError, check_finite
 from .geometry import Grid
@@ -32,6 +33,8 @@ from .spatial import identity_grid, sample_points
 from .volume import Volume
 
 _MODES = {"linear": "bilinear", "nearest": "nearest"}
+#: interpolations :meth:`DisplacementField.warp` offers: ``grid_sample`` modes and a cubic B-spline
+INTERPOLATIONS = (*_MODES, "bspline")
 
 
 def _check_points(name: str, points) -> None:
@@ -269,20 +272,20 @@ class DisplacementField:
             Like ITK's ``ResampleImageFilter``: a sample counts as inside when its continuous
             index lies in ``[-0.5, n - 0.5)`` on every axis (values in the outer half voxel are
             clamped to the border voxel); elsewhere the output is ``default``. ``"linear"``
-            returns float32 (float64 when the field or the image is float64); ``"nearest"``
-            keeps the moving image's dtype (label maps).
+            and ``"bspline"`` return float32 (float64 when the field or the image is float64);
+            ``"nearest"`` keeps the moving image's dtype (label maps: no new values but ``default``).
 
         Args:
             moving: the moving image, any geometry.
-            interpolation: ``"linear"`` or ``"nearest"``.
+            interpolation: ``"linear"``, ``"nearest"`` or ``"bspline"``.
             default: output value outside the moving image.
 
         Returns:
             A :class:`~graphreg.volume.Volume` on :attr:`grid`.
         """
-        if interpolation not in _MODES:
+        if interpolation not in INTERPOLATIONS:
             raise GraphregError(
-                f"interpolation: expected one of {sorted(_MODES)}, got {interpolation!r}"
+                f"interpolation: expected one of {list(INTERPOLATIONS)}, got {interpolation!r}"
             )
         if not isinstance(moving, Volume):
             raise GraphregError(f"moving: expected a graphreg Volume, got {type(moving).__name__}")
@@ -292,8 +295,14 @@ class DisplacementField:
             fixed = identity_grid(self.shape, self.device, dtype) + self.displacement.to(dtype)
             points = fixed[0].reshape(3, -1).T  # (N, 3) fixed voxels (z, y, x)
             points = moving.grid.world_to_voxel(self.grid.voxel_to_world(points))
-            image = moving.to_tensor(device=self.device, dtype=dtype)
-            values = sample_points(image, points, mode=_MODES[interpolation], padding_mode="border")[0, 0]
+            if interpolation == "bspline":
+                coordinates = points.cpu().double().numpy().T
+                values = ndimage.map_coordinates(moving.array.astype(np.float64), coordinates, order=3,
+                                                 mode="mirror")  # ITK's boundary condition
+                values = torch.from_numpy(values).to(self.device, dtype)
+            else:
+                image = moving.to_tensor(device=self.device, dtype=dtype)
+                values = sample_points(image, points, mode=_MODES[interpolation], padding_mode="border")[0, 0]
             size = torch.tensor(moving.grid.shape, dtype=dtype, device=self.device)
             inside = ((points >= -0.5) & (points < size - 0.5)).all(dim=1)
             values = torch.where(inside, values, torch.full_like(values, float(default)))

@@ -223,6 +223,22 @@ class Grid:
         shape = tuple(b - a for a, b in zip(start, stop))
         return Grid(shape, self.spacing, tuple(origin), self.direction)
 
+    def extended_to_cover(self, other: "Grid") -> "Grid":
+        """This grid's lattice (spacing, direction, voxel positions) grown by whole voxels until its
+        region (voxel centres and half a voxel beyond, where ITK interpolates with the border voxels)
+        holds ``other``'s region.
+
+        A field sampled at the new voxels from this grid's field with border extension
+        (:func:`graphreg.registration.resample_field`) interpolates to exactly the same values.
+        """
+        corners = np.array([[n - 0.5 if (corner >> axis) & 1 else -0.5 for axis, n in enumerate(other.shape)]
+                            for corner in range(8)], dtype=np.float64)
+        inside = self.world_to_voxel(other.voxel_to_world(corners))
+        start = np.minimum(0, np.floor(inside.min(axis=0) + 0.5 + 1e-6)).astype(int)
+        stop = np.maximum(np.array(self.shape), np.ceil(inside.max(axis=0) - 0.5 - 1e-6).astype(int) + 1)
+        origin = self.voxel_to_world(start.astype(np.float64))
+        return Grid(tuple(int(n) for n in stop - start), self.spacing, tuple(origin), self.direction)
+
     def same_as(self, other: "Grid", tol_mm: float = 1e-4) -> bool:
         """True when both grids have the same shape and place every voxel within ``tol_mm``."""
         if self.shape != other.shape:

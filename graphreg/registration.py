@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import time
 from dataclasses import dataclass, field as dataclass_field
 from functools import cached_property
 from pathlib import Path
@@ -22,13 +23,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import GeometryError, check_shape
+from .bidirectional import TwoWayMapping
+from .errors import GeometryError, GraphregError
 from .field import DisplacementField
 from .jsonable import to_jsonable
 from .geometry import Grid
 from .spatial import sample_points
 from .volume import Volume
 
+#: at most this many fixed lung voxels (evenly strided) measure the inverse's round-trip error
+_RESIDUAL_POINTS = 200_000
 #: voxels of the target grid per chunk of :func:`resample_field` and :func:`jacobian_stats_chunked`
 #: (about 250 MB of temporaries per chunk)
 _CHUNK_VOXELS = 500_000
@@ -121,8 +125,11 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
 
 
 @dataclass
-class Registration:
+class Registration(TwoWayMapping):
     """A finished registration of ``fixed`` (its grid) to ``moving``.
+
+    Points and images map both ways (:class:`graphreg.bidirectional.TwoWayMapping`): forward
+    through the field, backward (``inverse=True``) through :meth:`inverse_field`.
 
     Attributes:
         working_field: displacement on the working grid (fixed -> moving, voxels of that grid).
@@ -135,6 +142,8 @@ class Registration:
         keypoint_displacements_mm: ``(N, 3)`` their displacements, world mm, or None.
         keypoint_uncertainty_mm: ``(N,)`` spread of each keypoint's displacement distribution, or None.
         extras: anything else worth reporting (device, seed, inputs' checksums ...).
+        fixed_lungs: the fixed lung mask (any grid) where the inverse's round-trip error is
+            measured, or None (then over the working grid).
     """
 
     working_field: DisplacementField
@@ -147,34 +156,75 @@ class Registration:
     keypoint_displacements_mm: Optional[np.ndarray] = None
     keypoint_uncertainty_mm: Optional[np.ndarray] = None
     extras: dict = dataclass_field(default_factory=dict)
+    fixed_lungs: Optional[Volume] = None
 
     @cached_property
     def field(self) -> DisplacementField:
         """The displacement on the fixed image's original grid (computed once)."""
         return resample_field(self.working_field, self.fixed_grid)
 
-    def transform_points(self, points_mm):
-        """Fixed world points ``(N, 3)`` mm ``(x, y, z)`` -> their positions in the moving image (mm).
+    @cached_property
+    def transform_field(self) -> DisplacementField:
+        """The working field on its own lattice grown to cover the fixed image: what ``transform.h5``
+        holds. ITK interpolates it to exactly the values :meth:`transform_points` uses (the
+        resampled :attr:`field` agrees only at the fixed voxel centres)."""
+        return resample_field(self.working_field, self.working_field.grid.extended_to_cover(self.fixed_grid))
 
-        Raises:
-            GeometryError: a point lies outside the fixed image (more than half a voxel beyond its
-                border voxels), where the registration knows nothing.
+    @property
+    def moving_grid(self) -> Grid:
+        """The moving image's grid (where :meth:`inverse_field` lives)."""
+        if self.moving is None:
+            raise GraphregError("moving: the registration does not hold the moving image, so its grid "
+                                "(where the inverse lives) is unknown; use graphreg.inverse.invert_field")
+        return self.moving.grid
+
+    def inverse_field(self) -> DisplacementField:
+        """The inverse (moving -> fixed) of the working field on the moving grid, computed once.
+
+        See :func:`graphreg.inverse.invert_field`; :meth:`inverse_report` gives its accuracy.
         """
-        points = points_mm.detach().cpu().double().numpy() if isinstance(points_mm, torch.Tensor) \
-            else np.asarray(points_mm, dtype=np.float64)
-        check_shape("points_mm", points, "(N, 3)", points.ndim == 2 and points.shape[1] == 3)
-        voxels = self.fixed_grid.world_to_voxel(points)
-        outside = np.any((voxels < -0.5) | (voxels > np.asarray(self.fixed_grid.shape) - 0.5), axis=1)
-        if outside.any():
-            first = int(np.argmax(outside))
-            raise GeometryError(f"points_mm: expected points inside the fixed image (world extent of grid "
-                                f"{self.fixed_grid.size_xyz} voxels), got {int(outside.sum())} of {len(points)} "
-                                f"outside, e.g. point {first} at {np.round(points[first], 2).tolist()} mm")
-        return self.working_field.transform_points(points_mm)
+        return self._inverse[0]
 
-    def warp(self, image: Volume, interpolation: str = "linear", default: float = -1000.0) -> Volume:
-        """A moving-space image (any grid) resampled onto the fixed grid through the field."""
-        return self.field.warp(image, interpolation, default)
+    @cached_property
+    def _inverse(self) -> tuple[DisplacementField, dict]:
+        from .inverse import invert_field
+
+        start = time.perf_counter()
+        inverse, info = invert_field(self.working_field, self.moving_grid)
+        return inverse, {**info, "seconds": time.perf_counter() - start}
+
+    def inverse_report(self) -> dict:
+        """How well :meth:`inverse_field` inverts the field, for ``report.json``.
+
+        Returns:
+            ``round_trip_mm`` (``|u(x) + v(x + u(x))|`` at fixed lung voxels ``x``, at most
+            ``_RESIDUAL_POINTS`` of them evenly strided: ``mean``, ``p99``, ``max``, ``n_points``,
+            ``region``), ``solver_max_residual_mm`` (``|T(T^-1(y)) - y|`` left at the moving grid's
+            voxels), ``unsolved_voxels`` (those left above the solver's tolerance: where the field
+            folds), ``iterations`` and ``seconds``.
+        """
+        from .inverse import round_trip_error_mm
+
+        region = "working grid" if self.fixed_lungs is None else "fixed lungs"
+        lungs = self.fixed_lungs if self.fixed_lungs is not None else \
+            Volume(np.ones(self.working_field.shape, np.uint8), self.working_field.grid)
+        voxels = np.argwhere(lungs.array > 0)
+        voxels = voxels[:: max(1, len(voxels) // _RESIDUAL_POINTS)].astype(np.float64)
+        error = round_trip_error_mm(self.working_field, self.inverse_field(), lungs.grid.voxel_to_world(voxels))
+        info = self._inverse[1]
+        return {"round_trip_mm": {"mean": float(error.mean()), "p99": float(np.percentile(error, 99)),
+                                  "max": float(error.max()), "n_points": int(len(error)), "region": region},
+                "solver_max_residual_mm": info["max_residual_mm"], "unsolved_voxels": info["unsolved"],
+                "iterations": info["iterations"], "seconds": info["seconds"]}
+
+    def _point_field(self) -> DisplacementField:
+        return self.working_field
+
+    def _image_field(self) -> DisplacementField:
+        return self.field
+
+    def _transform_field(self) -> DisplacementField:
+        return self.transform_field
 
     def jacobian_stats(self, mask: Optional[Volume] = None) -> dict:
         """Jacobian statistics of the field on the fixed grid, inside ``mask`` when given.
@@ -194,8 +244,7 @@ class Registration:
             "method": self.method,
             "timings_s": self.timings,
             "seconds_total": self.timings.get("total"),
-            "fixed_grid": {"size_xyz": self.fixed_grid.size_xyz, "spacing": self.fixed_grid.spacing,
-                           "origin": self.fixed_grid.origin, "direction": self.fixed_grid.direction},
+            "fixed_grid": grid_dict(self.fixed_grid),
             "config": self.config,
             "seed": self.config.get("seed"),
             "device": str(self.working_field.displacement.device),
@@ -204,6 +253,8 @@ class Registration:
             "numpy": np.__version__,
             "simpleitk": sitk.Version_VersionString(),
         }
+        if self.moving is not None:
+            report["moving_grid"] = grid_dict(self.moving.grid)
         if self.keypoint_uncertainty_mm is not None:
             spread = np.asarray(self.keypoint_uncertainty_mm)
             report["keypoint_uncertainty_mm"] = {
@@ -213,8 +264,10 @@ class Registration:
         return report
 
     def save(self, out_dir, fixed_landmarks_mm: Optional[np.ndarray] = None,
-             overwrite: bool = False, **report_extras: Any) -> Path:
-        """Write ``field.nii.gz`` (ITK mm), ``disp_l2r.nii.gz``, ``warped.nii.gz`` (when the moving image
+             overwrite: bool = False, inverse: bool = False, **report_extras: Any) -> Path:
+        """Write ``field.nii.gz`` (ITK mm), ``transform.h5`` (:attr:`transform_field` as an ITK transform file),
+        ``inverse_transform.h5`` (with ``inverse``: moving -> fixed on the moving grid, its accuracy
+        in ``report.json`` under ``inverse``), ``disp_l2r.nii.gz``, ``warped.nii.gz`` (when the moving image
         is known), ``landmarks_moved.csv`` (given fixed landmarks), ``keypoints.csv`` and ``report.json``.
         A fixed image with a non-orthonormal direction (which NIfTI cannot store) gets ``field.mha`` and
         ``warped.mha`` instead. ``report.json`` records the graphreg version, config, seed, device,
@@ -236,6 +289,10 @@ class Registration:
             # NIfTI cannot hold a non-orthonormal direction (ITK would silently change it): use MetaImage
             suffix = ".nii.gz" if nifti_can_store(self.fixed_grid) else ".mha"
             write_itk_field(self.field, staging / f"field{suffix}")
+            self.write_transform(staging / "transform.h5")
+            if inverse:
+                self.write_transform(staging / "inverse_transform.h5", inverse=True)
+                report_extras["inverse"] = self.inverse_report()
             write_l2r_displacement(self.field, staging / "disp_l2r.nii.gz")
             if self.moving is not None:
                 warped = self.warp(self.moving)
@@ -264,6 +321,23 @@ class Registration:
         rows = np.concatenate(columns, axis=1)
         body = "\n".join(",".join(f"{value:.4f}" for value in row) for row in rows)
         atomic_write_text(path, header + "\n" + body + "\n")
+
+
+def working_lungs(pair) -> Volume:
+    """The fixed lung mask of a :class:`~graphreg.pipeline.preprocess.WorkingPair` as a uint8 Volume
+    on its working grid (for :attr:`Registration.fixed_lungs`)."""
+    return Volume(pair.fixed_mask[0, 0].cpu().numpy().astype(np.uint8), pair.grid)
+
+
+def grid_dict(grid: Grid) -> dict:
+    """A grid as ``report.json`` holds it: ``size_xyz``, ``spacing``, ``origin``, ``direction`` (ITK order)."""
+    return {"size_xyz": grid.size_xyz, "spacing": grid.spacing, "origin": grid.origin, "direction": grid.direction}
+
+
+def grid_from_dict(value: dict) -> Grid:
+    """The inverse of :func:`grid_dict`."""
+    size = value["size_xyz"]
+    return Grid((size[2], size[1], size[0]), value["spacing"], value["origin"], value["direction"])
 
 
 def array_checksum(array: np.ndarray) -> str:

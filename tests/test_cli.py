@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from graphreg.cli import app, main
 
 runner = CliRunner()
-SUBCOMMANDS = ["info", "evaluate", "register", "train", "viz", "bench", "demo"]
+SUBCOMMANDS = ["info", "evaluate", "register", "apply", "train", "viz", "bench", "demo"]
 
 
 def test_console_script_help():

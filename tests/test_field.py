@@ -154,7 +154,8 @@ def test_transform_voxels_conventions(random_field):
 
 # ---------------------------------------------------------------------- images
 @pytest.mark.parametrize("interpolation, sitk_interpolator",
-                         [("linear", sitk.sitkLinear), ("nearest", sitk.sitkNearestNeighbor)])
+                         [("linear", sitk.sitkLinear), ("nearest", sitk.sitkNearestNeighbor),
+                          ("bspline", sitk.sitkBSpline)])
 def test_warp_matches_sitk_resample_on_another_grid(random_field, interpolation, sitk_interpolator):
     moving_grid = _moving_grid_around(random_field.grid)
     rng = np.random.default_rng(5)

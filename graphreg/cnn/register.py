@@ -30,7 +30,7 @@ from ..errors import GraphregError
 from ..field import DisplacementField
 from ..inputs import as_optional_mask, as_volume
 from ..pipeline.preprocess import WorkingPair, optional_mask, working_pair
-from ..registration import Registration
+from ..registration import Registration, working_lungs
 from ..training.checkpoint import LoadableModel, load_model, read_checkpoint
 from ..volume import Volume
 
@@ -79,7 +79,8 @@ def dense_registration(dense: DensePair, displacement: torch.Tensor, method: str
             "working_size_xyz": list(pair.grid.size_xyz)}
     info.update(extras or {})
     return Registration(working_field=DisplacementField(total, pair.grid), fixed_grid=dense.fixed.grid,
-                        moving=dense.moving, method=method, config=config, timings=timings, extras=info)
+                        moving=dense.moving, method=method, config=config, timings=timings, extras=info,
+                        fixed_lungs=working_lungs(pair))
 
 
 def _resolve_model(model: Union[str, Path, LoadableModel], device: torch.device,

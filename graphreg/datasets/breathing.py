@@ -45,6 +45,7 @@ from scipy.interpolate import RBFInterpolator
 from ..errors import GeometryError, GraphregError
 from ..field import DisplacementField
 from ..geometry import Grid
+from ..inverse import solve3x3
 from ..io.dirlab import dirlab_case
 from ..io.landmarks import read_landmarks
 from ..metrics import jacobian_determinant, landmark_errors, summarize_errors
@@ -364,16 +365,6 @@ def _norm_mm(vectors: torch.Tensor, spacing_zyx: Sequence[float]) -> torch.Tenso
     return torch.sqrt(sq)
 
 
-def _solve3(a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Solve ``a x = r`` voxel-wise by Cramer's rule; ``a`` ``(3, 3, ...)``, ``r`` ``(3, ...)``."""
-    cof = [[a[(i + 1) % 3][(j + 1) % 3] * a[(i + 2) % 3][(j + 2) % 3]
-            - a[(i + 1) % 3][(j + 2) % 3] * a[(i + 2) % 3][(j + 1) % 3] for j in range(3)]
-           for i in range(3)]
-    det = a[0][0] * cof[0][0] + a[0][1] * cof[0][1] + a[0][2] * cof[0][2]
-    # inverse = adjugate / det, adjugate[j][i] = cof[i][j]
-    return torch.stack([sum(cof[i][j] * r[i] for i in range(3)) / det for j in range(3)])
-
-
 def _newton_inverse(u: torch.Tensor, v: torch.Tensor, spacing_zyx: Sequence[float],
                     iterations: int, tolerance_mm: float) -> torch.Tensor:
     """Solve ``v + u(y + v) = 0`` for ``v`` by Newton's method from the start ``v``.
@@ -393,7 +384,7 @@ def _newton_inverse(u: torch.Tensor, v: torch.Tensor, spacing_zyx: Sequence[floa
         sampled = warp(both, v)[0]
         residual = v[0] + sampled[:3]
         jac = [[sampled[3 + 3 * c + b] + eye[c, b] for b in range(3)] for c in range(3)]
-        step = _solve3(jac, residual)
+        step, _ = solve3x3(jac, residual)
         v = v - step[None]
         target = identity + v[0]
         inside = ((target >= 0) & (target <= size)).all(dim=0)

@@ -9,8 +9,8 @@ Convention:
 from .atomic import atomic_output, atomic_write_text
 from .dirlab import (DIRLAB_CASES, DirlabCase, dirlab_case, dirlab_case_from_filename,
                      read_dirlab_raw, write_dirlab_raw)
-from .fields import (nifti_affine, read_itk_field, read_l2r_displacement, write_itk_field,
-                     write_l2r_displacement)
+from .fields import (nifti_affine, read_itk_field, read_itk_transform, read_l2r_displacement, write_itk_field,
+                     write_itk_transform, write_l2r_displacement)
 from .images import image_info, read_image, write_image
 from .landmarks import Landmarks, check_pairs, read_landmarks, write_landmarks
 
@@ -27,12 +27,14 @@ __all__ = [
     "nifti_affine",
     "read_dirlab_raw",
     "read_itk_field",
+    "read_itk_transform",
     "read_l2r_displacement",
     "read_image",
     "read_landmarks",
     "write_dirlab_raw",
     "write_image",
     "write_itk_field",
+    "write_itk_transform",
     "write_l2r_displacement",
     "write_landmarks",
 ]

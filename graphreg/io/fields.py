@@ -6,6 +6,11 @@ Formats:
       (``.nii.gz``/``.nii`` as a NIfTI vector image, intent code 1007; ``.mha``/``.mhd``/
       ``.nrrd``/``.nhdr``). ``sitk.DisplacementFieldTransform(sitk.ReadImage(path))`` maps a
       fixed world point to its moving world point.
+    - ITK transform file (``.h5``, ITK's HDF5 transform format): a ``DisplacementFieldTransform``
+      holding the same field in float64, for ``sitk.ReadTransform``, ANTs' ``antsApplyTransforms
+      -t`` and 3D Slicer. ITK's transform convention is graphreg's field direction: it maps points of
+      the transform's (fixed) domain to the other image (moving), and resampling pulls through it.
+      Outside its grid ITK's field gives zero displacement (graphreg's readers extend the border).
     - Learn2Reg (``disp_XXXX_YYYY.nii.gz``): a NIfTI array ``(X, Y, Z, 3)`` in the fixed
       image's nibabel array order (ITK index order ``i, j, k = x, y, z``), voxel units,
       components in that index order, fixed -> moving; the header carries the fixed image's
@@ -117,6 +122,57 @@ def read_itk_field(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
             f"{path}: expected a 3D image of 3-component vectors (mm), got a {image.GetDimension()}D "
             f"image with {image.GetNumberOfComponentsPerPixel()} components per voxel"
         )
+    array = sitk.GetArrayFromImage(image)
+    _check_finite_file(path, array)
+    return DisplacementField.from_mm_array(array, Grid.from_sitk(image), dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------- ITK transform files
+#: file endings of ITK transform files written and read here (ITK's HDF5 transform format)
+TRANSFORM_SUFFIXES = (".h5", ".hdf5")
+
+
+def write_itk_transform(field: DisplacementField, path: str | os.PathLike) -> Path:
+    """Write ``field`` as an ITK ``DisplacementFieldTransform_double_3_3`` in an HDF5 file, atomically.
+
+    The file stores the grid (size, origin, spacing, direction: ``TransformFixedParameters``) and
+    the displacement in world mm, LPS, float64 (``TransformParameters``), uncompressed: 24 bytes
+    per voxel of ``field.grid``.
+
+    Returns:
+        ``Path(path)``.
+    """
+    path = Path(path)
+    _suffix(path, TRANSFORM_SUFFIXES, "write an ITK transform to")
+    transform = sitk.DisplacementFieldTransform(field.to_sitk())
+    with atomic_output(path) as tmp:
+        try:
+            sitk.WriteTransform(transform, str(tmp))
+        except RuntimeError as error:
+            raise InputFileError(f"{path}: SimpleITK could not write the transform ({error})") from error
+    return path
+
+
+def read_itk_transform(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                       device=None) -> DisplacementField:
+    """Read an ITK displacement-field transform file (``.h5``) as a field on its own grid.
+
+    Raises:
+        InputFileError: missing or unreadable file, or a transform that is not a 3D displacement
+            field (e.g. an affine or a composite transform).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: transform file not found")
+    _suffix(path, TRANSFORM_SUFFIXES, "read an ITK transform from")
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError as error:
+        raise InputFileError(f"{path}: unreadable or corrupt ITK transform file ({error})") from error
+    if transform.GetName() != "DisplacementFieldTransform" or transform.GetDimension() != 3:
+        raise InputFileError(f"{path}: expected a 3D DisplacementFieldTransform, got a "
+                             f"{transform.GetDimension()}D {transform.GetName()}")
+    image = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
     array = sitk.GetArrayFromImage(image)
     _check_finite_file(path, array)
     return DisplacementField.from_mm_array(array, Grid.from_sitk(image), dtype=dtype, device=device)

@@ -209,6 +209,16 @@ def _sniff(path: Path, lines: list[str]) -> str:
                          f"of {FORMATS}")
 
 
+def landmark_format(path: str | os.PathLike) -> str:
+    """The format ``read_landmarks(path, fmt="auto")`` reads ``path`` as: one of :data:`FORMATS`.
+
+    Raises:
+        InputFileError: as :func:`read_landmarks`.
+    """
+    path = Path(path)
+    return _sniff(path, _read_lines(path))
+
+
 def read_landmarks(path: str | os.PathLike, fmt: str = "auto") -> Landmarks:
     """Read a landmark file.
 
