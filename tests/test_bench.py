@@ -372,3 +372,17 @@ def test_elastix_recovers_translation():
     field = DisplacementField.from_mm_array(field_mm, pair.fixed.grid)
     errors = np.linalg.norm(field.transform_points(pair.fixed_landmarks_mm) - pair.moving_landmarks_mm, axis=1)
     assert errors.mean() < 1.5  # from 7.5 mm; the opposite sign would give 15 mm
+
+
+@pytest.mark.slow
+def test_ants_maps_points_fixed_to_moving():
+    pytest.importorskip("ants")
+    from graphreg.bench.peers import AntsSettings, ants_register
+
+    pair = translation_pair()
+    settings = AntsSettings(iterations=(20, 10), metric_radius=2)
+    field_mm, timings = ants_register(pair.fixed, pair.moving, None, settings)
+    assert field_mm.shape == (*SHAPE, 3) and {"import", "register", "deformation_field"} <= set(timings)
+    field = DisplacementField.from_mm_array(field_mm, pair.fixed.grid)
+    errors = np.linalg.norm(field.transform_points(pair.fixed_landmarks_mm) - pair.moving_landmarks_mm, axis=1)
+    assert errors.mean() < 1.5  # from 7.5 mm; the opposite direction would give 15 mm

@@ -282,6 +282,9 @@ register_method("elastix", "graphreg.bench.peers:elastix_method",
 register_method("convexadam", "graphreg.bench.peers:convexadam_method",
                 "ConvexAdam: MIND-SSC, coupled convex + Adam, 1.75 mm isotropic lungs",
                 requires={"convexAdam": "convexadam"})
+register_method("ants", "graphreg.bench.peers:ants_method",
+                "ANTs SyN (antspyx): affine + SyN, local cross-correlation (radius 4), 80-40-20 iterations, "
+                "dilated lung mask", requires={"ants": "antspyx"})
 
 __all__ = ["Method", "MethodResult", "MethodSpec", "MethodUnavailableError", "available_methods",
            "classical_method", "cnn_method", "keypoint_method", "get_method", "identity_method", "method_spec",

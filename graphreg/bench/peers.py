@@ -1,6 +1,6 @@
-"""Peer registration tools run through the benchmark: elastix (itk-elastix) and ConvexAdam.
+"""Peer registration tools run through the benchmark: elastix (itk-elastix), ConvexAdam and ANTs SyN (antspyx).
 
-Both are optional (``pip install 'graphreg[peers]'``) and registered lazily in
+All are optional (``pip install 'graphreg[peers]'``) and registered lazily in
 :mod:`graphreg.bench.methods`; this module imports them only inside the functions.
 
 Convention:
@@ -16,6 +16,9 @@ Convention:
       along array axis ``i``, fixed -> moving (its ``apply_convex`` samples the moving array at
       ``index + disp`` with ``scipy.ndimage.map_coordinates``). Fed ``(z, y, x)`` arrays, this is
       exactly graphreg's voxel convention on the working grid.
+    - ANTs (``ants.registration``): its forward transforms ``[warp, affine]`` map a fixed point to
+      its moving position as ``affine(warp(x))`` (ITK convention, LPS mm; checked against
+      ``ants.apply_transforms_to_points``); sampled on the fixed grid by SimpleITK.
 """
 
 from __future__ import annotations
@@ -324,3 +327,93 @@ def convexadam_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume
 __all__ = ["ConvexAdamSettings", "ElastixSettings", "convexadam_method",
            "convexadam_voxel_field", "dilate_mask", "elastix_method", "elastix_register",
            "working_grid"]
+
+
+# ====================================================================== ANTs
+@dataclass(frozen=True)
+class AntsSettings:
+    """The ANTs SyN setup used for lung CT (``ants.registration``: affine, then SyN).
+
+    Attributes:
+        transform: ANTsPy's ``type_of_transform`` (``"SyN"``: affine initialisation, then SyN).
+        metric: SyN similarity (``"CC"``: local cross-correlation).
+        metric_radius: its neighbourhood radius (voxels; ``syn_sampling`` for CC).
+        iterations: SyN iterations per level, coarse to fine.
+        mask_dilation_mm: the fixed lung mask is dilated by this and restricts the metric.
+    """
+
+    transform: str = "SyN"
+    metric: str = "CC"
+    metric_radius: int = 4
+    iterations: tuple[int, ...] = (80, 40, 20)
+    mask_dilation_mm: float = 10.0
+
+
+def _to_ants(volume: Volume):
+    """``volume`` as an ANTs image (float32; ANTs arrays are ``(x, y, z)``)."""
+    import ants
+
+    return ants.from_numpy(np.ascontiguousarray(np.asarray(volume.array, dtype=np.float32).transpose(2, 1, 0)),
+                           origin=[float(o) for o in volume.grid.origin],
+                           spacing=[float(s) for s in volume.grid.spacing],
+                           direction=np.asarray(volume.grid.direction_matrix, dtype=np.float64))
+
+
+def ants_field_mm(forward_transforms: list[str], grid: Grid) -> np.ndarray:
+    """ANTs' forward transforms ``[warp, affine]`` as a displacement in mm on ``grid``.
+
+    Shapes:
+        returns ``(z, y, x, 3)`` world mm ``(x, y, z)``, fixed -> moving: ``affine(warp(p)) - p``.
+    """
+    warp_path, affine_path = forward_transforms
+    warp = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(warp_path), sitk.sitkVectorFloat64))
+    composite = sitk.CompositeTransform([sitk.ReadTransform(affine_path), warp])  # applies the last first
+    field = sitk.TransformToDisplacementField(composite, sitk.sitkVectorFloat64, list(grid.size_xyz),
+                                              list(grid.origin), list(grid.spacing), list(grid.direction))
+    return sitk.GetArrayFromImage(field)
+
+
+def ants_register(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume] = None,
+                  settings: AntsSettings = AntsSettings()) -> tuple[np.ndarray, dict[str, float]]:
+    """Register with ANTs SyN and return its forward transform sampled on the fixed grid.
+
+    Shapes:
+        returns ``(field_mm, timings)``: ``field_mm`` is ``(z, y, x, 3)`` on ``fixed.grid``, world
+        mm ``(x, y, z)``, fixed -> moving; ``timings`` seconds per stage.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    import ants
+
+    timings["import"] = time.perf_counter() - start
+    start = time.perf_counter()
+    kwargs = {}
+    if fixed_mask is not None:
+        kwargs["mask"] = _to_ants(dilate_mask(fixed_mask, settings.mask_dilation_mm))
+    fixed_ants, moving_ants = _to_ants(fixed), _to_ants(moving)
+    timings["preprocess"] = time.perf_counter() - start
+    start = time.perf_counter()
+    result = ants.registration(fixed_ants, moving_ants, type_of_transform=settings.transform,
+                               syn_metric=settings.metric, syn_sampling=settings.metric_radius,
+                               reg_iterations=settings.iterations, verbose=False, **kwargs)
+    timings["register"] = time.perf_counter() - start
+    start = time.perf_counter()
+    field_mm = ants_field_mm(result["fwdtransforms"], fixed.grid)
+    timings["deformation_field"] = time.perf_counter() - start
+    return field_mm, timings
+
+
+def ants_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
+                moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
+    """Benchmark method ``"ants"``: :func:`ants_register` with :class:`AntsSettings` (CPU; the moving
+    mask is unused)."""
+    import ants
+
+    settings = AntsSettings()
+    field_mm, timings = ants_register(fixed, moving, fixed_mask, settings)
+    start = time.perf_counter()
+    field = DisplacementField.from_mm_array(field_mm, fixed.grid)
+    timings["to_field"] = time.perf_counter() - start
+    extras = {"transform": settings.transform, "metric": settings.metric, "metric_radius": settings.metric_radius,
+              "iterations": list(settings.iterations), "antspyx": ants.__version__}
+    return MethodResult(field, timings, extras)

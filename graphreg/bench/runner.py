@@ -66,7 +66,7 @@ SUMMARY_METRICS = ("tre_before_mean_mm", "tre_mean_mm", "tre_std_mm", "tre_p75_m
                    "peak_rss_mb", "keypoint_error_mean_mm", "uncertainty_spearman")
 
 #: Methods of other packages that graphreg is compared with (see :func:`peer_ratios`).
-PEER_METHODS = ("elastix", "convexadam")
+PEER_METHODS = ("elastix", "convexadam", "ants")
 
 #: Methods that are neither graphreg's own registration nor a peer (no ratio is computed for them).
 REFERENCE_METHODS = ("identity",)
