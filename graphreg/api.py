@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -75,10 +76,18 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
 
     Returns:
         :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
-        exportable), ``.transform_points``, ``.warp``, ``.save`` and ``.timings``.
+        exportable), ``.transform_points``, ``.warp``, ``.save`` and ``.timings``. Keypoint
+        methods also give ``.status`` (``"ok"``, ``"suspect"`` or ``"failed"``, from the checks of
+        :mod:`graphreg.checks`; ``extras["quality"]`` holds the reasons), and record the lung
+        mask checks and fallbacks (``extras["masks"]``) and the pre-alignment (``extras["prealign"]``).
+        An automatic mask that fails its checks never stops the run: it is replaced and the
+        fallback is reported.
     """
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
-    from .pipeline.preprocess import optional_mask, working_pair
+    from .checks.masks import checked_masks
+    from .checks.outcome import outcome_checks, quality_report
+    from .checks.prealign import prealign
+    from .pipeline.preprocess import working_pair
 
     if method not in METHODS + DIAGNOSTIC_METHODS:
         raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
@@ -104,6 +113,13 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         return register_cnn(fixed, moving, fixed_mask, moving_mask, config=config, device=device, progress=progress,
                             model=default_weights(method) if model is None else model, architecture=method)
     cfg: RegistrationConfig = load_config(config)
+
+    def warn(line: str) -> None:  # failed checks and fallbacks: the progress log, else Python's warnings
+        if progress:
+            progress(line)
+        else:
+            warnings.warn(line, stacklevel=3)
+
     torch_device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
@@ -120,8 +136,12 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         check_learned_level(network, cfg.levels[0])
     fixed_volume = as_volume(fixed, "fixed")
     moving_volume = as_volume(moving, "moving")
-    fixed_lungs = optional_mask(as_optional_mask(fixed_mask, "fixed_mask"), fixed_volume, "fixed_mask")
-    moving_lungs = optional_mask(as_optional_mask(moving_mask, "moving_mask"), moving_volume, "moving_mask")
+    masks = checked_masks(fixed_volume, moving_volume, as_optional_mask(fixed_mask, "fixed_mask"),
+                          as_optional_mask(moving_mask, "moving_mask"), warn)
+    checks_start = time.perf_counter()
+    prealignment = prealign(fixed_volume, moving_volume, masks, cfg.preprocess, warn)
+    fixed_lungs = masks.fixed
+    checks_seconds = time.perf_counter() - checks_start
     if memory_budget_gb is not None:
         from .memory import check_memory_budget, estimate_memory, working_grid_shape
 
@@ -130,7 +150,8 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         itemsize = max(fixed_volume.array.dtype.itemsize, moving_volume.array.dtype.itemsize)
         check_memory_budget(estimate_memory(fixed_volume.grid, moving_volume.grid, cfg, shape, itemsize),
                             memory_budget_gb)
-    pair = working_pair(fixed_volume, moving_volume, fixed_lungs, moving_lungs, cfg.preprocess, torch_device)
+    pair = working_pair(fixed_volume, moving_volume, fixed_lungs, masks.moving, cfg.preprocess, torch_device,
+                        translation_mm=prealignment.translation_mm if cfg.preprocess.prealign else None)
     if method == "oracle":  # the truth at the keypoints, as GraphRegNet's training targets are made
         from .graphregnet.data import keypoint_targets
 
@@ -152,6 +173,14 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
     keypoint_disp_mm = grid.voxel_vectors_to_mm(output.keypoint_displacements.double().cpu().numpy()) \
         + pair.translation_mm
     spread = output.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm
+    checks_start = time.perf_counter()
+    coarse = cfg.levels[0]
+    outcome, measured = outcome_checks(pair, output.displacement, torch.as_tensor(spread),
+                                       coarse.radius * coarse.step * cfg.preprocess.spacing_mm, masks.moving is not None)
+    quality = quality_report(prealignment.checks + outcome, masks.fallbacks, measured, masks.checks)
+    timings["checks"] = checks_seconds + time.perf_counter() - checks_start
+    if quality["status"] != "ok":
+        warn(f"{quality['status']}: " + "; ".join(quality["reasons"]))
     return Registration(
         working_field=output.field(pair),
         fixed_grid=fixed_volume.grid,
@@ -163,5 +192,6 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         keypoint_displacements_mm=keypoint_disp_mm,
         keypoint_uncertainty_mm=spread,
         extras={**extras, "device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
-                "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist()},
+                "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
+                "prealign": prealignment.report, "masks": masks.report(), "quality": quality},
     )

@@ -17,6 +17,9 @@ from .bench.commands import bench_app
 from .cli_common import fail
 from .errors import GraphregError
 
+#: exit code of ``register`` when the quality checks judge the result failed (:mod:`graphreg.checks`)
+EXIT_FAILED_CHECKS = 3
+
 app = typer.Typer(
     name="graphreg",
     help="Deformable registration of 3D lung CT by geometric graph learning on keypoints.",
@@ -116,12 +119,15 @@ def register(
               "moving_mask": moving_mask and str(moving_mask)}
     checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
     result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inputs=inputs, input_sha256=checksums)
-    typer.echo(f"wrote {out} ({result.timings['total']:.1f} s)")
     if report:
         from .viz.commands import viz_command
 
         written = viz_command(out, echo=typer.echo)
         typer.echo(f"wrote {written['report']}")
+    status = f"; status {result.status}" if result.status else ""
+    typer.echo(f"wrote {out} ({result.timings['total']:.1f} s){status}")
+    if result.status == "failed":  # the field is written for inspection, but must not pass as a result
+        raise typer.Exit(EXIT_FAILED_CHECKS)
 
 
 @app.command()

@@ -148,6 +148,12 @@ class Registration:
     keypoint_uncertainty_mm: Optional[np.ndarray] = None
     extras: dict = dataclass_field(default_factory=dict)
 
+    @property
+    def status(self) -> Optional[str]:
+        """``"ok"``, ``"suspect"`` or ``"failed"`` from the quality checks (``extras["quality"]``), or
+        None for methods without them."""
+        return self.extras.get("quality", {}).get("status")
+
     @cached_property
     def field(self) -> DisplacementField:
         """The displacement on the fixed image's original grid (computed once)."""

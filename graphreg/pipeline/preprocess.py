@@ -108,8 +108,8 @@ def translated(grid: Grid, translation_mm: np.ndarray) -> Grid:
     return Grid(grid.shape, grid.spacing, tuple(np.asarray(grid.origin) + translation_mm), grid.direction)
 
 
-def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask: Volume,
-                 config: PreprocessConfig, device=None) -> WorkingPair:
+def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask: Optional[Volume],
+                 config: PreprocessConfig, device=None, translation_mm: Optional[np.ndarray] = None) -> WorkingPair:
     """Resample, crop, scale and pre-align a fixed/moving pair for the registration stages.
 
     Images finer than the working spacing are low-pass filtered first (``config.antialias``,
@@ -117,12 +117,18 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
 
     Args:
         fixed, moving: CT volumes in Hounsfield units (any geometry).
-        fixed_mask, moving_mask: lung masks on their image's grid (resampled with a warning otherwise).
+        fixed_mask, moving_mask: lung masks on their image's grid (resampled with a warning otherwise);
+            ``moving_mask`` None: the fixed mask carried over by the pre-alignment stands in for it.
         config: working spacing, HU window, crop margin, pre-alignment.
+        translation_mm: ``(3,)`` world mm pre-alignment (e.g. from :func:`graphreg.checks.prealign.prealign`),
+            rounded to whole working voxels; None: the lungs' centres of mass when ``config.prealign``.
     """
     check_preprocess_config(config)
     fixed_mask = mask_on_grid(fixed_mask, fixed.grid, "fixed_mask")
-    moving_mask = mask_on_grid(moving_mask, moving.grid, "moving_mask")
+    if moving_mask is not None:
+        moving_mask = mask_on_grid(moving_mask, moving.grid, "moving_mask")
+    elif translation_mm is None and config.prealign:
+        raise GeometryError("moving_mask: without a moving mask the pre-alignment needs translation_mm")
     spacing = config.spacing_mm
     isotropic = fixed.grid.with_spacing((spacing, spacing, spacing))
     mask_iso = fixed_mask.resampled(isotropic, "nearest")
@@ -133,11 +139,14 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
     grid = isotropic.cropped(start, stop)
 
     translation = np.zeros(3)
-    if config.prealign:
+    if translation_mm is not None:
+        translation = whole_voxel_translation(grid, translation_mm)
+    elif config.prealign:
         translation = whole_voxel_translation(grid, centre_of_mass_mm(moving_mask) - centre_of_mass_mm(fixed_mask))
     moving_grid = translated(grid, translation)
 
-    moving_mask_w = moving_mask.resampled(moving_grid, "nearest")
+    moving_mask_w = (fixed_mask.resampled(grid, "nearest") if moving_mask is None
+                     else moving_mask.resampled(moving_grid, "nearest"))
     if not moving_mask_w.array.any():
         raise GeometryError("fixed and moving: the moving lungs do not overlap the fixed lung region "
                             "(check the images' origins and directions)")
