@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -85,9 +84,7 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
     """
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
     from .checks.masks import checked_masks
-    from .checks.outcome import outcome_checks, quality_report
-    from .checks.prealign import prealign
-    from .pipeline.preprocess import working_pair
+    from .checks.pair import checked_working_pair, warner
 
     if method not in METHODS + DIAGNOSTIC_METHODS:
         raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
@@ -114,12 +111,6 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
                             model=default_weights(method) if model is None else model, architecture=method)
     cfg: RegistrationConfig = load_config(config)
 
-    def warn(line: str) -> None:  # failed checks and fallbacks: the progress log, else Python's warnings
-        if progress:
-            progress(line)
-        else:
-            warnings.warn(line, stacklevel=3)
-
     torch_device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
@@ -136,22 +127,20 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         check_learned_level(network, cfg.levels[0])
     fixed_volume = as_volume(fixed, "fixed")
     moving_volume = as_volume(moving, "moving")
+    warn = warner(progress)
     masks = checked_masks(fixed_volume, moving_volume, as_optional_mask(fixed_mask, "fixed_mask"),
                           as_optional_mask(moving_mask, "moving_mask"), warn)
-    checks_start = time.perf_counter()
-    prealignment = prealign(fixed_volume, moving_volume, masks, cfg.preprocess, warn)
     fixed_lungs = masks.fixed
-    checks_seconds = time.perf_counter() - checks_start
     if memory_budget_gb is not None:
         from .memory import check_memory_budget, estimate_memory, working_grid_shape
 
-        lungs = fixed_lungs.array if fixed_lungs.grid.same_as(fixed_volume.grid) else None
+        lungs = fixed_lungs.array if fixed_lungs is not None and fixed_lungs.grid.same_as(fixed_volume.grid) else None
         shape = working_grid_shape(fixed_volume.grid, cfg.preprocess.spacing_mm, cfg.preprocess.crop_margin_mm, lungs)
         itemsize = max(fixed_volume.array.dtype.itemsize, moving_volume.array.dtype.itemsize)
         check_memory_budget(estimate_memory(fixed_volume.grid, moving_volume.grid, cfg, shape, itemsize),
                             memory_budget_gb)
-    pair = working_pair(fixed_volume, moving_volume, fixed_lungs, masks.moving, cfg.preprocess, torch_device,
-                        translation_mm=prealignment.translation_mm if cfg.preprocess.prealign else None)
+    checked = checked_working_pair(fixed_volume, moving_volume, masks, cfg.preprocess, torch_device, warn)
+    pair = checked.pair
     if method == "oracle":  # the truth at the keypoints, as GraphRegNet's training targets are made
         from .graphregnet.data import keypoint_targets
 
@@ -175,12 +164,9 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
     spread = output.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm
     checks_start = time.perf_counter()
     coarse = cfg.levels[0]
-    outcome, measured = outcome_checks(pair, output.displacement, torch.as_tensor(spread),
-                                       coarse.radius * coarse.step * cfg.preprocess.spacing_mm, masks.moving is not None)
-    quality = quality_report(prealignment.checks + outcome, masks.fallbacks, measured, masks.checks)
-    timings["checks"] = checks_seconds + time.perf_counter() - checks_start
-    if quality["status"] != "ok":
-        warn(f"{quality['status']}: " + "; ".join(quality["reasons"]))
+    quality = checked.quality(output.displacement, torch.as_tensor(spread),
+                              coarse.radius * coarse.step * cfg.preprocess.spacing_mm)
+    timings["checks"] = checked.seconds + time.perf_counter() - checks_start
     return Registration(
         working_field=output.field(pair),
         fixed_grid=fixed_volume.grid,
@@ -193,5 +179,5 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         keypoint_uncertainty_mm=spread,
         extras={**extras, "device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
                 "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
-                "prealign": prealignment.report, "masks": masks.report(), "quality": quality},
+                **checked.extras(), "quality": quality},
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from graphreg.checks import Check, limits, lower_limit, upper_limit, worst
+from graphreg.checks import Check, lower_limit, upper_limit, worst
 from graphreg.checks.masks import CheckedMasks, checked_masks, mask_checks, volume_ratio_check
 from graphreg.checks.outcome import outcome_checks, quality_report
 from graphreg.checks.prealign import masked_ncc_map, prealign, translation_search

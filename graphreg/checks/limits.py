@@ -35,7 +35,7 @@ DICE_SUSPECT = 0.9
 FOLDING_SUSPECT = 1.0
 FOLDING_FAILED = 5.0
 #: standard deviation of log J inside the fixed lungs: suspect above
-SDLOGJ_SUSPECT = 0.3
+SDLOGJ_SUSPECT = 0.5
 #: mean spread of the keypoints' displacement distributions at the coarse level, as a fraction of
 #: that level's search half-range (a flat distribution over the whole cube gives 1): suspect above
 SPREAD_SUSPECT_FRACTION = 0.6

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import PreprocessConfig
-from ..errors import ConfigError, GeometryError, GraphregError
+from ..errors import ConfigError, GeometryError
 from ..geometry import Grid
 from ..volume import Volume, bounding_box
 
@@ -170,19 +170,3 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
         moving_grid=moving_grid,
         translation_mm=translation,
     )
-
-
-def optional_mask(mask: Optional[Volume], image: Volume, name: str) -> Volume:
-    """The user's mask, or one computed by :func:`graphreg.datasets.lungmask.lung_mask`."""
-    if mask is not None:
-        return mask
-    from ..datasets.lungmask import lung_mask
-
-    try:
-        computed = lung_mask(image)
-    except GraphregError as error:
-        raise GeometryError(f"{name}: none given and the automatic lung mask failed ({error}); "
-                            f"give a mask") from None
-    if not computed.array.any():
-        raise GeometryError(f"{name}: no lungs found by the automatic lung mask; give a mask")
-    return computed
