@@ -13,8 +13,9 @@ MASK_MAX_BORDER_SHARE = 0.02
 VOLUME_RATIO_RANGE = (0.45, 2.2)
 
 # ---------------------------------------------------------------- pre-alignment
-#: the translation search covers +- this many mm per axis; a centre-of-mass translation longer
-#: than this (well past breathing and positioning offsets) is never applied
+#: the translation search covers +- this many mm per axis (well past breathing offsets and the
+#: error of a centre of mass from a wrong mask, e.g. 74 mm with one lung kept), around zero and
+#: around the lungs' centre-of-mass translation
 PREALIGN_MAX_MM = 80.0
 #: the centre-of-mass translation is kept unless the search's similarity is higher by this much
 PREALIGN_NCC_MARGIN = 0.05

@@ -105,9 +105,12 @@ def translation_search(reference: Volume, region: Volume, other: Volume, centre_
     return np.asarray(centre_mm, dtype=np.float64) + shift, float(ncc[best])
 
 
-def coarse_to_fine_search(reference: Volume, region: Volume, other: Volume) -> tuple[np.ndarray, float]:
-    """:func:`translation_search` over +- :data:`limits.PREALIGN_MAX_MM` at 8 mm, refined +- 8 mm at 4 mm."""
-    coarse, _ = translation_search(reference, region, other, np.zeros(3), limits.PREALIGN_MAX_MM, 8.0)
+def coarse_to_fine_search(reference: Volume, region: Volume, other: Volume,
+                          centre_mm=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, float]:
+    """:func:`translation_search` over ``centre_mm`` +- :data:`limits.PREALIGN_MAX_MM` at 8 mm, refined
+    +- 8 mm at 4 mm."""
+    coarse, _ = translation_search(reference, region, other, np.asarray(centre_mm, dtype=np.float64),
+                                   limits.PREALIGN_MAX_MM, 8.0)
     return translation_search(reference, region, other, coarse, 8.0, 4.0)
 
 
@@ -143,9 +146,11 @@ def prealign(fixed: Volume, moving: Volume, masks: CheckedMasks, config: Preproc
     """Choose the pre-alignment and complete ``masks`` (a missing fixed mask is replaced here).
 
     With ``config.prealign`` off the translation is zero. Otherwise the lungs' centre-of-mass
-    translation (when both masks are trusted) is kept unless the mask-independent search's NCC
-    beats it by :data:`limits.PREALIGN_NCC_MARGIN`; beyond :data:`limits.PREALIGN_MAX_MM` (the
-    search's range) it is kept only when its NCC beats the search's by that margin.
+    translation (when both masks are trusted) is kept unless the translation search's NCC beats
+    it by :data:`limits.PREALIGN_NCC_MARGIN`. The search covers +- :data:`limits.PREALIGN_MAX_MM`
+    around zero (independent of the masks) and around the centre of mass; the latter is used
+    unless the former is better by the margin. A translation is thus applied only where the
+    images' similarity confirms it.
     A missing fixed mask becomes the moving mask carried over by the search from the moving side
     (or the fixed body when both are missing).
     """
@@ -173,14 +178,16 @@ def prealign(fixed: Volume, moving: Volume, masks: CheckedMasks, config: Preproc
         return Prealignment(search, report, checks)
     com = centre_of_mass_mm(masks.moving) - centre_of_mass_mm(masks.fixed)
     report["centre_of_mass_mm"] = rounded(com)
+    # the search is also run around the centre of mass (positioning offsets beyond the bound), and
+    # kept unless the one around zero is clearly better: the result then moves with the images
+    around, ncc_around = coarse_to_fine_search(fixed, masks.fixed, moving, com)
+    if ncc_around + limits.PREALIGN_NCC_MARGIN >= ncc_search:
+        search, ncc_search = around, ncc_around
+        report.update(search_mm=rounded(search), ncc_search=round(ncc_search, 4), search_centre="centre_of_mass")
     ncc_com = ncc_at(fixed, masks.fixed, moving, com)
     report["ncc_centre_of_mass"] = round(ncc_com, 4)
-    if np.abs(com).max() > limits.PREALIGN_MAX_MM:  # beyond the bound it must prove itself
-        keep = ncc_com > ncc_search + limits.PREALIGN_NCC_MARGIN
-        why = f"beyond +-{limits.PREALIGN_MAX_MM:g} mm, NCC {ncc_com:.3f} against {ncc_search:.3f} for the search"
-    else:
-        keep = ncc_search <= ncc_com + limits.PREALIGN_NCC_MARGIN
-        why = f"NCC {ncc_com:.3f} at the centre of mass against {ncc_search:.3f} for the search"
+    keep = ncc_search <= ncc_com + limits.PREALIGN_NCC_MARGIN
+    why = f"NCC {ncc_com:.3f} at the centre of mass against {ncc_search:.3f} for the search"
     report.update(chosen="centre_of_mass" if keep else "search", reason=why)
     # far apart, one of them is wrong: fine only when the centre of mass clearly wins on similarity
     distance = float(np.linalg.norm(com - search))
