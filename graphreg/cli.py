@@ -99,7 +99,11 @@ def register(
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GB",
                                                   help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
 ) -> None:
-    """Register MOVING to FIXED; write field.nii.gz (ITK mm), disp_l2r.nii.gz, warped.nii.gz, report.json."""
+    """Register MOVING to FIXED; write field.nii.gz (ITK mm), disp_l2r.nii.gz, warped.nii.gz, report.json.
+
+    The last line gives the result's status from the quality checks (ok, suspect, failed; reasons in
+    report.json); exit code 3 when it is failed.
+    """
     from .api import register as run_registration
     from .io.landmarks import read_landmarks
     from .registration import file_checksum

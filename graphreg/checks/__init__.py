@@ -6,8 +6,10 @@ Every check gives a :class:`Check` (name, verdict, measured value, limit); the l
 - :mod:`graphreg.checks.masks`: automatic lung masks checked before use, fallbacks.
 - :mod:`graphreg.checks.prealign`: the lungs' centre-of-mass translation against a
   mask-independent translation search.
-- :mod:`graphreg.checks.outcome`: a finished keypoint registration judged without ground truth,
+- :mod:`graphreg.checks.outcome`: a finished registration judged without ground truth,
   giving its ``status`` (``ok`` / ``suspect`` / ``failed``).
+- :mod:`graphreg.checks.pair`: the three above wired around
+  :func:`graphreg.pipeline.preprocess.working_pair` for every method.
 """
 
 from __future__ import annotations
