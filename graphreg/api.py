@@ -61,10 +61,16 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
 
     Returns:
         :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
-        exportable), ``.transform_points``, ``.warp``, ``.save`` and ``.timings``.
+        exportable), ``.transform_points``, ``.warp``, ``.save`` and ``.timings``. Keypoint
+        methods also give ``.status`` (``"ok"``, ``"suspect"`` or ``"failed"``, from the checks of
+        :mod:`graphreg.checks`; ``extras["quality"]`` holds the reasons), and record the lung
+        mask checks and fallbacks (``extras["masks"]``) and the pre-alignment (``extras["prealign"]``).
+        An automatic mask that fails its checks never stops the run: it is replaced and the
+        fallback is reported.
     """
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
-    from .pipeline.preprocess import optional_mask, working_pair
+    from .checks.masks import checked_masks
+    from .checks.pair import checked_working_pair, warner
 
     if method not in (*METHODS, *DIAGNOSTIC_METHODS):
         raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
@@ -108,17 +114,20 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         check_learned_level(network, cfg.levels[0])
     fixed_volume = as_volume(fixed, "fixed")
     moving_volume = as_volume(moving, "moving")
-    fixed_lungs = optional_mask(as_optional_mask(fixed_mask, "fixed_mask"), fixed_volume, "fixed_mask")
-    moving_lungs = optional_mask(as_optional_mask(moving_mask, "moving_mask"), moving_volume, "moving_mask")
+    warn = warner(progress)
+    masks = checked_masks(fixed_volume, moving_volume, as_optional_mask(fixed_mask, "fixed_mask"),
+                          as_optional_mask(moving_mask, "moving_mask"), warn)
+    fixed_lungs = masks.fixed
     if memory_budget_gb is not None:
         from .memory import check_memory_budget, estimate_memory, working_grid_shape
 
-        lungs = fixed_lungs.array if fixed_lungs.grid.same_as(fixed_volume.grid) else None
+        lungs = fixed_lungs.array if fixed_lungs is not None and fixed_lungs.grid.same_as(fixed_volume.grid) else None
         shape = working_grid_shape(fixed_volume.grid, cfg.preprocess.spacing_mm, cfg.preprocess.crop_margin_mm, lungs)
         itemsize = max(fixed_volume.array.dtype.itemsize, moving_volume.array.dtype.itemsize)
         check_memory_budget(estimate_memory(fixed_volume.grid, moving_volume.grid, cfg, shape, itemsize),
                             memory_budget_gb)
-    pair = working_pair(fixed_volume, moving_volume, fixed_lungs, moving_lungs, cfg.preprocess, torch_device)
+    checked = checked_working_pair(fixed_volume, moving_volume, masks, cfg.preprocess, torch_device, warn)
+    pair = checked.pair
     if method == "oracle":  # the truth at the keypoints, as GraphRegNet's training targets are made
         from .graphregnet.data import keypoint_targets
 
@@ -140,6 +149,11 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
     keypoint_disp_mm = grid.voxel_vectors_to_mm(output.keypoint_displacements.double().cpu().numpy()) \
         + pair.translation_mm
     spread = output.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm
+    checks_start = time.perf_counter()
+    coarse = cfg.levels[0]
+    quality = checked.quality(output.displacement, torch.as_tensor(spread),
+                              coarse.radius * coarse.step * cfg.preprocess.spacing_mm)
+    timings["checks"] = checked.seconds + time.perf_counter() - checks_start
     return Registration(
         working_field=output.field(pair),
         fixed_grid=fixed_volume.grid,
@@ -150,7 +164,8 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         keypoints_mm=keypoints_mm,
         keypoint_displacements_mm=keypoint_disp_mm,
         keypoint_uncertainty_mm=spread,
-        extras={**extras, "settings": config_label(config), "device": str(torch_device), "seed": cfg.seed, "n_keypoints": int(len(keypoints_mm)),
-                "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist()},
+        extras={**extras, "settings": config_label(config), "device": str(torch_device), "seed": cfg.seed,
+                "n_keypoints": int(len(keypoints_mm)), "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
+                **checked.extras(), "quality": quality},
         fixed_lungs=working_lungs(pair),
     )

@@ -33,7 +33,9 @@ Convention:
       to the summary; the other pairs go on. A worker process that dies (segfault, out of memory)
       fails only the pair it was running.
     - ``DIR/summary.csv`` (one row per pair, in table order, rewritten after every pair) has the
-      columns of :data:`SUMMARY_COLUMNS`.
+      columns of :data:`SUMMARY_COLUMNS`; ``quality`` is a registered pair's status from the
+      quality checks (``ok``, ``suspect`` or ``failed``, :mod:`graphreg.checks`; empty for methods
+      without them) and ``quality_reasons`` says why.
     - Schedulers: ``"local"`` runs the pairs one after another in this process; ``"processes"``
       starts a Dask ``distributed.LocalCluster`` of ``workers`` single-threaded worker processes
       (torch gets ``cpu_count // workers`` threads in each); ``"dask"`` submits to a running Dask
@@ -65,7 +67,8 @@ PAIR_COLUMNS = ("id", "fixed", "moving", "fixed_mask", "moving_mask", "landmarks
 _REQUIRED_COLUMNS = ("fixed", "moving")
 _PATH_COLUMNS = ("fixed", "moving", "fixed_mask", "moving_mask", "landmarks", "moving_landmarks")
 #: columns of ``summary.csv``
-SUMMARY_COLUMNS = ("id", "status", "seconds", "tre_before_mm", "tre_after_mm", "tre_after_p75_mm",
+SUMMARY_COLUMNS = ("id", "status", "quality", "quality_reasons", "seconds", "tre_before_mm", "tre_after_mm",
+                   "tre_after_p75_mm",
                    "folding_percent", "std_log_jacobian", "n_keypoints", "method", "device", "worker",
                    "result", "error")
 #: files every finished result folder holds
@@ -245,8 +248,10 @@ def _row(pair: BatchPair, out_dir: Path, status: str, report: Optional[dict] = N
          error: str = "", worker: str = "") -> dict:
     report = report or {}
     jacobian = report.get("jacobian") or {}
+    quality = report.get("quality") or {}
     row = {
-        "id": pair.id, "status": status,
+        "id": pair.id, "status": status, "quality": quality.get("status"),
+        "quality_reasons": "; ".join(quality.get("reasons") or []),
         "seconds": seconds if seconds is not None else report.get("seconds_total"),
         "tre_before_mm": report.get("tre_before_mm"), "tre_after_mm": report.get("tre_after_mm"),
         "tre_after_p75_mm": report.get("tre_after_p75_mm"),
@@ -451,8 +456,10 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
         write_summary([rows[p.id] for p in pairs if p.id in rows], summary_path)
         if progress:
             seconds = "" if row["seconds"] is None else f" {row['seconds']:.1f} s"
-            progress(f"[{len(rows)}/{len(pairs)}] {row['id']}: {row['status']}{seconds}"
-                     + (f" ({row['error']})" if row["error"] else ""))
+            quality = f", quality {row['quality']}" if row.get("quality") else ""
+            note = row["error"] or (row["quality_reasons"] if row.get("quality") not in (None, "ok") else "")
+            progress(f"[{len(rows)}/{len(pairs)}] {row['id']}: {row['status']}{seconds}{quality}"
+                     + (f" ({note})" if note else ""))
 
     write_summary([rows[p.id] for p in pairs if p.id in rows], summary_path)
     if progress and len(todo) < len(pairs):

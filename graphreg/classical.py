@@ -230,7 +230,8 @@ def register_classical(fixed: Any, moving: Any, fixed_mask: Any = None, moving_m
     opts = _options(DemonsOptions if method == "demons" else BSplineFFDOptions, options, method)
     cfg = load_config(config)
     start = time.perf_counter()
-    dense = prepare_dense_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch.device("cpu"))
+    dense = prepare_dense_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch.device("cpu"),
+                               progress)
     pair = dense.pair
     say = progress or (lambda line: None)
     say(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm ({dense.seconds:.1f} s)")

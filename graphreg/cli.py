@@ -22,6 +22,9 @@ from .resources import TRAINING_RECIPES, preset_names
 #: the shipped presets, for help texts
 PRESETS = ", ".join(preset_names())
 
+#: exit code of ``register`` when the quality checks judge the result failed (:mod:`graphreg.checks`)
+EXIT_FAILED_CHECKS = 3
+
 app = typer.Typer(
     name="graphreg",
     help="Deformable registration of 3D lung CT by geometric graph learning on keypoints.",
@@ -102,7 +105,11 @@ def register(
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GB",
                                                   help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
 ) -> None:
-    """Register MOVING to FIXED; write field.nii.gz (ITK mm), transform.h5, disp_l2r.nii.gz, warped.nii.gz, report.json."""
+    """Register MOVING to FIXED; write field.nii.gz (ITK mm), transform.h5, disp_l2r.nii.gz, warped.nii.gz, report.json.
+
+    The last line gives the result's status from the quality checks (ok, suspect, failed; reasons in
+    report.json); exit code 3 when it is failed.
+    """
     from .api import register as run_registration
     from .io.landmarks import read_landmarks
     from .registration import file_checksum
@@ -123,12 +130,15 @@ def register(
     checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
     result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inverse=inverse, inputs=inputs,
                 input_sha256=checksums)
-    typer.echo(f"wrote {out} ({result.timings['total']:.1f} s)")
     if report:
         from .viz.commands import viz_command
 
         written = viz_command(out, echo=typer.echo)
         typer.echo(f"wrote {written['report']}")
+    status = f"; status {result.status}" if result.status else ""
+    typer.echo(f"wrote {out} ({result.timings['total']:.1f} s){status}")
+    if result.status == "failed":  # the field is written for inspection, but must not pass as a result
+        raise typer.Exit(EXIT_FAILED_CHECKS)
 
 
 @app.command()

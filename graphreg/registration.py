@@ -158,6 +158,12 @@ class Registration(TwoWayMapping):
     extras: dict = dataclass_field(default_factory=dict)
     fixed_lungs: Optional[Volume] = None
 
+    @property
+    def status(self) -> Optional[str]:
+        """``"ok"``, ``"suspect"`` or ``"failed"`` from the quality checks (``extras["quality"]``), or
+        None for methods without them."""
+        return self.extras.get("quality", {}).get("status")
+
     @cached_property
     def field(self) -> DisplacementField:
         """The displacement on the fixed image's original grid (computed once)."""

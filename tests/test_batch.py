@@ -146,6 +146,8 @@ def test_failure_is_isolated_and_summarised(serial_run):
     for pair_id in ("case0", "case1"):
         row = summary[pair_id]
         assert row["status"] == "ok" and row["error"] == ""
+        report = read_complete_report(out / pair_id)
+        assert row["quality"] == report["quality"]["status"] and row["quality"] in ("ok", "suspect", "failed")
         # the whole-voxel shift is recovered: TRE drops from the shift length to a fraction of a voxel
         assert float(row["tre_after_mm"]) < 0.3 * float(row["tre_before_mm"])
         report = read_complete_report(out / pair_id)

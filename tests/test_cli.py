@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -93,6 +94,7 @@ def test_register_writes_the_documented_outputs(tmp_path, monkeypatch, capsys):
             "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].endswith("status ok")
     for name in ("field.nii.gz", "disp_l2r.nii.gz", "warped.nii.gz", "report.json", "landmarks_moved.csv",
                  "keypoints.csv"):
         assert (out / name).is_file(), name
@@ -110,3 +112,27 @@ def test_register_writes_the_documented_outputs(tmp_path, monkeypatch, capsys):
     # a second run into the same folder is refused without --overwrite
     code, _, err = run_main(args, monkeypatch, capsys)
     assert code == 2 and "--overwrite" in err
+
+
+def test_register_exit_code_follows_the_quality_status(tmp_path, monkeypatch):
+    import graphreg.api
+
+    class Result:  # what graphreg.api.register returns, reduced to what the command reads
+        timings = {"total": 1.0}
+
+        def __init__(self, status):
+            self.status = status
+
+        def save(self, out, **kwargs):
+            Path(out).mkdir(parents=True, exist_ok=True)
+
+    from graphreg.cli import EXIT_FAILED_CHECKS
+
+    inputs = [tmp_path / "f.nii.gz", tmp_path / "m.nii.gz"]
+    for path in inputs:
+        path.write_bytes(b"")  # checksummed only: register itself is replaced
+    for status, code in (("ok", 0), ("suspect", 0), ("failed", EXIT_FAILED_CHECKS)):
+        monkeypatch.setattr(graphreg.api, "register", lambda *a, status=status, **k: Result(status))
+        result = runner.invoke(app, ["register", *map(str, inputs), "--out", str(tmp_path / status)])
+        assert result.exit_code == code, result.output
+        assert result.output.strip().splitlines()[-1].endswith(f"status {status}")

@@ -82,3 +82,40 @@ def test_popi_two_lungs_plausible_volume():
     centres = ndimage.center_of_mass(mask.array, labels, [1, 2])
     mid_x = ct.grid.shape[2] / 2
     assert min(c[2] for c in centres) < mid_x < max(c[2] for c in centres)
+
+
+def _popi_4mm():
+    return read_image(POPI).with_spacing((4.0, 4.0, 4.0))
+
+
+def _padding_cases(ct, lungs):
+    """The real CT with the padding and field-of-view defects of real scans (name, image)."""
+    a = ct.array
+    zs = np.flatnonzero(lungs.array.any(axis=(1, 2)))
+    low, high = zs.min(), zs.max()
+    _, y, x = np.meshgrid(*[np.arange(n) for n in a.shape], indexing="ij")
+    outside = (y - a.shape[1] / 2) ** 2 + (x - a.shape[2] / 2) ** 2 > (0.46 * a.shape[2]) ** 2
+    for name, edit in (("-1024 band at the lung base", lambda b: b.__setitem__(slice(0, low + 3), -1024)),
+                       ("-1024 band at the apex", lambda b: b.__setitem__(slice(high - 2, None), -1024)),
+                       ("-2048 outside a reconstruction circle", lambda b: b.__setitem__(outside, -2048)),
+                       ("-3024 circle and a -1024 band", lambda b: (b.__setitem__(outside, -3024),
+                                                                   b.__setitem__(slice(0, low + 3), -1024)))):
+        changed = a.copy()
+        edit(changed)
+        yield name, Volume(changed, ct.grid)
+    yield "lung base and apex cut by the field of view", ct.cropped((low + 3, 0, 0), (high - 3,) + a.shape[1:])
+
+
+@pytest.mark.skipif(not POPI.is_file(), reason="POPI reference CT not available")
+def test_popi_padding_and_field_of_view_cases():
+    from graphreg.checks.masks import mask_checks
+
+    ct = _popi_4mm()
+    reference = lung_mask(ct)
+    for name, image in _padding_cases(ct, reference):
+        mask = lung_mask(image)
+        expected = reference.resampled(mask.grid, "nearest").array > 0
+        found = mask.array > 0
+        dice = 2 * (expected & found).sum() / (expected.sum() + found.sum())
+        assert dice > 0.97, name
+        assert all(check.passed for check in mask_checks(mask, image, "mask")), name

@@ -109,7 +109,10 @@ def make_result(tmp_path: Path, with_pair: bool = True, uncertainty: bool = True
     rows = "\n".join(",".join(f"{v:.4f}" for v in row) for row in np.concatenate(columns, 1))
     (result / "keypoints.csv").write_text(header + "\n" + rows + "\n")
     info = {"method": "synthetic", "timings_s": {"keypoints": 0.1, "total": 1.5}, "seconds_total": 1.5,
-            "jacobian": {"std_log_jacobian": 0.1, "folding_percent": 0.2}, "config": {"knn": 15, "tps": {"lambda": 0.1}}}
+            "jacobian": {"std_log_jacobian": 0.1, "folding_percent": 0.2}, "config": {"knn": 15, "tps": {"lambda": 0.1}},
+            "quality": {"status": "suspect", "reasons": ["folding 2 (limit <= 1)"],
+                        "checks": [{"name": "outcome.folding_percent", "verdict": "suspect", "value": 2.0,
+                                    "limit": "<= 1 (failed > 5)", "detail": "folding 2 (limit <= 1)"}]}}
     if with_pair:
         info["pair"] = str(pair)
     (result / "report.json").write_text(json.dumps(info))
@@ -322,6 +325,7 @@ def test_viz_command_writes_a_report_whose_links_exist(result_dir, viz_out):
     text = page.read_text()
     tre_after = report.load_result(result_dir).tre_after_mm.mean()
     assert f"{tre_after:.4g}" in text and "tps.lambda" in text
+    assert "Status: suspect</b> &mdash; folding 2 (limit &lt;= 1)" in text and "outcome.folding_percent" in text
     assert {p.name for p in out["ply"]} >= {"keypoints_keypoints.ply", "landmarks_error_after.ply",
                                            "uncertainty_uncertainty_glyphs.ply", "keypoints_lung_surface.ply"}
 

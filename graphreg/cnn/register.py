@@ -29,7 +29,9 @@ from ..config import PreprocessConfig, RegistrationConfig, load_config, read_yam
 from ..errors import GraphregError
 from ..field import DisplacementField
 from ..inputs import as_optional_mask, as_volume
-from ..pipeline.preprocess import WorkingPair, optional_mask, working_pair
+from ..checks.masks import checked_masks
+from ..checks.pair import CheckedPair, checked_working_pair, warner
+from ..pipeline.preprocess import WorkingPair
 from ..registration import Registration, working_lungs
 from ..training.checkpoint import LoadableModel, load_model, read_checkpoint
 from ..volume import Volume
@@ -43,25 +45,29 @@ class DensePair:
         pair: the working pair (tensors on the chosen device).
         fixed, moving: the original volumes (HU, their own grids).
         seconds: time spent reading and preprocessing.
+        checked: the mask checks and pre-alignment that made ``pair`` (:mod:`graphreg.checks`).
     """
 
     pair: WorkingPair
     fixed: Volume
     moving: Volume
     seconds: float
+    checked: Optional[CheckedPair] = None
 
 
 def prepare_dense_pair(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any,
-                       preprocess: PreprocessConfig, device: torch.device) -> DensePair:
+                       preprocess: PreprocessConfig, device: torch.device,
+                       progress: Optional[Callable[[str], None]] = None) -> DensePair:
     """Read the inputs (any form :func:`graphreg.api.register` takes), compute missing lung masks
     and build the working pair."""
     start = time.perf_counter()
     fixed_volume = as_volume(fixed, "fixed")
     moving_volume = as_volume(moving, "moving")
-    fixed_lungs = optional_mask(as_optional_mask(fixed_mask, "fixed_mask"), fixed_volume, "fixed_mask")
-    moving_lungs = optional_mask(as_optional_mask(moving_mask, "moving_mask"), moving_volume, "moving_mask")
-    pair = working_pair(fixed_volume, moving_volume, fixed_lungs, moving_lungs, preprocess, device)
-    return DensePair(pair, fixed_volume, moving_volume, time.perf_counter() - start)
+    warn = warner(progress)
+    masks = checked_masks(fixed_volume, moving_volume, as_optional_mask(fixed_mask, "fixed_mask"),
+                          as_optional_mask(moving_mask, "moving_mask"), warn)
+    checked = checked_working_pair(fixed_volume, moving_volume, masks, preprocess, device, warn)
+    return DensePair(checked.pair, fixed_volume, moving_volume, time.perf_counter() - start, checked)
 
 
 def dense_registration(dense: DensePair, displacement: torch.Tensor, method: str, config: dict,
@@ -77,6 +83,8 @@ def dense_registration(dense: DensePair, displacement: torch.Tensor, method: str
     total = displacement.detach().float() + shift.to(displacement.device, torch.float32).view(1, 3, 1, 1, 1)
     info = {"prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
             "working_size_xyz": list(pair.grid.size_xyz)}
+    if dense.checked is not None:
+        info.update(dense.checked.extras(), quality=dense.checked.quality(displacement.detach()))
     info.update(extras or {})
     return Registration(working_field=DisplacementField(total, pair.grid), fixed_grid=dense.fixed.grid,
                         moving=dense.moving, method=method, config=config, timings=timings, extras=info,
@@ -149,7 +157,7 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
         if key in data:
             setattr(cfg.preprocess, key, float(data[key]))
     torch.manual_seed(cfg.seed)
-    dense = prepare_dense_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch_device)
+    dense = prepare_dense_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch_device, progress)
     timings = {"load": dense.seconds}
     say(f"preprocess: working grid {dense.pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
         f"({dense.seconds:.1f} s)")

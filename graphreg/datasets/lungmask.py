@@ -38,9 +38,17 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.bincount(labels.ravel())
 
 
-def _body_air(hu: np.ndarray, threshold_hu: float) -> np.ndarray:
-    """Air below ``threshold_hu`` that is not connected to the four in-plane faces."""
-    labels, _ = _components(hu < threshold_hu)
+def _body_air(hu: np.ndarray, threshold_hu: float, band_fraction: float = 0.95) -> np.ndarray:
+    """Air below ``threshold_hu`` that is inside the body.
+
+    Outside air is what is 6-connected to the four in-plane faces. Slices that are almost all
+    air (more than ``band_fraction`` of their voxels: padding bands beyond the field of view,
+    e.g. -1024 HU filler slices) are outside as a whole and connect nothing, so lungs touching
+    such a band (or the first/last slice) are kept. Padding outside a reconstruction circle
+    (-1024, -2048, -3024 HU) touches the in-plane faces and is outside.
+    """
+    band = (hu < threshold_hu).mean(axis=(1, 2)) > band_fraction
+    labels, _ = _components((hu < threshold_hu) & ~band[:, None, None])
     border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                                        labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
     return (labels > 0) & ~np.isin(labels, border)

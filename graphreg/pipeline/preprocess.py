@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import PreprocessConfig, validate_config
-from ..errors import GeometryError, GraphregError
+from ..errors import GeometryError
 from ..geometry import Grid
 from ..volume import Volume, bounding_box
 
@@ -91,8 +91,8 @@ def translated(grid: Grid, translation_mm: np.ndarray) -> Grid:
     return Grid(grid.shape, grid.spacing, tuple(np.asarray(grid.origin) + translation_mm), grid.direction)
 
 
-def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask: Volume,
-                 config: PreprocessConfig, device=None) -> WorkingPair:
+def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask: Optional[Volume],
+                 config: PreprocessConfig, device=None, translation_mm: Optional[np.ndarray] = None) -> WorkingPair:
     """Resample, crop, scale and pre-align a fixed/moving pair for the registration stages.
 
     Images finer than the working spacing are low-pass filtered first (``config.antialias``,
@@ -100,12 +100,18 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
 
     Args:
         fixed, moving: CT volumes in Hounsfield units (any geometry).
-        fixed_mask, moving_mask: lung masks on their image's grid (resampled with a warning otherwise).
+        fixed_mask, moving_mask: lung masks on their image's grid (resampled with a warning otherwise);
+            ``moving_mask`` None: the fixed mask carried over by the pre-alignment stands in for it.
         config: working spacing, HU window, crop margin, pre-alignment.
+        translation_mm: ``(3,)`` world mm pre-alignment (e.g. from :func:`graphreg.checks.prealign.prealign`),
+            rounded to whole working voxels; None: the lungs' centres of mass when ``config.prealign``.
     """
     validate_config(config, "preprocess.")
     fixed_mask = mask_on_grid(fixed_mask, fixed.grid, "fixed_mask")
-    moving_mask = mask_on_grid(moving_mask, moving.grid, "moving_mask")
+    if moving_mask is not None:
+        moving_mask = mask_on_grid(moving_mask, moving.grid, "moving_mask")
+    elif translation_mm is None and config.prealign:
+        raise GeometryError("moving_mask: without a moving mask the pre-alignment needs translation_mm")
     spacing = config.spacing_mm
     isotropic = fixed.grid.with_spacing((spacing, spacing, spacing))
     mask_iso = fixed_mask.resampled(isotropic, "nearest")
@@ -116,11 +122,14 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
     grid = isotropic.cropped(start, stop)
 
     translation = np.zeros(3)
-    if config.prealign:
+    if translation_mm is not None:
+        translation = whole_voxel_translation(grid, translation_mm)
+    elif config.prealign:
         translation = whole_voxel_translation(grid, centre_of_mass_mm(moving_mask) - centre_of_mass_mm(fixed_mask))
     moving_grid = translated(grid, translation)
 
-    moving_mask_w = moving_mask.resampled(moving_grid, "nearest")
+    moving_mask_w = (fixed_mask.resampled(grid, "nearest") if moving_mask is None
+                     else moving_mask.resampled(moving_grid, "nearest"))
     if not moving_mask_w.array.any():
         raise GeometryError("fixed and moving: the moving lungs do not overlap the fixed lung region "
                             "(check the images' origins and directions)")
@@ -144,19 +153,3 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
         moving_grid=moving_grid,
         translation_mm=translation,
     )
-
-
-def optional_mask(mask: Optional[Volume], image: Volume, name: str) -> Volume:
-    """The user's mask, or one computed by :func:`graphreg.datasets.lungmask.lung_mask`."""
-    if mask is not None:
-        return mask
-    from ..datasets.lungmask import lung_mask
-
-    try:
-        computed = lung_mask(image)
-    except GraphregError as error:
-        raise GeometryError(f"{name}: none given and the automatic lung mask failed ({error}); "
-                            f"give a mask") from None
-    if not computed.array.any():
-        raise GeometryError(f"{name}: no lungs found by the automatic lung mask; give a mask")
-    return computed

@@ -389,6 +389,14 @@ def summary_tables(data: ResultData) -> dict[str, dict]:
         jacobian["inside fixed lung mask"] = masked
     if jacobian:
         tables["Jacobian determinant"] = jacobian
+    quality = report.get("quality")
+    if isinstance(quality, dict):
+        rows = {"status": quality.get("status"), "reasons": "; ".join(quality.get("reasons") or []) or "none"}
+        for check in quality.get("checks") or []:
+            rows[check["name"]] = f"{check['verdict']}: {_format(check['value'])} (limit {check['limit']})"
+        tables["Quality checks"] = rows
+    if isinstance(report.get("prealign"), dict):
+        tables["Pre-alignment"] = report["prealign"]
     if isinstance(report.get("timings_s"), dict):
         tables["Timings (s)"] = report["timings_s"]
     if isinstance(report.get("keypoint_uncertainty_mm"), dict):
@@ -400,7 +408,7 @@ def summary_tables(data: ResultData) -> dict[str, dict]:
     if isinstance(report.get("config"), dict):
         tables["Parameters (config)"] = _flatten(report["config"])
     shown = {"method", "graphreg_version", "seconds_total", "jacobian", "timings_s",
-             "keypoint_uncertainty_mm", "config"}
+             "keypoint_uncertainty_mm", "config", "quality", "prealign"}
     other = {key: value for key, value in report.items() if key not in shown}
     if other:
         tables["Other entries of report.json"] = _flatten(other)
@@ -428,6 +436,8 @@ td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-al
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 0.8em 0; } figcaption { font-size: 0.85em; color: #555; }
 img { max-width: 100%; border: 1px solid #eee; } .scenes img { max-width: 49%; }
+.status-ok { background: #e6f4e6; padding: 6px; } .status-suspect { background: #fff3cd; padding: 6px; }
+.status-failed { background: #f8d7da; padding: 6px; }
 """
 _CAPTIONS = {
     "images": "Fixed, moving (before registration) and warped moving image; yellow: fixed lung mask.",
@@ -520,7 +530,11 @@ def write_report(result_dir, out_dir=None, *, data: Optional[ResultData] = None,
     parts = [f"<h1>Registration report: {html.escape(str(data.report.get('method', 'result')))} "
              f"&mdash; {html.escape(result_dir.name)}</h1>"]
     tables = summary_tables(data)
-    for title in ("Overview", "Landmark error (TRE, mm)", "Jacobian determinant", "Timings (s)",
+    if "Quality checks" in tables:
+        status = str(tables["Quality checks"]["status"])
+        parts.append(f"<p class=\"status-{html.escape(status)}\"><b>Status: {html.escape(status)}</b> &mdash; "
+                     f"{html.escape(str(tables['Quality checks']['reasons']))}</p>")
+    for title in ("Overview", "Quality checks", "Pre-alignment", "Landmark error (TRE, mm)", "Jacobian determinant", "Timings (s)",
                   "Keypoints", "Keypoint uncertainty (mm)"):
         if title in tables:
             parts.append(f"<h2>{html.escape(title)}</h2>{_table(tables[title])}")
