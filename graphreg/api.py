@@ -14,6 +14,7 @@ from .errors import GraphregError
 from .field import DisplacementField
 from .inputs import as_optional_mask, as_volume
 from .registration import Registration
+from .threads import thread_report, use_threads
 
 #: the keypoint pipeline's methods (each names its sparse regulariser)
 KEYPOINT_METHODS = ("corrfield", "graphregnet")
@@ -43,7 +44,7 @@ def resolve_device(device: Optional[str]) -> torch.device:
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
              progress: Optional[Callable[[str], None]] = None, model: Any = None,
-             memory_budget_gb: Optional[float] = None) -> Registration:
+             memory_budget_gb: Optional[float] = None, threads: Optional[int] = None) -> Registration:
     """Register a moving lung CT to a fixed one.
 
     Args:
@@ -72,11 +73,27 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             reading the images and masks, before resampling and the pipeline) when the peak
             memory estimated by :func:`graphreg.memory.estimate_memory` exceeds this many GB;
             the message names the config keys that lower it. Keypoint methods only; None: no check.
+        threads: CPU threads of this call (torch and SimpleITK, restored afterwards), an integer
+            >= 1; None: ``$GRAPHREG_THREADS``, else the cores this process may use
+            (:func:`graphreg.threads.resolve_threads`). Recorded in the report with the OpenMP wait
+            policy; import graphreg before torch so that idle threads sleep (``docs/threads.md``).
+            The field is bit-identical for the same thread count (``docs/reproducibility.md``).
 
     Returns:
         :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
         exportable), ``.transform_points``, ``.warp``, ``.save`` and ``.timings``.
     """
+    with use_threads(threads) as count:
+        result = _register(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
+                           memory_budget_gb)
+    result.extras.update(thread_report(count))
+    return result
+
+
+def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method: str, config: Any,
+              device: Optional[str], progress: Optional[Callable[[str], None]], model: Any,
+              memory_budget_gb: Optional[float]) -> Registration:
+    """:func:`register` in the thread setting it chose."""
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
     from .pipeline.preprocess import optional_mask, working_pair
 

@@ -15,11 +15,11 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lowres_3mm.yaml
 
 
 def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overwrite: bool = True,
-             config=None, progress: Optional[Callable[[str], None]] = None) -> dict:
+             config=None, progress: Optional[Callable[[str], None]] = None, threads: Optional[int] = None) -> dict:
     """Register ``assets/demo``, write the result folder ``out`` and return its report.
 
     The report (also ``out/report.json``) holds at least ``tre_before_mm``, ``tre_after_mm``,
-    ``seconds_total`` and ``method``.
+    ``seconds_total`` and ``method``. ``threads``: as for :func:`graphreg.register`.
     """
     from .api import register
     from .datasets.pairs import read_pair
@@ -31,7 +31,7 @@ def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overw
     if config is None and method == "corrfield":
         config = DEMO_CONFIG
     result = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method=method,
-                      config=config, device=device, progress=progress)
+                      config=config, device=device, progress=progress, threads=threads)
     before = summarize_errors(landmark_errors(pair.fixed_landmarks_mm, pair.moving_landmarks_mm))
     after = summarize_errors(landmark_errors(result.transform_points(pair.fixed_landmarks_mm),
                                              pair.moving_landmarks_mm))
