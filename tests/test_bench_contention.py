@@ -75,3 +75,21 @@ def test_contention_command_runs_on_a_tiny_config(tmp_path):
     assert "beside a busy 2-thread process" in result.output
     # the burner and the registrations are gone
     assert {child.pid for child in psutil.Process().children(recursive=True)} <= before
+
+
+def test_processes_started_together_are_timed_each(tmp_path):
+    """Two commands started at once: each gets its own wall time and its report's pipeline time."""
+    import sys
+
+    from graphreg.bench.contention import _run_together
+
+    commands = []
+    for index, seconds in enumerate((0.2, 2.0)):
+        out = tmp_path / f"run{index}"
+        out.mkdir()
+        (out / "report.json").write_text(json.dumps({"seconds_total": seconds, "threads": 1}))
+        commands.append(([sys.executable, "-c", f"import time; time.sleep({seconds})"], None, out))
+    fast, slow = _run_together(commands, timeout_s=60)
+    assert fast["status"] == slow["status"] == "ok"
+    assert fast["wall_s"] < 1.5 < 2.0 <= slow["wall_s"]
+    assert (fast["pipeline_s"], slow["threads"]) == (0.2, 1)

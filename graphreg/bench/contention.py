@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -99,7 +100,8 @@ def _run_together(commands: Sequence[tuple[list, dict, Path]], timeout_s: float)
         for argv, env, out in commands:
             started.append((subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                              text=True), time.perf_counter(), out))
-        return [_wait(process, start, out, timeout_s) for process, start, out in started]
+        with ThreadPoolExecutor(max_workers=len(started)) as pool:  # each process's own end time
+            return list(pool.map(lambda job: _wait(*job, timeout_s), started))
     finally:  # an interrupted benchmark leaves no registration running
         for process, _, _ in started:
             if process.poll() is None:
