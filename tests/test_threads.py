@@ -23,8 +23,8 @@ def _fresh_python(code: str, **env) -> str:
     """stdout of ``python -c code`` in a fresh process, with no thread settings inherited but ``env``."""
     clean = {k: v for k, v in os.environ.items() if k not in _OPENMP_ENV}
     clean["PYTHONPATH"] = ROOT + os.pathsep + clean.get("PYTHONPATH", "")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env},
-                            cwd=ROOT, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace",
+                            env={**clean, **env}, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -154,7 +154,7 @@ def test_cli_threads_reach_torch_and_the_report(tmp_path):
     clean["PYTHONPATH"] = ROOT + os.pathsep + clean.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-m", "graphreg.cli"] + _register_args(tmp_path, "--threads", "1",
                                                                                      "--config", str(config)),
-                            capture_output=True, text=True, env=clean, cwd=ROOT, timeout=600)
+                            capture_output=True, encoding="utf-8", errors="replace", env=clean, cwd=ROOT, timeout=600)
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["threads"] == 1

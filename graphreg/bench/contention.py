@@ -14,7 +14,9 @@ Settings: ``default`` (no ``--threads``; ``GRAPHREG_THREADS``, ``OMP_NUM_THREADS
 (``--threads N``), or ``spin`` (the default thread count with idle OpenMP threads spinning as
 libgomp does when nothing is set, ``GOMP_SPINCOUNT=300000``: graphreg before ``docs/threads.md``).
 Each repeat runs every scenario, and within it every setting, so settings are compared close in
-time; the table gives medians over the repeats.
+time; the order of the settings rotates from one repeat to the next, so that a load rising or
+falling during the benchmark does not favour the setting that runs first. The table gives medians
+over the repeats.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _run_together(commands: Sequence[tuple[list, dict, Path]], timeout_s: float)
     try:
         for argv, env, out in commands:
             started.append((subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                             text=True), time.perf_counter(), out))
+                                             encoding="utf-8", errors="replace"), time.perf_counter(), out))
         with ThreadPoolExecutor(max_workers=len(started)) as pool:  # each process's own end time
             return list(pool.map(lambda job: _wait(*job, timeout_s), started))
     finally:  # an interrupted benchmark leaves no registration running
@@ -230,8 +232,9 @@ def run_contention(pair_dir: Path, config: Optional[Path] = None, settings: Sequ
                 "load_before": list(os.getloadavg()), "runs": []}
     with tempfile.TemporaryDirectory(prefix="graphreg_contention_") as work:
         for repeat in range(repeats):
+            order = settings[repeat % len(settings):] + settings[:repeat % len(settings)]
             for scenario in scenarios:
-                for setting in settings:
+                for setting in order:
                     results = run_scenario(scenario, setting, pair_dir, Path(work), config, timeout_s)
                     for result in results:
                         document["runs"].append(dict(result, repeat=repeat))
