@@ -5,13 +5,17 @@ Conventions (see ``DESIGN.md`` of the project): volumes are ``(z, y, x)`` arrays
 fields are voxels ``(z, y, x)`` on the fixed grid pointing fixed -> moving.
 """
 
-from .api import register
-from .errors import GraphregError, ResourceError
-from .field import DisplacementField
-from .geometry import Grid
-from .io import read_image, read_landmarks, write_image, write_landmarks
-from .result import load_result
-from .volume import Volume
+from .threads import configure_openmp
+
+configure_openmp()  # before torch is imported: idle OpenMP threads sleep (docs/threads.md)
+
+from .api import register  # noqa: E402
+from .errors import GraphregError, ResourceError  # noqa: E402
+from .field import DisplacementField  # noqa: E402
+from .geometry import Grid  # noqa: E402
+from .io import read_image, read_landmarks, write_image, write_landmarks  # noqa: E402
+from .result import load_result  # noqa: E402
+from .volume import Volume  # noqa: E402
 
 __version__ = "0.1.0"
 

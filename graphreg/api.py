@@ -15,6 +15,7 @@ from .errors import GraphregError
 from .field import DisplacementField
 from .inputs import as_optional_mask, as_volume
 from .registration import Registration, working_lungs
+from .threads import thread_report, use_threads
 
 from .methods import METHODS, method_names
 
@@ -29,7 +30,7 @@ DIAGNOSTIC_METHODS = ("oracle",)
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
              progress: Optional[Callable[[str], None]] = None, model: Any = None,
-             memory_budget_gb: Optional[float] = None) -> Registration:
+             memory_budget_gb: Optional[float] = None, threads: Optional[int] = None) -> Registration:
     """Register a moving lung CT to a fixed one.
 
     Args:
@@ -58,6 +59,11 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             reading the images and masks, before resampling and the pipeline) when the peak
             memory estimated by :func:`graphreg.memory.estimate_memory` exceeds this many GB;
             the message names the config keys that lower it. Keypoint methods only; None: no check.
+        threads: CPU threads of this call (torch and SimpleITK, restored afterwards), an integer
+            >= 1; None: ``$GRAPHREG_THREADS``, else the cores this process may use
+            (:func:`graphreg.threads.resolve_threads`). Recorded in the report with the OpenMP wait
+            policy; import graphreg before torch so that idle threads sleep (``docs/threads.md``).
+            The field is bit-identical for the same thread count (``docs/reproducibility.md``).
 
     Returns:
         :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
@@ -68,6 +74,17 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         An automatic mask that fails its checks never stops the run: it is replaced and the
         fallback is reported.
     """
+    with use_threads(threads) as count:
+        result = _register(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
+                           memory_budget_gb)
+    result.extras.update(thread_report(count))
+    return result
+
+
+def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method: str, config: Any,
+              device: Optional[str], progress: Optional[Callable[[str], None]], model: Any,
+              memory_budget_gb: Optional[float]) -> Registration:
+    """:func:`register` in the thread setting it chose."""
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
     from .checks.masks import checked_masks
     from .checks.pair import checked_working_pair, warner

@@ -37,8 +37,10 @@ Convention:
       quality checks (``ok``, ``suspect`` or ``failed``, :mod:`graphreg.checks`; empty for methods
       without them) and ``quality_reasons`` says why.
     - Schedulers: ``"local"`` runs the pairs one after another in this process; ``"processes"``
-      starts a Dask ``distributed.LocalCluster`` of ``workers`` single-threaded worker processes
-      (torch gets ``cpu_count // workers`` threads in each); ``"dask"`` submits to a running Dask
+      starts a Dask ``distributed.LocalCluster`` of ``workers`` worker processes, each registering
+      with ``threads`` CPU threads, by default its share of the cores
+      (:func:`graphreg.threads.resolve_threads` with ``share=workers``);
+      ``"dask"`` submits to a running Dask
       scheduler at ``scheduler_address`` (its workers must see the paths and have graphreg
       installed). With CUDA and no explicit ``device``, Dask worker ``i`` (LocalCluster names its
       workers ``0 .. n - 1``) uses GPU ``i % torch.cuda.device_count()``; workers with other names
@@ -61,6 +63,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .errors import GraphregError, InputFileError, is_int_at_least
+from .threads import resolve_threads, use_threads
 
 #: columns a pairs table may have
 PAIR_COLUMNS = ("id", "fixed", "moving", "fixed_mask", "moving_mask", "landmarks", "moving_landmarks")
@@ -309,22 +312,26 @@ def register_pair(pair: BatchPair, out_dir: Union[str, os.PathLike], method: str
         config: the registration configuration as a plain mapping (as :func:`graphreg.load_config`
             accepts).
         device: ``"cpu"``, ``"cuda[:N]"`` or None (see :func:`worker_device`).
-        threads: torch CPU threads for this pair (None: leave as is).
+        threads: CPU threads for this pair (None: :func:`graphreg.threads.resolve_threads`); a bad
+            count raises :class:`~graphreg.errors.GraphregError`.
     """
+    with use_threads(threads) as count:
+        return _register_pair(pair, Path(out_dir), method, config, model, device, count)
+
+
+def _register_pair(pair: BatchPair, out_dir: Path, method: str, config: Optional[dict], model: Optional[str],
+                   device: Optional[str], threads: int) -> dict:
+    """:func:`register_pair` with its thread count applied."""
     import numpy as np
-    import torch
 
     from .api import register
     from .io.landmarks import read_landmarks
     from .metrics import landmark_errors, summarize_errors
     from .registration import file_checksum
 
-    out_dir = Path(out_dir)
     worker = _worker_name()
     start = time.perf_counter()
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
         check_pair_files(pair)
         landmarks = {}
         for name in ("landmarks", "moving_landmarks"):
@@ -334,7 +341,7 @@ def register_pair(pair: BatchPair, out_dir: Union[str, os.PathLike], method: str
                     raise InputFileError(f"{pair.where(name)}: expected a world-mm CSV with an 'x,y,z' header")
                 landmarks[name] = marks.points
         result = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method=method, config=config,
-                          device=device or worker_device(worker), model=model)
+                          device=device or worker_device(worker), model=model, threads=threads)
         extras: dict[str, Any] = {
             "batch": {"id": pair.id, "table": str(pair.source), "line": pair.line, "worker": worker},
             "inputs": pair.inputs(),
@@ -400,7 +407,7 @@ def _local_cluster(workers: int, threads: int):
 def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], method: str = "corrfield",
               config: Any = None, model: Union[str, os.PathLike, None] = None, device: Optional[str] = None,
               workers: int = 1, scheduler: Optional[str] = None, scheduler_address: Optional[str] = None,
-              progress: Optional[Callable[[str], None]] = None) -> BatchResult:
+              progress: Optional[Callable[[str], None]] = None, threads: Optional[int] = None) -> BatchResult:
     """Register every pair of ``pairs_csv`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -415,6 +422,10 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
             ``scheduler_address`` is given, else ``"processes"`` for ``workers > 1``, else ``"local"``.
         scheduler_address: address of a running Dask scheduler (``tcp://host:8786``).
         progress: receives one line per finished pair.
+        threads: CPU threads of each pair's registration (an integer >= 1); None:
+            ``$GRAPHREG_THREADS``, else for ``"processes"`` each worker's share of the cores
+            (:func:`graphreg.threads.resolve_threads`), for ``"local"`` every core, for ``"dask"``
+            the workers' own default.
 
     Returns:
         :class:`BatchResult`; ``result.n_failed`` pairs failed (the others are done or skipped).
@@ -427,6 +438,8 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
     from .methods import method_info
 
     scheduler = _scheduler(scheduler, workers, scheduler_address)
+    if scheduler != "dask" or threads is not None:  # a remote worker's default is its own
+        threads = resolve_threads(threads, share=workers if scheduler == "processes" else 1)
     method_info(method)
     pairs = read_pairs_csv(pairs_csv)
     settings = load_config(config).to_dict()
@@ -436,7 +449,7 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.csv"
     task = {"out_dir": out_dir, "method": method, "config": settings,
-            "model": None if model is None else str(Path(model).resolve()), "device": device}
+            "model": None if model is None else str(Path(model).resolve()), "device": device, "threads": threads}
 
     rows: dict[str, dict] = {}
     todo: list[BatchPair] = []
@@ -482,9 +495,7 @@ def _run_on_dask(todo: list[BatchPair], task: dict, scheduler: str, workers: int
 
     cluster = None
     if scheduler == "processes":
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        cluster = _local_cluster(workers, threads)
-        task = dict(task, threads=threads)
+        cluster = _local_cluster(workers, task["threads"])
         client = Client(cluster)
     else:
         client = Client(address, timeout="60s")

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from .bench.commands import bench_app
-from .cli_common import fail
+from .cli_common import command_threads, fail, threads_option
 from .errors import GraphregError
 from .methods import DEFAULT_METHOD, methods_help
 from .resources import TRAINING_RECIPES, preset_names
@@ -58,14 +58,16 @@ def evaluate(
     dirlab_case: Optional[str] = typer.Option(None, help="DIR-Lab case whose geometry converts voxel landmarks (4dct1..10, copd1..10)."),
     spacing: Optional[str] = typer.Option(None, help="Voxel spacing 'SX,SY,SZ' in mm for voxel landmarks (origin 0, identity direction)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    threads: Optional[str] = threads_option(),
 ) -> None:
     """Target registration error of landmark pairs, before and (when given) after registration."""
     from .evaluation import evaluate_landmarks
 
     if moved_landmarks is not None and field is not None:
         fail("--moved-landmarks and --field: give one of them, not both")
-    result = evaluate_landmarks(fixed_landmarks, moving_landmarks, moved_path=moved_landmarks,
-                                field_path=field, dirlab_case=dirlab_case, spacing=spacing)
+    with command_threads(threads):
+        result = evaluate_landmarks(fixed_landmarks, moving_landmarks, moved_path=moved_landmarks,
+                                    field_path=field, dirlab_case=dirlab_case, spacing=spacing)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -104,6 +106,7 @@ def register(
     inverse: bool = typer.Option(False, "--inverse", help="Also write inverse_transform.h5 (moving -> fixed on the moving grid) and its round-trip error in report.json."),
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GB",
                                                   help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
+    threads: Optional[str] = threads_option(),
 ) -> None:
     """Register MOVING to FIXED; write field.nii.gz (ITK mm), transform.h5, disp_l2r.nii.gz, warped.nii.gz, report.json.
 
@@ -122,19 +125,20 @@ def register(
         points = marks.points
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         fail(f"--out {out}: the folder already holds results; pass --overwrite to replace them")
-    result = run_registration(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
-                              device=device, progress=lambda line: typer.echo(line, err=True), model=model,
-                              memory_budget_gb=memory_budget)
-    inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
-              "moving_mask": moving_mask and str(moving_mask)}
-    checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
-    result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inverse=inverse, inputs=inputs,
-                input_sha256=checksums)
-    if report:
-        from .viz.commands import viz_command
+    with command_threads(threads) as count:
+        result = run_registration(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
+                                  device=device, progress=lambda line: typer.echo(line, err=True), model=model,
+                                  memory_budget_gb=memory_budget, threads=count)
+        inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
+                  "moving_mask": moving_mask and str(moving_mask)}
+        checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
+        result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inverse=inverse, inputs=inputs,
+                    input_sha256=checksums)
+        if report:
+            from .viz.commands import viz_command
 
-        written = viz_command(out, echo=typer.echo)
-        typer.echo(f"wrote {written['report']}")
+            written = viz_command(out, echo=typer.echo)
+            typer.echo(f"wrote {written['report']}")
     status = f"; status {result.status}" if result.status else ""
     typer.echo(f"wrote {out} ({result.timings['total']:.1f} s){status}")
     if result.status == "failed":  # the field is written for inspection, but must not pass as a result
@@ -163,11 +167,13 @@ def train(config: Path = typer.Option(..., help=f"Training recipe: a YAML file o
           out: Path = typer.Option(Path("runs/train"), help="Folder for checkpoints, history and the final model.pt."),
           variant: Optional[str] = typer.Option(None, help="Recipe section merged over it, e.g. 'gpu' for the full recipe."),
           max_minutes: Optional[float] = typer.Option(None, help="Wall-time budget; stops with a checkpoint (resume later)."),
-          resume: bool = typer.Option(True, help="Continue from the latest checkpoint in --out.")) -> None:
+          resume: bool = typer.Option(True, help="Continue from the latest checkpoint in --out."),
+          threads: Optional[str] = threads_option()) -> None:
     """Train a learned registration model from a YAML recipe (seeded, resumable, checkpointed)."""
     from .training import train_from_config
 
-    result = train_from_config(config, out, resume=resume, max_minutes=max_minutes, variant=variant)
+    with command_threads(threads):
+        result = train_from_config(config, out, resume=resume, max_minutes=max_minutes, variant=variant)
     typer.echo(f"trained to step {result.step}; wrote {out}")
 
 
@@ -181,13 +187,15 @@ def viz(result_dir: Path = typer.Argument(..., help="A folder written by 'graphr
         moving_landmarks: Optional[Path] = typer.Option(None, help="Moving landmarks, CSV x,y,z mm."),
         out: Optional[Path] = typer.Option(None, help="Output folder (default: RESULT_DIR/viz)."),
         no_3d: bool = typer.Option(False, "--no-3d", help="Skip the 3D point-cloud scenes."),
-        interactive: bool = typer.Option(False, help="Open an interactive 3D window when a display exists.")) -> None:
+        interactive: bool = typer.Option(False, help="Open an interactive 3D window when a display exists."),
+        threads: Optional[str] = threads_option()) -> None:
     """Slice figures, 3D point-cloud scenes (PNG + .ply) and a self-contained report.html of a result."""
     from .viz.commands import viz_command
 
-    written = viz_command(result_dir, fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                          fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, out_dir=out,
-                          render_3d=not no_3d, interactive=interactive, echo=typer.echo)
+    with command_threads(threads):
+        written = viz_command(result_dir, fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                              fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, out_dir=out,
+                              render_3d=not no_3d, interactive=interactive, echo=typer.echo)
     typer.echo(f"wrote {written['report']}")
 
 
@@ -195,12 +203,14 @@ def viz(result_dir: Path = typer.Argument(..., help="A folder written by 'graphr
 def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (report.json, field, warped image)."),
          method: str = typer.Option(DEFAULT_METHOD, help=f"Registration method: {methods_help()}."),
          device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-         overwrite: bool = typer.Option(True, help="Replace an earlier demo result in --out.")) -> None:
+         overwrite: bool = typer.Option(True, help="Replace an earlier demo result in --out."),
+         threads: Optional[str] = threads_option()) -> None:
     """Register the bundled demo pair and print the landmark TRE before and after."""
     from .demo import run_demo
 
-    report = run_demo(out, method=method, device=device, overwrite=overwrite,
-                      progress=lambda line: typer.echo(line, err=True))
+    with command_threads(threads) as count:
+        report = run_demo(out, method=method, device=device, overwrite=overwrite,
+                          progress=lambda line: typer.echo(line, err=True), threads=count)
     typer.echo(f"method {report['method']}: TRE {report['tre_before_mm']:.2f} mm -> {report['tre_after_mm']:.2f} mm "
                f"(p75 {report['tre_after_p75_mm']:.2f} mm), {report['seconds_total']:.1f} s; wrote {out}/report.json")
 
@@ -214,13 +224,16 @@ def batch(pairs: Path = typer.Argument(..., help="CSV: fixed, moving[, fixed_mas
           device: Optional[str] = typer.Option(None, help="cpu or cuda[:N] (default: Dask worker i uses GPU i mod n_gpus, else CPU)."),
           workers: int = typer.Option(1, help="Pairs registered in parallel (worker processes of a local Dask cluster)."),
           scheduler: Optional[str] = typer.Option(None, help="local (this process) | processes (Dask LocalCluster) | dask (a running Dask scheduler); default: local for 1 worker, else processes."),
-          scheduler_address: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (implies --scheduler dask).")) -> None:
+          scheduler_address: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (implies --scheduler dask)."),
+          threads: Optional[str] = typer.Option(None, "--threads", metavar="N", help=(
+              "CPU threads of each worker (default: $GRAPHREG_THREADS, else the cores this process may use "
+              "divided among the local workers); recorded in each report.json."))) -> None:
     """Register every pair of a CSV table: resumable (finished pairs are skipped), failures isolated, summary.csv."""
     from .batch import run_batch
 
     result = run_batch(pairs, out, method=method, config=config, model=model, device=device, workers=workers,
                        scheduler=scheduler, scheduler_address=scheduler_address,
-                       progress=lambda line: typer.echo(line, err=True))
+                       progress=lambda line: typer.echo(line, err=True), threads=threads)
     counts = result.counts
     typer.echo(f"{counts['ok']} registered, {counts['skipped']} skipped, {counts['failed']} failed; "
                f"wrote {result.summary_path}")

@@ -1,6 +1,10 @@
-"""What every ``graphreg`` subcommand shares: the one way a command reports a bad input and stops."""
+"""What every ``graphreg`` subcommand shares: the one way a command reports a bad input and stops, and
+its ``--threads`` option."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import typer
 
@@ -9,3 +13,28 @@ def fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` on stderr and end the command with exit ``code`` (2: bad input)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+#: help text of every command's ``--threads`` option
+THREADS_HELP = ("CPU threads (default: $GRAPHREG_THREADS, else the cores this process may use); "
+                "the count is recorded in report.json.")
+
+
+def threads_option():
+    """The ``--threads N`` option of a command that computes."""
+    return typer.Option(None, "--threads", metavar="N", help=THREADS_HELP)
+
+
+@contextmanager
+def command_threads(threads: Optional[str]) -> Iterator[int]:
+    """Run a command's body with its thread count (:func:`graphreg.threads.use_threads`); yields the
+    count. A bad ``--threads`` or ``$GRAPHREG_THREADS`` ends the command with one ``error:`` line."""
+    from .errors import GraphregError
+    from .threads import resolve_threads, use_threads
+
+    try:
+        count = resolve_threads(threads)
+    except GraphregError as error:
+        fail(str(error))
+    with use_threads(count):
+        yield count

@@ -14,12 +14,12 @@ DEMO_PAIR = asset_path("demo")
 
 
 def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overwrite: bool = True,
-             config=None, progress: Optional[Callable[[str], None]] = None) -> dict:
+             config=None, progress: Optional[Callable[[str], None]] = None, threads: Optional[int] = None) -> dict:
     """Register the demo pair as ``graphreg register`` would (same defaults), write the result folder
     ``out`` and return its report.
 
     The report (also ``out/report.json``) holds at least ``tre_before_mm``, ``tre_after_mm``,
-    ``seconds_total`` and ``method``.
+    ``seconds_total`` and ``method``. ``threads``: as for :func:`graphreg.register`.
     """
     from .api import register
     from .datasets.pairs import read_pair
@@ -29,7 +29,7 @@ def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overw
         raise GraphregError(f"demo pair not found at {DEMO_PAIR}; run tools/make_demo_assets.py")
     pair = read_pair(DEMO_PAIR)
     result = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method=method,
-                      config=config, device=device, progress=progress)
+                      config=config, device=device, progress=progress, threads=threads)
     before = summarize_errors(landmark_errors(pair.fixed_landmarks_mm, pair.moving_landmarks_mm))
     after = summarize_errors(landmark_errors(result.transform_points(pair.fixed_landmarks_mm),
                                              pair.moving_landmarks_mm))

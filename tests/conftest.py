@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+import graphreg  # noqa: F401  (before any test imports torch: idle OpenMP threads sleep, docs/threads.md)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEMO_PAIR = ROOT / "assets" / "demo"

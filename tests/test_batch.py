@@ -17,6 +17,7 @@ from graphreg.geometry import Grid
 from graphreg.io import write_image
 from graphreg.io.fields import read_itk_field
 from graphreg.io.landmarks import Landmarks, write_landmarks
+from graphreg.threads import available_cores
 from graphreg.volume import Volume
 
 SPACING = 3.0
@@ -206,3 +207,6 @@ def test_dask_local_cluster_gives_the_same_results(cohort, serial_run, tmp_path)
         dask_field = read_itk_field(parallel / pair_id / "field.nii.gz").to_mm_array()
         np.testing.assert_allclose(dask_field, serial_field, atol=1e-3)
         assert summary[pair_id]["tre_after_mm"] == _summary(out)[pair_id]["tre_after_mm"]
+        # each of the two workers registered with its share of the cores, the serial run with all
+        assert json.loads((parallel / pair_id / "report.json").read_text())["threads"] == max(1, available_cores() // 2)
+        assert json.loads((out / pair_id / "report.json").read_text())["threads"] == available_cores()

@@ -14,6 +14,7 @@ Registrations run on a 40 x 44 x 50 crop of the bundled demo pair with a fast co
 single-threaded (about a second each), without instance optimisation unless a test needs it.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -40,10 +41,16 @@ CROP = ((20, 20, 10), (60, 64, 60))
 
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
-    threads = torch.get_num_threads()
+    """graphreg.register and the CLI run with one thread (GRAPHREG_THREADS), torch calls here too."""
+    threads, setting = torch.get_num_threads(), os.environ.get("GRAPHREG_THREADS")
     torch.set_num_threads(1)
+    os.environ["GRAPHREG_THREADS"] = "1"
     yield
     torch.set_num_threads(threads)
+    if setting is None:
+        del os.environ["GRAPHREG_THREADS"]
+    else:
+        os.environ["GRAPHREG_THREADS"] = setting
 
 
 @pytest.fixture(scope="module")

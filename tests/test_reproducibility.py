@@ -1,9 +1,11 @@
-"""Reproducibility (issue #8, part 3): same inputs, config and seed give bit-identical results on CPU.
+"""Reproducibility: same inputs, config, seed and thread count give bit-identical results on CPU;
+another thread count changes the field by at most a measured bound (docs/reproducibility.md).
 
 Runs the keypoint pipeline with instance optimisation (Adam) on a 40 x 44 x 50 crop of the demo
-pair twice, and once more with another number of CPU threads, and compares the dense fields bit
-for bit, in memory and in the written ``field.nii.gz``; ``report.json`` records what is needed
-to repeat the run (version, config, seed, device, field checksum).
+pair twice with one thread and twice with two, and compares the dense fields bit for bit, in
+memory and in the written ``field.nii.gz``; ``report.json`` records what is needed to repeat the
+run (version, config, seed, device, threads, field checksum). The bound across thread counts is
+checked on the whole demo pair at 3 mm, where one and two threads do give different bits.
 """
 
 import json
@@ -11,12 +13,12 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from graphreg import __version__
 from graphreg.api import register
 from graphreg.datasets.pairs import read_pair
 from graphreg.demo import DEMO_PAIR
+from graphreg.metrics import landmark_errors
 from graphreg.registration import array_checksum
 
 CONFIG = {"preprocess": {"spacing_mm": 3.0}, "keypoints": {"num_points": 300, "nms_size": 3},
@@ -31,13 +33,8 @@ def volumes():
     return [v.cropped(*CROP) for v in (demo.fixed, demo.moving, demo.fixed_mask, demo.moving_mask)]
 
 
-def _register(volumes, threads):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return register(*volumes, config=CONFIG, device="cpu")
-    finally:
-        torch.set_num_threads(before)
+def _register(volumes, threads, config=CONFIG):
+    return register(*volumes, config=config, device="cpu", threads=threads)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +52,30 @@ def test_same_inputs_give_bit_identical_fields(runs):
     assert np.array_equal(first.keypoint_displacements_mm, second.keypoint_displacements_mm)
 
 
-def test_thread_count_does_not_change_the_field(volumes, runs):
-    other = _register(volumes, 2)
-    assert np.array_equal(other.field.displacement.numpy(), runs[0].field.displacement.numpy())
+def test_two_threads_give_bit_identical_fields_too(volumes):
+    first, second = _register(volumes, 2), _register(volumes, 2)
+    assert first.extras["threads"] == second.extras["threads"] == 2
+    assert np.array_equal(first.field.displacement.numpy(), second.field.displacement.numpy())
+
+
+#: the whole demo pair at 3 mm with instance optimisation: one and two threads differ in the last bits
+THREE_MM = {"preprocess": {"spacing_mm": 3.0}, "keypoints": {"nms_size": 3}, "levels": [{"radius": 6, "step": 2.0}],
+            "instance_opt": {"iterations": 5}}
+#: largest field difference (mm) between thread counts allowed here: measured 2.9e-6 mm (1 vs 2
+#: threads) for THREE_MM; graphreg's 2 mm default on the demo pair: 0.076 mm (docs/reproducibility.md)
+THREAD_BOUND_MM = 1e-4
+
+
+@pytest.mark.slow
+def test_thread_count_changes_the_field_within_the_measured_bound():
+    demo = read_pair(DEMO_PAIR)
+    volumes = (demo.fixed, demo.moving, demo.fixed_mask, demo.moving_mask)
+    one, two = (_register(volumes, threads, THREE_MM) for threads in (1, 2))
+    difference = np.abs(one.field.to_mm_array() - two.field.to_mm_array()).max()
+    assert difference <= THREAD_BOUND_MM
+    tre = [landmark_errors(run.transform_points(demo.fixed_landmarks_mm), demo.moving_landmarks_mm).mean()
+           for run in (one, two)]
+    assert abs(tre[0] - tre[1]) <= THREAD_BOUND_MM
 
 
 def test_saved_fields_and_reports_are_identical(runs, tmp_path):
@@ -69,6 +87,7 @@ def test_saved_fields_and_reports_are_identical(runs, tmp_path):
     assert first["graphreg_version"] == __version__
     assert first["seed"] == 7 and first["config"]["seed"] == 7
     assert first["device"] == "cpu"
+    assert first["threads"] == 1 and first["openmp_wait_policy"]
     assert first["config"]["instance_opt"]["iterations"] == 5
     assert {"python", "torch", "numpy", "simpleitk"} <= set(first)
     # the checksum identifies the field bit for bit: equal for both runs, and it is the written array's

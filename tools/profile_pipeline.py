@@ -38,11 +38,13 @@ def run_once(pair, method: str = "corrfield", config=None) -> tuple[dict, object
     The stage seconds are :attr:`Registration.timings` plus ``field_resample``, ``end_to_end`` and
     ``end_to_end_cpu`` (``time.process_time``).
     """
+    import torch
+
     from graphreg.api import register
 
     start, cpu_start = time.perf_counter(), time.process_time()
     registration = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask,
-                            method=method, config=config, device="cpu")
+                            method=method, config=config, device="cpu", threads=torch.get_num_threads())
     before_field = time.perf_counter()
     registration.field  # noqa: B018 - cached property: resample onto the fixed grid now, timed
     end = time.perf_counter()

@@ -4,6 +4,7 @@ Usage::
 
     graphreg bench make --out bench_data/native            # the generated POPI-based pairs
     graphreg bench run --pairs bench_data/native --methods identity,elastix --json bench.json
+    graphreg bench contention --json contention.json       # default threads vs fixed counts, busy host
     python -m graphreg.bench.commands run --help            # the same without the main CLI
 
 Errors the user can cause are printed as one line ``error: ...`` with exit code 2.
@@ -16,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from ..cli_common import fail
+from ..cli_common import command_threads, fail, threads_option
 from ..errors import GraphregError
 
 #: Where ``bench make`` writes and ``bench run`` reads by default.
@@ -49,8 +50,12 @@ def run(
                                             "stopped and recorded as failed."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a TRE box plot per method and a "
                                         "runtime-vs-TRE scatter (PNG) into this folder."),
+    threads: Optional[str] = threads_option(),
 ) -> None:
     """Run methods on every pair and print TRE, Jacobian, Dice, time and memory per pair and method."""
+    import os
+
+    from ..threads import ENV_VAR
     from .runner import run_benchmark, summarize
     from .sources import open_pairs
     from .table import format_table
@@ -73,8 +78,11 @@ def run(
             typer.echo(f"  {row['method']} on {row['pair']}: {status}{tre_text}"
                        f"{f', {seconds:.1f} s' if seconds is not None else ''}")
 
-        rows = run_benchmark(refs, names, device=device, json_path=json_file, isolate=isolate,
-                             timeout_s=timeout, progress=report)
+        with command_threads(threads) as count:
+            if threads is not None:  # the isolated runs are child processes
+                os.environ[ENV_VAR] = str(count)
+            rows = run_benchmark(refs, names, device=device, json_path=json_file, isolate=isolate,
+                                 timeout_s=timeout, progress=report)
     except GraphregError as error:
         fail(str(error))
     typer.echo("")
@@ -150,6 +158,42 @@ def scaling(
     for path in plot_scaling(document, out).values():
         typer.echo(f"wrote {path}")
     typer.echo(f"wrote {out / 'scaling.json'} and {out / 'scaling.txt'}")
+
+
+@bench_app.command("contention")
+def contention(
+    pair: Path = typer.Option(Path(__file__).resolve().parents[2] / "assets" / "demo", "--pair",
+                              help="Pair folder with fixed/moving(.nii.gz) and their *_mask.nii.gz (default: the demo pair)."),
+    config: Optional[Path] = typer.Option(None, help="YAML config of every run (default: graphreg's 2 mm default)."),
+    settings: str = typer.Option("default,1,2", help="Comma-separated: default (no --threads), N (--threads N), "
+                                 "spin (default threads, OpenMP spinning as before docs/threads.md)."),
+    scenarios: str = typer.Option("alone,pair,busy", help="Comma-separated: alone, pair (two at once), "
+                                  "busy (beside a 2-thread CPU burner)."),
+    repeats: int = typer.Option(3, help="Runs of every scenario and setting (the table shows medians)."),
+    json_file: Path = typer.Option(Path("contention.json"), "--json", help="Every run and the medians."),
+    timeout: float = typer.Option(600.0, min=1.0, help="Seconds after which one run is stopped and recorded as failed."),
+) -> None:
+    """Registration time alone, two at once and beside a busy process: default threads against fixed
+    counts (each run a fresh `graphreg register` process); prints the medians and writes JSON."""
+    import json
+    import signal
+    import sys
+
+    from ..io.atomic import atomic_write_text
+    from ..jsonable import to_jsonable
+    from .contention import format_contention, run_contention
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the runs it started, then end
+    try:
+        document = run_contention(pair, config, [s.strip() for s in settings.split(",") if s.strip()],
+                                  [s.strip() for s in scenarios.split(",") if s.strip()], repeats, timeout,
+                                  progress=typer.echo)
+    except GraphregError as error:
+        fail(str(error))
+    atomic_write_text(json_file, json.dumps(to_jsonable(document), indent=2) + "\n")
+    typer.echo("")
+    typer.echo(format_contention(document))
+    typer.echo(f"wrote {json_file}")
 
 
 if __name__ == "__main__":

@@ -199,7 +199,7 @@ def measure_configuration(pair_dir: str, overrides: dict, crop: float = 1.0, thr
     baseline = _rss_mb()
     start, cpu_start = time.perf_counter(), time.process_time()
     registration = register(fixed, pair.moving, fixed_mask, pair.moving_mask, method="corrfield",
-                            config=config, device="cpu")
+                            config=config, device="cpu", threads=threads)
     resample_start = time.perf_counter()
     registration.field  # noqa: B018 - cached property: the resampling is part of the measurement
     end = time.perf_counter()

@@ -133,11 +133,14 @@ def working_pair(fixed: Volume, moving: Volume, fixed_mask: Volume, moving_mask:
     if not moving_mask_w.array.any():
         raise GeometryError("fixed and moving: the moving lungs do not overlap the fixed lung region "
                             "(check the images' origins and directions)")
-    if config.antialias:  # both images at once: scipy's filters release the GIL
+    if config.antialias and torch.get_num_threads() > 1:  # both images at once: scipy's filters release the GIL
         with ThreadPoolExecutor(max_workers=2) as pool:
             fixed_job = pool.submit(fixed.antialiased, grid.spacing, grid)
             moving = moving.antialiased(grid.spacing, moving_grid)
             fixed = fixed_job.result()
+    elif config.antialias:  # one thread allowed (graphreg.threads)
+        fixed = fixed.antialiased(grid.spacing, grid)
+        moving = moving.antialiased(grid.spacing, moving_grid)
     fixed_w = fixed.resampled(grid, "linear", default=config.hu_min)
     moving_w = moving.resampled(moving_grid, "linear", default=config.hu_min)
 
