@@ -68,8 +68,6 @@ _PATH_COLUMNS = ("fixed", "moving", "fixed_mask", "moving_mask", "landmarks", "m
 SUMMARY_COLUMNS = ("id", "status", "seconds", "tre_before_mm", "tre_after_mm", "tre_after_p75_mm",
                    "folding_percent", "std_log_jacobian", "n_keypoints", "method", "device", "worker",
                    "result", "error")
-#: files every finished result folder holds
-RESULT_FILES = ("report.json", "field.nii.gz", "disp_l2r.nii.gz")
 #: report keys that :meth:`Registration.report` always writes
 _REPORT_KEYS = ("graphreg_version", "method", "seconds_total", "batch")
 SCHEDULERS = ("local", "processes", "dask")
@@ -219,20 +217,20 @@ def check_pair_files(pair: BatchPair) -> None:
 def read_complete_report(folder: Union[str, os.PathLike]) -> Optional[dict]:
     """The report of a finished result folder, or None when ``folder`` is not one.
 
-    Finished means: :data:`RESULT_FILES` exist and are not empty, and ``report.json`` is a JSON
-    object with the keys a batch report always has (``graphreg_version``, ``method``,
-    ``seconds_total``, ``batch``).
+    Finished means: ``report.json`` is a JSON object with the keys a batch report always has
+    (``graphreg_version``, ``method``, ``seconds_total``, ``batch``), and the files it lists
+    (``files``: the outputs chosen for the run) exist and are not empty.
     """
     folder = Path(folder)
-    for name in RESULT_FILES:
-        if not (folder / name).is_file() or (folder / name).stat().st_size == 0:
-            return None
     try:
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(report, dict) or any(key not in report for key in _REPORT_KEYS):
         return None
+    for name in report.get("files", []):
+        if not (folder / name).is_file() or (folder / name).stat().st_size == 0:
+            return None
     return report
 
 
@@ -296,7 +294,7 @@ def worker_device(worker: str) -> str:
 
 def register_pair(pair: BatchPair, out_dir: Union[str, os.PathLike], method: str = "corrfield",
                   config: Optional[dict] = None, model: Optional[str] = None, device: Optional[str] = None,
-                  threads: Optional[int] = None) -> dict:
+                  threads: Optional[int] = None, outputs=None) -> dict:
     """Register one pair into ``out_dir/<id>`` and return its summary row; never raises for a failure
     of the pair (it is written to ``out_dir/<id>.error.txt`` and the row's ``error``).
 
@@ -305,6 +303,7 @@ def register_pair(pair: BatchPair, out_dir: Union[str, os.PathLike], method: str
             accepts).
         device: ``"cpu"``, ``"cuda[:N]"`` or None (see :func:`worker_device`).
         threads: torch CPU threads for this pair (None: leave as is).
+        outputs: the outputs to write (:func:`graphreg.outputs.parse_outputs`; None: the defaults).
     """
     import numpy as np
     import torch
@@ -344,7 +343,7 @@ def register_pair(pair: BatchPair, out_dir: Union[str, os.PathLike], method: str
                            "tre_after_max_mm": after["max_mm"], "n_landmarks": after["n_points"]})
         fixed_points = landmarks.get("landmarks")
         result.save(out_dir / pair.id, fixed_landmarks_mm=None if fixed_points is None else np.asarray(fixed_points),
-                    overwrite=True, **extras)
+                    overwrite=True, outputs=outputs, started=start, **extras)
     except Exception as error:  # noqa: BLE001 - isolation of one pair's failure is the point
         return _failed(pair, out_dir, error, time.perf_counter() - start, worker)
     (out_dir / f"{pair.id}.error.txt").unlink(missing_ok=True)
@@ -395,7 +394,7 @@ def _local_cluster(workers: int, threads: int):
 def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], method: str = "corrfield",
               config: Any = None, model: Union[str, os.PathLike, None] = None, device: Optional[str] = None,
               workers: int = 1, scheduler: Optional[str] = None, scheduler_address: Optional[str] = None,
-              progress: Optional[Callable[[str], None]] = None) -> BatchResult:
+              progress: Optional[Callable[[str], None]] = None, outputs=None) -> BatchResult:
     """Register every pair of ``pairs_csv`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -410,6 +409,8 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
             ``scheduler_address`` is given, else ``"processes"`` for ``workers > 1``, else ``"local"``.
         scheduler_address: address of a running Dask scheduler (``tcp://host:8786``).
         progress: receives one line per finished pair.
+        outputs: the outputs each pair writes (:func:`graphreg.outputs.parse_outputs`; None: the
+            defaults); a finished pair is skipped whatever it holds.
 
     Returns:
         :class:`BatchResult`; ``result.n_failed`` pairs failed (the others are done or skipped).
@@ -420,7 +421,9 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
     """
     from .api import METHODS
     from .config import load_config
+    from .outputs import parse_outputs
 
+    kinds = parse_outputs(outputs)
     scheduler = _scheduler(scheduler, workers, scheduler_address)
     if method not in METHODS:
         raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
@@ -432,7 +435,8 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.csv"
     task = {"out_dir": out_dir, "method": method, "config": settings,
-            "model": None if model is None else str(Path(model).resolve()), "device": device}
+            "model": None if model is None else str(Path(model).resolve()), "device": device,
+            "outputs": kinds}
 
     rows: dict[str, dict] = {}
     todo: list[BatchPair] = []
@@ -497,6 +501,6 @@ def _run_on_dask(todo: list[BatchPair], task: dict, scheduler: str, workers: int
             cluster.close()
 
 
-__all__ = ["BatchPair", "BatchResult", "PAIR_COLUMNS", "RESULT_FILES", "SCHEDULERS", "SUMMARY_COLUMNS",
+__all__ = ["BatchPair", "BatchResult", "PAIR_COLUMNS", "SCHEDULERS", "SUMMARY_COLUMNS",
            "check_pair_files", "read_complete_report", "read_pairs_csv", "register_pair", "result_is_complete",
            "run_batch", "worker_device", "write_summary"]

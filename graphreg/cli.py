@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .bench.commands import bench_app
-from .cli_common import fail
+from .cli_common import fail, process_age
 from .errors import GraphregError
+from .outputs import outputs_help, parse_outputs
+
+#: ``time.perf_counter()`` when this process started (start-up and imports count as the command's time)
+STARTED = time.perf_counter() - process_age()
 
 app = typer.Typer(
     name="graphreg",
@@ -49,6 +54,7 @@ def evaluate(
     field: Optional[Path] = typer.Option(None, help="Displacement field (ITK vector image in mm, fixed -> moving) to map the fixed landmarks."),
     dirlab_case: Optional[str] = typer.Option(None, help="DIR-Lab case whose geometry converts voxel landmarks (4dct1..10, copd1..10)."),
     spacing: Optional[str] = typer.Option(None, help="Voxel spacing 'SX,SY,SZ' in mm for voxel landmarks (origin 0, identity direction)."),
+    jacobian: bool = typer.Option(False, "--jacobian", help="Also report Jacobian determinant statistics of --field (reads the whole field; slower)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Target registration error of landmark pairs, before and (when given) after registration."""
@@ -57,7 +63,7 @@ def evaluate(
     if moved_landmarks is not None and field is not None:
         fail("--moved-landmarks and --field: give one of them, not both")
     result = evaluate_landmarks(fixed_landmarks, moving_landmarks, moved_path=moved_landmarks,
-                                field_path=field, dirlab_case=dirlab_case, spacing=spacing)
+                                field_path=field, dirlab_case=dirlab_case, spacing=spacing, jacobian=jacobian)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -79,6 +85,14 @@ def result_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def checked_outputs(outputs: Optional[str]) -> tuple[str, ...]:
+    """``--outputs`` parsed (:func:`graphreg.outputs.parse_outputs`), or the command ends with exit 2."""
+    try:
+        return parse_outputs(outputs)
+    except GraphregError as error:
+        fail(f"--{error}")
+
+
 @app.command()
 def register(
     fixed: Path = typer.Argument(..., help="Fixed image (e.g. inhale CT): NIfTI, MHA/MHD, NRRD, DICOM folder or DIR-Lab .img."),
@@ -95,12 +109,15 @@ def register(
     report: bool = typer.Option(False, "--report", help="Also write figures and a self-contained report.html (graphreg viz)."),
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GB",
                                                   help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
+    outputs: Optional[str] = typer.Option(None, help=outputs_help()),
 ) -> None:
-    """Register MOVING to FIXED; write field.nii.gz (ITK mm), disp_l2r.nii.gz, warped.nii.gz, report.json."""
+    """Register MOVING to FIXED; write the chosen outputs (default field.nii.gz in ITK mm, warped.nii.gz,
+    keypoints.csv) and report.json; the last line gives the pipeline and the whole command's wall time."""
     from .api import register as run_registration
     from .io.landmarks import read_landmarks
     from .registration import file_checksum
 
+    kinds = checked_outputs(outputs)
     points = None
     if landmarks is not None:
         marks = read_landmarks(landmarks)
@@ -115,8 +132,9 @@ def register(
     inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
               "moving_mask": moving_mask and str(moving_mask)}
     checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
-    result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inputs=inputs, input_sha256=checksums)
-    typer.echo(f"wrote {out} ({result.timings['total']:.1f} s)")
+    result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, outputs=kinds, started=STARTED,
+                inputs=inputs, input_sha256=checksums)
+    typer.echo(f"wrote {out}: pipeline {result.timings['total']:.1f} s, total {time.perf_counter() - STARTED:.1f} s")
     if report:
         from .viz.commands import viz_command
 
@@ -161,14 +179,17 @@ def viz(result_dir: Path = typer.Argument(..., help="A folder written by 'graphr
 def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (report.json, field, warped image)."),
          method: str = typer.Option("corrfield", help="corrfield | demons | bspline-ffd | voxelmorph | bspline-cnn | linear-deformable (CNNs: shipped weights)."),
          device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-         overwrite: bool = typer.Option(True, help="Replace an earlier demo result in --out.")) -> None:
+         overwrite: bool = typer.Option(True, help="Replace an earlier demo result in --out."),
+         outputs: Optional[str] = typer.Option(None, help=outputs_help())) -> None:
     """Register the bundled demo pair (assets/demo) and print the landmark TRE before and after."""
     from .demo import run_demo
 
+    kinds = checked_outputs(outputs)
     report = run_demo(out, method=method, device=device, overwrite=overwrite,
-                      progress=lambda line: typer.echo(line, err=True))
+                      progress=lambda line: typer.echo(line, err=True), outputs=kinds, started=STARTED)
     typer.echo(f"method {report['method']}: TRE {report['tre_before_mm']:.2f} mm -> {report['tre_after_mm']:.2f} mm "
-               f"(p75 {report['tre_after_p75_mm']:.2f} mm), {report['seconds_total']:.1f} s; wrote {out}/report.json")
+               f"(p75 {report['tre_after_p75_mm']:.2f} mm); wrote {out}/report.json: pipeline "
+               f"{report['seconds_total']:.1f} s, total {time.perf_counter() - STARTED:.1f} s")
 
 
 @app.command()
@@ -180,13 +201,15 @@ def batch(pairs: Path = typer.Argument(..., help="CSV: fixed, moving[, fixed_mas
           device: Optional[str] = typer.Option(None, help="cpu or cuda[:N] (default: Dask worker i uses GPU i mod n_gpus, else CPU)."),
           workers: int = typer.Option(1, help="Pairs registered in parallel (worker processes of a local Dask cluster)."),
           scheduler: Optional[str] = typer.Option(None, help="local (this process) | processes (Dask LocalCluster) | dask (a running Dask scheduler); default: local for 1 worker, else processes."),
-          scheduler_address: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (implies --scheduler dask).")) -> None:
+          scheduler_address: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (implies --scheduler dask)."),
+          outputs: Optional[str] = typer.Option(None, help=outputs_help("Applies to every pair."))) -> None:
     """Register every pair of a CSV table: resumable (finished pairs are skipped), failures isolated, summary.csv."""
     from .batch import run_batch
 
+    kinds = checked_outputs(outputs)
     result = run_batch(pairs, out, method=method, config=config, model=model, device=device, workers=workers,
                        scheduler=scheduler, scheduler_address=scheduler_address,
-                       progress=lambda line: typer.echo(line, err=True))
+                       progress=lambda line: typer.echo(line, err=True), outputs=kinds)
     counts = result.counts
     typer.echo(f"{counts['ok']} registered, {counts['skipped']} skipped, {counts['failed']} failed; "
                f"wrote {result.summary_path}")
