@@ -35,7 +35,6 @@ _MODES = {"linear": "bilinear", "nearest": "nearest"}
 #: voxels per slab of :meth:`DisplacementField.warp` and :meth:`DisplacementField.from_mm_array` (bounds
 #: their temporaries)
 _WARP_CHUNK_VOXELS = 1_000_000
-_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
 def _check_points(name: str, points) -> None:
@@ -135,7 +134,7 @@ class DisplacementField:
             array: ``(z, y, x, 3)`` = ``(D, H, W, 3)``, vectors in world mm ``(x, y, z)`` (LPS),
             as ``sitk.GetArrayFromImage`` returns a displacement-field vector image.
         """
-        # a float32 array read for a float32 field is converted in float32 (half the memory)
+        # a float32 array for a float32 field stays float32 (half the memory); the conversion is float64
         single = np.asarray(array).dtype == np.float32 and dtype == torch.float32
         array = np.require(np.asarray(array, dtype=np.float32 if single else np.float64), requirements=("C", "W"))
         if array.ndim != 4 or array.shape[-1] != 3:
@@ -150,7 +149,8 @@ class DisplacementField:
         slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
         for z0 in range(0, depth, slab):  # slab by slab: no whole-grid temporaries
             z1 = min(depth, z0 + slab)
-            disp[0, :, z0:z1] = grid.mm_vectors_to_voxel(torch.from_numpy(array[z0:z1])).movedim(-1, 0)
+            part = torch.from_numpy(array[z0:z1]).to(torch.float64)
+            disp[0, :, z0:z1] = grid.mm_vectors_to_voxel(part).movedim(-1, 0)
         return cls(disp.to(device=device, dtype=dtype), grid)
 
     @classmethod
@@ -188,10 +188,18 @@ class DisplacementField:
 
     # ------------------------------------------------------------------ export
     def to_mm_array(self, dtype=np.float64) -> np.ndarray:
-        """Displacement in world mm, ``(z, y, x, 3)`` of ``dtype`` (computed in it), vectors
-        ``(x, y, z)`` LPS (ITK)."""
-        voxels = self.displacement.detach()[0].movedim(0, -1).cpu().to(_TORCH_DTYPES[np.dtype(dtype)])
-        return np.ascontiguousarray(self.grid.voxel_vectors_to_mm(voxels).numpy())
+        """Displacement in world mm, ``(z, y, x, 3)`` of ``dtype``, vectors ``(x, y, z)`` LPS (ITK).
+
+        Converted in float64 slab by slab, so a float32 result needs no whole-grid float64 copy.
+        """
+        depth, height, width = self.shape
+        out = np.empty((depth, height, width, 3), dtype=dtype)
+        slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
+        for z0 in range(0, depth, slab):
+            z1 = min(depth, z0 + slab)
+            voxels = self.displacement.detach()[0, :, z0:z1].movedim(0, -1).cpu().to(torch.float64)
+            out[z0:z1] = self.grid.voxel_vectors_to_mm(voxels).numpy()
+        return out
 
     def to_sitk(self) -> sitk.Image:
         """A ``sitkVectorFloat64`` image on the grid holding the displacement in world mm."""
@@ -208,8 +216,8 @@ class DisplacementField:
 
     def to_l2r_array(self, dtype=np.float64) -> np.ndarray:
         """Learn2Reg layout: ``(X, Y, Z, 3)`` voxels of ``dtype``, components ``(x, y, z)``."""
-        disp = self.displacement.detach()[0].cpu().to(_TORCH_DTYPES[np.dtype(dtype)])
-        return np.ascontiguousarray(disp.flip(0).permute(3, 2, 1, 0).numpy())
+        disp = self.displacement.detach()[0].cpu()
+        return np.ascontiguousarray(disp.flip(0).permute(3, 2, 1, 0).numpy(), dtype=dtype)
 
     # ------------------------------------------------------------------ points
     def _displacement_at(self, voxels_zyx: torch.Tensor) -> torch.Tensor:

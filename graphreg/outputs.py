@@ -87,7 +87,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
                "type, rounded, or float32)", _write_warped),
     OutputKind("l2r", False, "disp_l2r.nii.gz: Learn2Reg displacement (voxels, (X, Y, Z, 3), float32)",
                _write_l2r),
-    OutputKind("jacobian", True, "Jacobian determinant statistics of the field in report.json", _jacobian),
+    OutputKind("jacobian", True, "Jacobian determinant statistics of the field (working grid) in report.json",
+               _jacobian),
     OutputKind("keypoints", True, "keypoints.csv: keypoints, their displacements and uncertainty (mm)",
                _write_keypoints),
 )}
