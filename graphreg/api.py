@@ -131,9 +131,11 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
         check_learned_level(network, cfg.levels[0])
     fixed_volume = as_volume(fixed, "fixed")
     moving_volume = as_volume(moving, "moving")
+    fixed_given = as_optional_mask(fixed_mask, "fixed_mask")
+    moving_given = as_optional_mask(moving_mask, "moving_mask")
+    read_seconds = time.perf_counter() - start
     warn = warner(progress)
-    masks = checked_masks(fixed_volume, moving_volume, as_optional_mask(fixed_mask, "fixed_mask"),
-                          as_optional_mask(moving_mask, "moving_mask"), warn)
+    masks = checked_masks(fixed_volume, moving_volume, fixed_given, moving_given, warn)
     fixed_lungs = masks.fixed
     if memory_budget_gb is not None:
         from .memory import check_memory_budget, estimate_memory, working_grid_shape
@@ -152,7 +154,7 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
 
         def network(points: torch.Tensor) -> torch.Tensor:
             return keypoint_targets(pair, points.cpu(), truth.displacement[0], truth.grid).to(points)
-    timings = {"preprocess": time.perf_counter() - start}
+    timings = {"read": read_seconds, "preprocess": time.perf_counter() - start - read_seconds}
     if progress:
         progress(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
                  f"({timings['preprocess']:.1f} s)")

@@ -74,8 +74,6 @@ SUMMARY_COLUMNS = ("id", "status", "quality", "quality_reasons", "seconds", "tre
                    "tre_after_p75_mm",
                    "folding_percent", "std_log_jacobian", "n_keypoints", "method", "device", "worker",
                    "result", "error")
-#: files every finished result folder holds
-RESULT_FILES = ("report.json", "field.nii.gz", "disp_l2r.nii.gz")
 #: report keys that :meth:`Registration.report` always writes
 _REPORT_KEYS = ("graphreg_version", "method", "seconds_total", "batch")
 SCHEDULERS = ("local", "processes", "dask")
@@ -225,20 +223,20 @@ def check_pair_files(pair: BatchPair) -> None:
 def read_complete_report(folder: Union[str, os.PathLike]) -> Optional[dict]:
     """The report of a finished result folder, or None when ``folder`` is not one.
 
-    Finished means: :data:`RESULT_FILES` exist and are not empty, and ``report.json`` is a JSON
-    object with the keys a batch report always has (``graphreg_version``, ``method``,
-    ``seconds_total``, ``batch``).
+    Finished means: ``report.json`` is a JSON object with the keys a batch report always has
+    (``graphreg_version``, ``method``, ``seconds_total``, ``batch``), and the files it lists
+    (``files``: the outputs chosen for the run) exist and are not empty.
     """
     folder = Path(folder)
-    for name in RESULT_FILES:
-        if not (folder / name).is_file() or (folder / name).stat().st_size == 0:
-            return None
     try:
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(report, dict) or any(key not in report for key in _REPORT_KEYS):
         return None
+    for name in report.get("files", []):
+        if not (folder / name).is_file() or (folder / name).stat().st_size == 0:
+            return None
     return report
 
 
@@ -304,7 +302,7 @@ def worker_device(worker: str) -> str:
 
 def register_pair(pair: BatchPair, out_dir: Union[str, os.PathLike], method: str = "corrfield",
                   config: Optional[dict] = None, model: Optional[str] = None, device: Optional[str] = None,
-                  threads: Optional[int] = None) -> dict:
+                  threads: Optional[int] = None, outputs=None) -> dict:
     """Register one pair into ``out_dir/<id>`` and return its summary row; never raises for a failure
     of the pair (it is written to ``out_dir/<id>.error.txt`` and the row's ``error``).
 
@@ -314,13 +312,14 @@ def register_pair(pair: BatchPair, out_dir: Union[str, os.PathLike], method: str
         device: ``"cpu"``, ``"cuda[:N]"`` or None (see :func:`worker_device`).
         threads: CPU threads for this pair (None: :func:`graphreg.threads.resolve_threads`); a bad
             count raises :class:`~graphreg.errors.GraphregError`.
+        outputs: the outputs to write (:func:`graphreg.outputs.parse_outputs`; None: the defaults).
     """
     with use_threads(threads) as count:
-        return _register_pair(pair, Path(out_dir), method, config, model, device, count)
+        return _register_pair(pair, Path(out_dir), method, config, model, device, count, outputs)
 
 
 def _register_pair(pair: BatchPair, out_dir: Path, method: str, config: Optional[dict], model: Optional[str],
-                   device: Optional[str], threads: int) -> dict:
+                   device: Optional[str], threads: int, outputs) -> dict:
     """:func:`register_pair` with its thread count applied."""
     import numpy as np
 
@@ -356,7 +355,7 @@ def _register_pair(pair: BatchPair, out_dir: Path, method: str, config: Optional
                            "tre_after_max_mm": after["max_mm"], "n_landmarks": after["n_points"]})
         fixed_points = landmarks.get("landmarks")
         result.save(out_dir / pair.id, fixed_landmarks_mm=None if fixed_points is None else np.asarray(fixed_points),
-                    overwrite=True, **extras)
+                    overwrite=True, outputs=outputs, started=start, **extras)
     except Exception as error:  # noqa: BLE001 - isolation of one pair's failure is the point
         return _failed(pair, out_dir, error, time.perf_counter() - start, worker)
     (out_dir / f"{pair.id}.error.txt").unlink(missing_ok=True)
@@ -407,7 +406,8 @@ def _local_cluster(workers: int, threads: int):
 def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], method: str = "corrfield",
               config: Any = None, model: Union[str, os.PathLike, None] = None, device: Optional[str] = None,
               workers: int = 1, scheduler: Optional[str] = None, scheduler_address: Optional[str] = None,
-              progress: Optional[Callable[[str], None]] = None, threads: Optional[int] = None) -> BatchResult:
+              progress: Optional[Callable[[str], None]] = None, threads: Optional[int] = None,
+              outputs=None) -> BatchResult:
     """Register every pair of ``pairs_csv`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -426,6 +426,8 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
             ``$GRAPHREG_THREADS``, else for ``"processes"`` each worker's share of the cores
             (:func:`graphreg.threads.resolve_threads`), for ``"local"`` every core, for ``"dask"``
             the workers' own default.
+        outputs: the outputs each pair writes (:func:`graphreg.outputs.parse_outputs`; None: the
+            defaults); a finished pair is skipped whatever it holds.
 
     Returns:
         :class:`BatchResult`; ``result.n_failed`` pairs failed (the others are done or skipped).
@@ -436,7 +438,9 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
     """
     from .config import load_config
     from .methods import method_info
+    from .outputs import parse_outputs
 
+    kinds = parse_outputs(outputs)
     scheduler = _scheduler(scheduler, workers, scheduler_address)
     if scheduler != "dask" or threads is not None:  # a remote worker's default is its own
         threads = resolve_threads(threads, share=workers if scheduler == "processes" else 1)
@@ -449,7 +453,8 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.csv"
     task = {"out_dir": out_dir, "method": method, "config": settings,
-            "model": None if model is None else str(Path(model).resolve()), "device": device, "threads": threads}
+            "model": None if model is None else str(Path(model).resolve()), "device": device, "threads": threads,
+            "outputs": kinds}
 
     rows: dict[str, dict] = {}
     todo: list[BatchPair] = []
@@ -515,6 +520,6 @@ def _run_on_dask(todo: list[BatchPair], task: dict, scheduler: str, workers: int
             cluster.close()
 
 
-__all__ = ["BatchPair", "BatchResult", "PAIR_COLUMNS", "RESULT_FILES", "SCHEDULERS", "SUMMARY_COLUMNS",
+__all__ = ["BatchPair", "BatchResult", "PAIR_COLUMNS", "SCHEDULERS", "SUMMARY_COLUMNS",
            "check_pair_files", "read_complete_report", "read_pairs_csv", "register_pair", "result_is_complete",
            "run_batch", "worker_device", "write_summary"]

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .bench.commands import bench_app
-from .cli_common import command_threads, fail, threads_option
+from .cli_common import command_threads, fail, process_age, threads_option
 from .errors import GraphregError
 from .methods import DEFAULT_METHOD, methods_help
+from .outputs import outputs_help, parse_outputs
 from .resources import TRAINING_RECIPES, preset_names
 
 #: the shipped presets, for help texts
@@ -24,6 +26,9 @@ PRESETS = ", ".join(preset_names())
 
 #: exit code of ``register`` when the quality checks judge the result failed (:mod:`graphreg.checks`)
 EXIT_FAILED_CHECKS = 3
+
+#: ``time.perf_counter()`` when this process started (start-up and imports count as the command's time)
+STARTED = time.perf_counter() - process_age()
 
 app = typer.Typer(
     name="graphreg",
@@ -57,6 +62,7 @@ def evaluate(
     field: Optional[Path] = typer.Option(None, help="Displacement field (ITK vector image in mm, fixed -> moving) to map the fixed landmarks."),
     dirlab_case: Optional[str] = typer.Option(None, help="DIR-Lab case whose geometry converts voxel landmarks (4dct1..10, copd1..10)."),
     spacing: Optional[str] = typer.Option(None, help="Voxel spacing 'SX,SY,SZ' in mm for voxel landmarks (origin 0, identity direction)."),
+    jacobian: bool = typer.Option(False, "--jacobian", help="Also report Jacobian determinant statistics of --field (reads the whole field; slower)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     threads: Optional[str] = threads_option(),
 ) -> None:
@@ -67,7 +73,7 @@ def evaluate(
         fail("--moved-landmarks and --field: give one of them, not both")
     with command_threads(threads):
         result = evaluate_landmarks(fixed_landmarks, moving_landmarks, moved_path=moved_landmarks,
-                                    field_path=field, dirlab_case=dirlab_case, spacing=spacing)
+                                    field_path=field, dirlab_case=dirlab_case, spacing=spacing, jacobian=jacobian)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -89,6 +95,14 @@ def result_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def checked_outputs(outputs: Optional[str]) -> tuple[str, ...]:
+    """``--outputs`` parsed (:func:`graphreg.outputs.parse_outputs`), or the command ends with exit 2."""
+    try:
+        return parse_outputs(outputs)
+    except GraphregError as error:
+        fail(f"--{error}")
+
+
 @app.command()
 def register(
     fixed: Path = typer.Argument(..., help="Fixed image (e.g. inhale CT): NIfTI, MHA/MHD, NRRD, DICOM folder or DIR-Lab .img."),
@@ -107,16 +121,19 @@ def register(
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", metavar="GB",
                                                   help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
     threads: Optional[str] = threads_option(),
+    outputs: Optional[str] = typer.Option(None, help=outputs_help()),
 ) -> None:
-    """Register MOVING to FIXED; write field.nii.gz (ITK mm), transform.h5, disp_l2r.nii.gz, warped.nii.gz, report.json.
+    """Register MOVING to FIXED; write the chosen outputs (default: field.nii.gz in ITK mm, transform.h5,
+    warped.nii.gz, keypoints.csv) and report.json.
 
-    The last line gives the result's status from the quality checks (ok, suspect, failed; reasons in
-    report.json); exit code 3 when it is failed.
+    The last line gives the pipeline's and the whole command's wall time and the result's status from
+    the quality checks (ok, suspect, failed; reasons in report.json); exit code 3 when it is failed.
     """
     from .api import register as run_registration
     from .io.landmarks import read_landmarks
     from .registration import file_checksum
 
+    kinds = checked_outputs(outputs)
     points = None
     if landmarks is not None:
         marks = read_landmarks(landmarks)
@@ -132,7 +149,8 @@ def register(
         inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
                   "moving_mask": moving_mask and str(moving_mask)}
         checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
-        result.save(out, fixed_landmarks_mm=points, overwrite=overwrite, inverse=inverse, inputs=inputs,
+        result.save(out, fixed_landmarks_mm=points, overwrite=overwrite,
+                    outputs=(*kinds, "inverse") if inverse else kinds, started=STARTED, inputs=inputs,
                     input_sha256=checksums)
         if report:
             from .viz.commands import viz_command
@@ -140,7 +158,8 @@ def register(
             written = viz_command(out, echo=typer.echo)
             typer.echo(f"wrote {written['report']}")
     status = f"; status {result.status}" if result.status else ""
-    typer.echo(f"wrote {out} ({result.timings['total']:.1f} s){status}")
+    typer.echo(f"wrote {out}: pipeline {result.timings['total']:.1f} s, total {time.perf_counter() - STARTED:.1f} s"
+               f"{status}")
     if result.status == "failed":  # the field is written for inspection, but must not pass as a result
         raise typer.Exit(EXIT_FAILED_CHECKS)
 
@@ -204,15 +223,19 @@ def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (re
          method: str = typer.Option(DEFAULT_METHOD, help=f"Registration method: {methods_help()}."),
          device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
          overwrite: bool = typer.Option(True, help="Replace an earlier demo result in --out."),
-         threads: Optional[str] = threads_option()) -> None:
+         threads: Optional[str] = threads_option(),
+         outputs: Optional[str] = typer.Option(None, help=outputs_help())) -> None:
     """Register the bundled demo pair and print the landmark TRE before and after."""
     from .demo import run_demo
 
+    kinds = checked_outputs(outputs)
     with command_threads(threads) as count:
         report = run_demo(out, method=method, device=device, overwrite=overwrite,
-                          progress=lambda line: typer.echo(line, err=True), threads=count)
+                          progress=lambda line: typer.echo(line, err=True), threads=count, outputs=kinds,
+                          started=STARTED)
     typer.echo(f"method {report['method']}: TRE {report['tre_before_mm']:.2f} mm -> {report['tre_after_mm']:.2f} mm "
-               f"(p75 {report['tre_after_p75_mm']:.2f} mm), {report['seconds_total']:.1f} s; wrote {out}/report.json")
+               f"(p75 {report['tre_after_p75_mm']:.2f} mm); wrote {out}/report.json: pipeline "
+               f"{report['seconds_total']:.1f} s, total {time.perf_counter() - STARTED:.1f} s")
 
 
 @app.command()
@@ -227,13 +250,15 @@ def batch(pairs: Path = typer.Argument(..., help="CSV: fixed, moving[, fixed_mas
           scheduler_address: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (implies --scheduler dask)."),
           threads: Optional[str] = typer.Option(None, "--threads", metavar="N", help=(
               "CPU threads of each worker (default: $GRAPHREG_THREADS, else the cores this process may use "
-              "divided among the local workers); recorded in each report.json."))) -> None:
+              "divided among the local workers); recorded in each report.json.")),
+          outputs: Optional[str] = typer.Option(None, help=outputs_help("Applies to every pair."))) -> None:
     """Register every pair of a CSV table: resumable (finished pairs are skipped), failures isolated, summary.csv."""
     from .batch import run_batch
 
+    kinds = checked_outputs(outputs)
     result = run_batch(pairs, out, method=method, config=config, model=model, device=device, workers=workers,
                        scheduler=scheduler, scheduler_address=scheduler_address,
-                       progress=lambda line: typer.echo(line, err=True), threads=threads)
+                       progress=lambda line: typer.echo(line, err=True), threads=threads, outputs=kinds)
     counts = result.counts
     typer.echo(f"{counts['ok']} registered, {counts['skipped']} skipped, {counts['failed']} failed; "
                f"wrote {result.summary_path}")

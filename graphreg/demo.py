@@ -14,12 +14,14 @@ DEMO_PAIR = asset_path("demo")
 
 
 def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overwrite: bool = True,
-             config=None, progress: Optional[Callable[[str], None]] = None, threads: Optional[int] = None) -> dict:
+             config=None, progress: Optional[Callable[[str], None]] = None, threads: Optional[int] = None,
+             outputs=None, started: Optional[float] = None) -> dict:
     """Register the demo pair as ``graphreg register`` would (same defaults), write the result folder
     ``out`` and return its report.
 
     The report (also ``out/report.json``) holds at least ``tre_before_mm``, ``tre_after_mm``,
-    ``seconds_total`` and ``method``. ``threads``: as for :func:`graphreg.register`.
+    ``seconds_total`` and ``method``. ``threads``: as for :func:`graphreg.register`; ``outputs``
+    and ``started`` are passed to :meth:`graphreg.Registration.save`.
     """
     from .api import register
     from .datasets.pairs import read_pair
@@ -36,6 +38,6 @@ def run_demo(out, method: str = "corrfield", device: Optional[str] = None, overw
     tre = {"tre_before_mm": before["mean_mm"], "tre_before_p75_mm": before["p75_mm"],
            "tre_after_mm": after["mean_mm"], "tre_after_p75_mm": after["p75_mm"],
            "tre_after_max_mm": after["max_mm"], "n_landmarks": after["n_points"]}
-    result.save(out, fixed_landmarks_mm=pair.fixed_landmarks_mm, overwrite=overwrite,
-                pair=str(DEMO_PAIR), **tre)
+    result.save(out, fixed_landmarks_mm=pair.fixed_landmarks_mm, overwrite=overwrite, outputs=outputs,
+                started=started, pair=str(DEMO_PAIR), **tre)
     return json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))

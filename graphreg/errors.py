@@ -60,9 +60,12 @@ def check_finite(name: str, value) -> None:
         import torch
 
         if isinstance(value, torch.Tensor):
-            bad = int((~torch.isfinite(value)).sum())
+            # in chunks: torch.isfinite makes a float copy, and a bool sum an int64 one, of its input
+            flat = value.detach().reshape(-1)
+            bad = sum(int(chunk.numel() - torch.isfinite(chunk).sum(dtype=torch.int32))
+                      for chunk in flat.split(1 << 22))
         else:
-            bad = int((~np.isfinite(np.asarray(value))).sum())
+            bad = int(np.asarray(value).size - np.count_nonzero(np.isfinite(np.asarray(value))))
     except ImportError:  # pragma: no cover - torch is a hard dependency
         bad = int((~np.isfinite(np.asarray(value))).sum())
     if bad:

@@ -52,15 +52,21 @@ def _to_world(landmarks: Landmarks, grid: Optional[Grid], path: Path) -> np.ndar
 
 def evaluate_landmarks(fixed_path: Path, moving_path: Path, moved_path: Optional[Path] = None,
                        field_path: Optional[Path] = None, dirlab_case: Optional[str] = None,
-                       spacing: Optional[str] = None) -> dict:
+                       spacing: Optional[str] = None, jacobian: bool = False) -> dict:
     """TRE of landmark pairs before registration and, given mapped points or a field, after it.
+
+    Args:
+        jacobian: also compute the Jacobian statistics of the field (over its whole grid, slab by
+            slab: :func:`graphreg.registration.jacobian_stats_chunked`); needs ``field_path``.
 
     Returns:
         dict with ``n_points``, ``tre_before_{mean,std,p25,p50,p75,max}_mm``, ``registered`` and,
-        after registration, ``tre_{...}_mm`` and (with a field) the Jacobian statistics of
-        :func:`graphreg.metrics.jacobian_stats`. Without a registration the ``tre_*`` keys equal
-        the ``tre_before_*`` keys (the identity mapping).
+        after registration, ``tre_{...}_mm`` and (with a field and ``jacobian``) the Jacobian
+        statistics of :func:`graphreg.metrics.jacobian_stats`. Without a registration the
+        ``tre_*`` keys equal the ``tre_before_*`` keys (the identity mapping).
     """
+    if jacobian and field_path is None:
+        raise GraphregError("--jacobian: needs a displacement field (--field)")
     field = None
     if field_path is not None:
         from .io.fields import read_itk_field
@@ -80,11 +86,12 @@ def evaluate_landmarks(fixed_path: Path, moving_path: Path, moved_path: Optional
         check_pairs(fixed, mapped, names=(str(fixed_path), str(moved_path)))
         result["registered"] = True
     elif field is not None:
-        from .metrics import jacobian_stats
-
         mapped = field.transform_points(fixed)
         result["registered"] = True
-        result.update(jacobian_stats(field))
+        if jacobian:
+            from .registration import jacobian_stats_chunked
+
+            result.update(jacobian_stats_chunked(field))
     after = summarize_errors(landmark_errors(mapped, moving))
     result.update({f"tre_{key}": value for key, value in after.items() if key != "n_points"})
     return result

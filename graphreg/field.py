@@ -28,13 +28,16 @@ import torch
 from scipy import ndimage
 
 from .errors import GeometryError, GraphregError, ShapeError, check_finite
-from .geometry import Grid
+from .geometry import Grid, mapped_voxels
 from .spatial import identity_grid, sample_points
 from .volume import Volume
 
 _MODES = {"linear": "bilinear", "nearest": "nearest"}
 #: interpolations :meth:`DisplacementField.warp` offers: ``grid_sample`` modes and a cubic B-spline
 INTERPOLATIONS = (*_MODES, "bspline")
+#: voxels per slab of :meth:`DisplacementField.warp` and :meth:`DisplacementField.from_mm_array` (bounds
+#: their temporaries)
+_WARP_CHUNK_VOXELS = 1_000_000
 
 
 def _check_points(name: str, points) -> None:
@@ -134,7 +137,9 @@ class DisplacementField:
             array: ``(z, y, x, 3)`` = ``(D, H, W, 3)``, vectors in world mm ``(x, y, z)`` (LPS),
             as ``sitk.GetArrayFromImage`` returns a displacement-field vector image.
         """
-        array = np.asarray(array, dtype=np.float64)
+        # a float32 array for a float32 field stays float32 (half the memory); the conversion is float64
+        single = np.asarray(array).dtype == np.float32 and dtype == torch.float32
+        array = np.require(np.asarray(array, dtype=np.float32 if single else np.float64), requirements=("C", "W"))
         if array.ndim != 4 or array.shape[-1] != 3:
             raise ShapeError(f"array: expected shape (z, y, x, 3), got {array.shape}")
         if tuple(array.shape[:3]) != grid.shape:
@@ -142,8 +147,13 @@ class DisplacementField:
                 f"array: spatial shape {array.shape[:3]} does not match grid shape {grid.shape}"
             )
         check_finite("array", array)
-        voxels = grid.mm_vectors_to_voxel(array)
-        disp = torch.from_numpy(np.ascontiguousarray(voxels)).movedim(-1, 0)[None]
+        disp = torch.empty((1, 3) + grid.shape, dtype=torch.float32 if single else torch.float64)
+        depth, height, width = grid.shape
+        slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
+        for z0 in range(0, depth, slab):  # slab by slab: no whole-grid temporaries
+            z1 = min(depth, z0 + slab)
+            part = torch.from_numpy(array[z0:z1]).to(torch.float64)
+            disp[0, :, z0:z1] = grid.mm_vectors_to_voxel(part).movedim(-1, 0)
         return cls(disp.to(device=device, dtype=dtype), grid)
 
     @classmethod
@@ -180,10 +190,19 @@ class DisplacementField:
         return cls(disp.to(device=device, dtype=dtype).contiguous(), grid)
 
     # ------------------------------------------------------------------ export
-    def to_mm_array(self) -> np.ndarray:
-        """Displacement in world mm, float64 ``(z, y, x, 3)``, vectors ``(x, y, z)`` LPS (ITK)."""
-        voxels = self.displacement.detach()[0].movedim(0, -1).cpu().to(torch.float64).numpy()
-        return np.ascontiguousarray(self.grid.voxel_vectors_to_mm(voxels))
+    def to_mm_array(self, dtype=np.float64) -> np.ndarray:
+        """Displacement in world mm, ``(z, y, x, 3)`` of ``dtype``, vectors ``(x, y, z)`` LPS (ITK).
+
+        Converted in float64 slab by slab, so a float32 result needs no whole-grid float64 copy.
+        """
+        depth, height, width = self.shape
+        out = np.empty((depth, height, width, 3), dtype=dtype)
+        slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
+        for z0 in range(0, depth, slab):
+            z1 = min(depth, z0 + slab)
+            voxels = self.displacement.detach()[0, :, z0:z1].movedim(0, -1).cpu().to(torch.float64)
+            out[z0:z1] = self.grid.voxel_vectors_to_mm(voxels).numpy()
+        return out
 
     def to_sitk(self) -> sitk.Image:
         """A ``sitkVectorFloat64`` image on the grid holding the displacement in world mm."""
@@ -198,10 +217,10 @@ class DisplacementField:
         """
         return sitk.DisplacementFieldTransform(self.to_sitk())
 
-    def to_l2r_array(self) -> np.ndarray:
-        """Learn2Reg layout: float64 ``(X, Y, Z, 3)`` voxels, components ``(x, y, z)``."""
-        disp = self.displacement.detach()[0].cpu().to(torch.float64)
-        return np.ascontiguousarray(disp.flip(0).permute(3, 2, 1, 0).numpy())
+    def to_l2r_array(self, dtype=np.float64) -> np.ndarray:
+        """Learn2Reg layout: ``(X, Y, Z, 3)`` voxels of ``dtype``, components ``(x, y, z)``."""
+        disp = self.displacement.detach()[0].cpu()
+        return np.ascontiguousarray(disp.flip(0).permute(3, 2, 1, 0).numpy(), dtype=dtype)
 
     # ------------------------------------------------------------------ points
     def _displacement_at(self, voxels_zyx: torch.Tensor) -> torch.Tensor:
@@ -291,22 +310,32 @@ class DisplacementField:
             raise GraphregError(f"moving: expected a graphreg Volume, got {type(moving).__name__}")
         wide = self.dtype == torch.float64 or moving.array.dtype == np.float64
         dtype = torch.float64 if wide else torch.float32
+        depth, height, width = self.shape
+        slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
+        # fixed voxel x -> moving voxel  offset + (x + u(x)) @ steps, slab by slab
+        offset, steps = self.grid.voxel_map_to(moving.grid)
+        step_matrix = torch.as_tensor(steps, dtype=dtype, device=self.device)
+        out = torch.empty(depth * height * width, dtype=dtype, device=self.device)
         with torch.no_grad():
-            fixed = identity_grid(self.shape, self.device, dtype) + self.displacement.to(dtype)
-            points = fixed[0].reshape(3, -1).T  # (N, 3) fixed voxels (z, y, x)
-            points = moving.grid.world_to_voxel(self.grid.voxel_to_world(points))
-            if interpolation == "bspline":
-                coordinates = points.cpu().double().numpy().T
-                values = ndimage.map_coordinates(moving.array.astype(np.float64), coordinates, order=3,
-                                                 mode="mirror")  # ITK's boundary condition
-                values = torch.from_numpy(values).to(self.device, dtype)
-            else:
-                image = moving.to_tensor(device=self.device, dtype=dtype)
-                values = sample_points(image, points, mode=_MODES[interpolation], padding_mode="border")[0, 0]
+            bspline = interpolation == "bspline"
+            # cubic B-spline coefficients of the whole image once (ITK's mirror boundary), sampled per slab
+            coefficients = ndimage.spline_filter(moving.array.astype(np.float64), order=3, mode="mirror") \
+                if bspline else None
+            image = None if bspline else moving.to_tensor(device=self.device, dtype=dtype)
             size = torch.tensor(moving.grid.shape, dtype=dtype, device=self.device)
-            inside = ((points >= -0.5) & (points < size - 0.5)).all(dim=1)
-            values = torch.where(inside, values, torch.full_like(values, float(default)))
-        array = values.reshape(self.shape).cpu().numpy()
+            for z0 in range(0, depth, slab):
+                z1 = min(depth, z0 + slab)
+                u = self.displacement[0, :, z0:z1].to(dtype).reshape(3, -1).T
+                points = mapped_voxels(offset, steps, self.shape, z0, z1, dtype, self.device) + u @ step_matrix
+                if bspline:
+                    values = torch.from_numpy(ndimage.map_coordinates(
+                        coefficients, points.cpu().double().numpy().T, order=3, mode="mirror", prefilter=False))
+                    values = values.to(self.device, dtype)
+                else:
+                    values = sample_points(image, points, mode=_MODES[interpolation], padding_mode="border")[0, 0]
+                inside = ((points >= -0.5) & (points < size - 0.5)).all(dim=1)
+                out[z0 * height * width:z1 * height * width] = values.masked_fill_(~inside, float(default))
+        array = out.reshape(self.shape).cpu().numpy()
         if interpolation == "nearest":
             array = array.astype(moving.array.dtype)
         return Volume(array, self.grid)

@@ -186,6 +186,18 @@ class Grid:
         linear = _as_matrix(vectors_xyz, self.world_to_voxel_matrix[:3, :3])
         return vectors_xyz @ linear.T
 
+    def voxel_map_to(self, other: "Grid") -> tuple[np.ndarray, np.ndarray]:
+        """The affine map from voxels of this grid to voxels of ``other`` (through world mm).
+
+        Shapes:
+            returns: ``offset (3,)`` and ``steps (3, 3)``, float64, with
+            ``v_other = offset + v @ steps`` for voxels ``v`` ``(z, y, x)``; row ``a`` of ``steps``
+            is the step in ``other``'s voxels of one voxel of this grid along axis ``a``.
+        """
+        basis = np.concatenate([np.zeros((1, 3)), np.eye(3)])
+        mapped = other.world_to_voxel(self.voxel_to_world(basis))
+        return mapped[0], mapped[1:] - mapped[0]
+
     def field_voxel_to_normalized(self, field: torch.Tensor) -> torch.Tensor:
         """Displacement field ``(B, 3, D, H, W)`` voxels (z, y, x) -> normalised ``(B, D, H, W, 3)`` (x, y, z).
 
@@ -255,3 +267,21 @@ class Grid:
         direction = "identity" if identity else np.array2string(self.direction_matrix, precision=4)
         return (f"size (x, y, z) {self.size_xyz}, spacing {spacing} mm, origin {origin} mm, "
                 f"direction {direction}")
+
+
+def mapped_voxels(offset: np.ndarray, steps: np.ndarray, shape: tuple[int, int, int], z0: int, z1: int,
+                  dtype=torch.float32, device=None) -> torch.Tensor:
+    """``offset + v @ steps`` for every voxel ``v`` of slices ``z0:z1`` of a grid of ``shape``.
+
+    The map is :meth:`Grid.voxel_map_to`'s; it is applied per axis by broadcasting (in float64,
+    then cast), so no whole-grid coordinate array is made.
+
+    Shapes:
+        offset: ``(3,)``; steps: ``(3, 3)``; shape: ``(D, H, W)``; returns
+        ``((z1 - z0) * H * W, 3)`` voxel ``(z, y, x)`` of the mapped-to grid, C order.
+    """
+    steps = torch.as_tensor(steps, dtype=torch.float64)
+    along = [torch.arange(start, stop, dtype=torch.float64)[:, None] * steps[axis]
+             for axis, (start, stop) in enumerate(((z0, z1), (0, shape[1]), (0, shape[2])))]
+    yx = (along[1][:, None] + along[2][None] + torch.as_tensor(offset, dtype=torch.float64)).to(device, dtype)
+    return (along[0].to(device, dtype)[:, None, None] + yx[None]).reshape(-1, 3)

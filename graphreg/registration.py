@@ -27,8 +27,8 @@ from .bidirectional import TwoWayMapping
 from .errors import GeometryError, GraphregError
 from .field import DisplacementField
 from .jsonable import to_jsonable
-from .geometry import Grid
-from .spatial import sample_points
+from .geometry import Grid, mapped_voxels
+from .spatial import interpolate_axis, sample_points
 from .volume import Volume
 
 #: at most this many fixed lung voxels (evenly strided) measure the inverse's round-trip error
@@ -98,29 +98,31 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
     """The same physical displacement (mm) sampled at every voxel of another ``grid``.
 
     Points of ``grid`` outside ``field.grid`` take the displacement of its nearest border voxel.
-    Work is chunked over slabs of ``grid`` so memory stays bounded for full-resolution CTs.
+    Work is chunked over slabs of ``grid`` so memory stays bounded for full-resolution CTs. When
+    the two grids' axes are parallel (the working grid shares the fixed image's direction), the
+    trilinear interpolation is done one axis at a time (:func:`graphreg.spatial.interpolate_axis`).
     """
     depth, height, width = grid.shape
     slab = max(1, _CHUNK_VOXELS // (height * width))
-    source = field.displacement
-    dtype, device = source.dtype, source.device
-    # Both maps are affine: target voxel v -> source voxel  offset + v @ steps  (rows of ``steps``
-    # are the source-voxel steps of one target voxel along z, y, x), and a source-voxel vector
-    # -> target-voxel vector  u @ vectors. Found once in float64 from the grids, then applied
-    # per axis by broadcasting instead of mapping every voxel through world coordinates.
-    basis = torch.cat([torch.zeros(1, 3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)])
-    mapped = torch.as_tensor(field.grid.world_to_voxel(grid.voxel_to_world(basis)), dtype=torch.float64)
-    offset, steps = mapped[0], mapped[1:] - mapped[0]
-    vectors = torch.as_tensor(grid.mm_vectors_to_voxel(field.grid.voxel_vectors_to_mm(basis[1:])),
-                              dtype=torch.float64).to(device, dtype)
-    along = [torch.arange(n, dtype=torch.float64)[:, None] * steps[axis] for axis, n in enumerate(grid.shape)]
-    yx = (along[1][:, None] + along[2][None] + offset).reshape(-1, 3).to(device, dtype)
+    dtype, device = field.displacement.dtype, field.displacement.device
+    # target voxel v -> source voxel  offset + v @ steps; a source-voxel vector -> target-voxel vector
+    # u @ vectors: a constant linear map, applied on the (smaller) source grid before interpolating
+    offset, steps = grid.voxel_map_to(field.grid)
+    vectors = torch.as_tensor(grid.mm_vectors_to_voxel(field.grid.voxel_vectors_to_mm(np.eye(3))),
+                              dtype=dtype, device=device)
+    source = torch.einsum("bcdhw,ce->bedhw", field.displacement, vectors)
     out = torch.empty((1, 3) + grid.shape, dtype=dtype, device=device)
+    if np.allclose(steps, np.diag(np.diag(steps)), rtol=0.0, atol=1e-9):
+        coords = [torch.as_tensor(offset[axis] + np.arange(n) * steps[axis, axis]) for axis, n in enumerate(grid.shape)]
+        along_z = interpolate_axis(source, 2, coords[0])
+        for z0 in range(0, depth, slab):
+            z1 = min(depth, z0 + slab)
+            out[:, :, z0:z1] = interpolate_axis(interpolate_axis(along_z[:, :, z0:z1], 3, coords[1]), 4, coords[2])
+        return DisplacementField(out, grid)
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
-        source_voxels = (along[0][z0:z1].to(device, dtype)[:, None] + yx[None]).reshape(-1, 3)
-        u_target = sample_points(source, source_voxels)[0].T @ vectors
-        out[0, :, z0:z1] = u_target.T.reshape(3, z1 - z0, height, width)
+        source_voxels = mapped_voxels(offset, steps, grid.shape, z0, z1, dtype, device)
+        out[0, :, z0:z1] = sample_points(source, source_voxels)[0].reshape(3, z1 - z0, height, width)
     return DisplacementField(out, grid)
 
 
@@ -241,6 +243,19 @@ class Registration(TwoWayMapping):
         """
         return jacobian_stats_chunked(self.field, None if mask is None else mask.array > 0)
 
+    def working_jacobian_stats(self) -> dict:
+        """Jacobian statistics of :attr:`working_field` over its whole grid (what ``report.json`` holds).
+
+        The working grid is where the field is estimated (the fixed lungs' bounding box plus the
+        crop margin, at the working spacing); :attr:`field` is its trilinear interpolation, so its
+        finer fixed-grid voxels add no information, only cost, and the extrapolated border outside
+        adds voxels with ``J = 1``. Returns the keys of :func:`jacobian_stats_chunked` plus
+        ``grid`` (``"working"``), ``shape_zyx`` and ``spacing_mm`` of the grid evaluated.
+        """
+        grid = self.working_field.grid
+        return {**jacobian_stats_chunked(self.working_field), "grid": "working",
+                "shape_zyx": list(grid.shape), "spacing_mm": list(grid.spacing)}
+
     def report(self, **more: Any) -> dict:
         """The JSON-serialisable summary written as ``report.json``."""
         from . import __version__
@@ -270,49 +285,61 @@ class Registration(TwoWayMapping):
         return report
 
     def save(self, out_dir, fixed_landmarks_mm: Optional[np.ndarray] = None,
-             overwrite: bool = False, inverse: bool = False, **report_extras: Any) -> Path:
-        """Write ``field.nii.gz`` (ITK mm), ``transform.h5`` (:attr:`transform_field` as an ITK transform file),
-        ``inverse_transform.h5`` (with ``inverse``: moving -> fixed on the moving grid, its accuracy
-        in ``report.json`` under ``inverse``), ``disp_l2r.nii.gz``, ``warped.nii.gz`` (when the moving image
-        is known), ``landmarks_moved.csv`` (given fixed landmarks), ``keypoints.csv`` and ``report.json``.
-        A fixed image with a non-orthonormal direction (which NIfTI cannot store) gets ``field.mha`` and
-        ``warped.mha`` instead. ``report.json`` records the graphreg version, config, seed, device,
-        library versions and ``field_sha256`` (of the dense field, equal for bit-identical runs).
+             overwrite: bool = False, outputs=None, started: Optional[float] = None,
+             **report_extras: Any) -> Path:
+        """Write the chosen outputs (:mod:`graphreg.outputs`), ``landmarks_moved.csv`` (given fixed
+        landmarks) and ``report.json`` into ``out_dir``.
+
+        Args:
+            outputs: kinds of :data:`graphreg.outputs.OUTPUT_KINDS` as a list or comma-separated
+                string, ``"all"``, or None for :data:`graphreg.outputs.DEFAULT_OUTPUTS` (``field``:
+                ``field.nii.gz`` ITK mm float32; ``warped``: ``warped.nii.gz``; ``jacobian``: statistics
+                in the report; ``keypoints``: ``keypoints.csv``; ``transform``: ``transform.h5``; not by
+                default ``inverse``: ``inverse_transform.h5`` and ``l2r``: ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
+                cannot store) gets ``field.mha`` and ``warped.mha`` instead.
+            started: ``time.perf_counter()`` when the whole command began (reading the images
+                included); the report then holds ``seconds_wall``, the time from then until
+                ``report.json`` is written.
+            report_extras: more entries for ``report.json``.
+
+        ``report.json`` records the graphreg version, config, seed, device, library versions,
+        ``outputs`` and ``files`` (what was written), ``timings_s["write"]`` and ``field_sha256``
+        (of the working field, equal for bit-identical runs).
 
         Files are written to a temporary folder beside ``out_dir`` and moved into place at the
         end, so an interrupted run leaves no half-written result. An existing non-empty
         ``out_dir`` is refused unless ``overwrite``.
+
+        Raises:
+            GraphregError: an unknown output kind (before anything is written).
         """
+        from .io.images import nifti_can_store
+        from .io.landmarks import Landmarks, write_landmarks
         from .io.outputs import ResultDirectory
+        from .outputs import OUTPUT_KINDS, parse_outputs
 
+        kinds = parse_outputs(outputs)
+        start = time.perf_counter()
         with ResultDirectory(out_dir, overwrite=overwrite) as staging:
-            from .io.fields import write_itk_field, write_l2r_displacement
-            from .io.images import write_image
-            from .io.landmarks import Landmarks, write_landmarks
-
-            from .io.images import nifti_can_store
-
             # NIfTI cannot hold a non-orthonormal direction (ITK would silently change it): use MetaImage
             suffix = ".nii.gz" if nifti_can_store(self.fixed_grid) else ".mha"
-            write_itk_field(self.field, staging / f"field{suffix}")
-            self.write_transform(staging / "transform.h5")
-            if inverse:
-                self.write_transform(staging / "inverse_transform.h5", inverse=True)
-                report_extras["inverse"] = self.inverse_report()
-            write_l2r_displacement(self.field, staging / "disp_l2r.nii.gz")
-            if self.moving is not None:
-                warped = self.warp(self.moving)
-                write_image(Volume(warped.array.astype(np.float32), warped.grid), staging / f"warped{suffix}")
+            entries: dict = {}
+            for kind in kinds:
+                entries.update(OUTPUT_KINDS[kind].write(self, staging, suffix))
             if fixed_landmarks_mm is not None:
                 moved = self.transform_points(np.asarray(fixed_landmarks_mm, dtype=np.float64))
                 write_landmarks(Landmarks(moved, "world"), staging / "landmarks_moved.csv", fmt="world")
-            if self.keypoints_mm is not None:
-                self.write_keypoints(staging / "keypoints.csv")
-            checksum = array_checksum(self.field.displacement.cpu().numpy())  # equal for bit-identical runs
-            report = self.report(jacobian=self.jacobian_stats(), field_sha256=checksum, **report_extras)
+            # equal for bit-identical runs; the working field determines every output
+            checksum = array_checksum(self.working_field.displacement.cpu().numpy())
+            now = time.perf_counter()
+            self.timings["write"] = now - start
+            if started is not None:
+                entries["seconds_wall"] = now - started
+            files = sorted([path.name for path in staging.iterdir()] + ["report.json"])
+            report = self.report(outputs=list(kinds), files=files, field_sha256=checksum,
+                                 **entries, **report_extras)
             (staging / "report.json").write_text(json.dumps(to_jsonable(report), indent=2), encoding="utf-8")
         return Path(out_dir)
-
 
     def write_keypoints(self, path) -> None:
         """CSV of the keypoints: ``x,y,z`` (world mm, fixed), ``dx,dy,dz`` (mm, fixed -> moving) and,

@@ -17,10 +17,17 @@ def module_files() -> dict[str, Path]:
 
 
 def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """graphreg modules that ``name`` imports anywhere in its source (a package's own parents excluded)."""
+    """graphreg modules that ``name`` imports anywhere in its source (a package's own parents and
+    imports for type checking only excluded)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_only = {id(child) for node in ast.walk(tree)  # `if TYPE_CHECKING:` imports are not run
+                 if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+                 for child in ast.walk(node)}
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:

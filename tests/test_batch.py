@@ -79,7 +79,7 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def serial_run(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("serial") / "out"
-    return out, run_batch(cohort, out, config=FAST, device="cpu")
+    return out, run_batch(cohort, out, config=FAST, device="cpu", outputs="field,l2r,jacobian")
 
 
 def _summary(out):
@@ -153,7 +153,9 @@ def test_failure_is_isolated_and_summarised(serial_run):
         assert float(row["tre_after_mm"]) < 0.3 * float(row["tre_before_mm"])
         report = read_complete_report(out / pair_id)
         assert report["batch"]["id"] == pair_id and report["inputs"]["fixed_mask"].endswith("fixed_mask.nii.gz")
-        assert (out / pair_id / "landmarks_moved.csv").is_file()
+        assert sorted(report["files"]) == sorted(p.name for p in (out / pair_id).iterdir()) \
+            == ["disp_l2r.nii.gz", "field.nii.gz", "landmarks_moved.csv", "report.json"]
+        assert report["outputs"] == ["field", "l2r", "jacobian"] and float(row["folding_percent"]) >= 0
 
 
 def test_command_exit_code_and_resume(cohort, serial_run, tmp_path):
@@ -164,10 +166,14 @@ def test_command_exit_code_and_resume(cohort, serial_run, tmp_path):
     (resumed / "case1" / "report.json").unlink()
     assert not result_is_complete(resumed / "case1")
     (tmp_path / "truncated").mkdir()
-    for name in ("field.nii.gz", "disp_l2r.nii.gz"):
-        shutil.copy(out / "case0" / name, tmp_path / "truncated" / name)
+    shutil.copy(out / "case0" / "field.nii.gz", tmp_path / "truncated" / "field.nii.gz")
     (tmp_path / "truncated" / "report.json").write_text((out / "case0" / "report.json").read_text()[:200])
     assert not result_is_complete(tmp_path / "truncated") and result_is_complete(out / "case0")
+    # a complete report whose listed files are not all there is not a finished result either
+    (tmp_path / "no_field").mkdir()
+    shutil.copy(out / "case0" / "report.json", tmp_path / "no_field" / "report.json")
+    assert "field.nii.gz" in read_complete_report(out / "case0")["files"]
+    assert not result_is_complete(tmp_path / "no_field")
     config = tmp_path / "fast.yaml"
     config.write_text(json.dumps(FAST))  # JSON is YAML
     result = CliRunner().invoke(app, ["batch", str(cohort), "--out", str(resumed), "--config", str(config),

@@ -1,10 +1,12 @@
 """The command line: help texts, `evaluate` end to end on DIR-Lab landmarks, clear errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -95,10 +97,12 @@ def test_register_writes_the_documented_outputs(tmp_path, monkeypatch, capsys):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].endswith("status ok")
-    for name in ("field.nii.gz", "disp_l2r.nii.gz", "warped.nii.gz", "report.json", "landmarks_moved.csv",
-                 "keypoints.csv"):
-        assert (out / name).is_file(), name
+    assert sorted(p.name for p in out.iterdir()) == ["field.nii.gz", "keypoints.csv", "landmarks_moved.csv",
+                                                    "report.json", "transform.h5", "warped.nii.gz"]
     report = json.loads((out / "report.json").read_text())
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"wrote {re.escape(str(out))}: pipeline [0-9.]+ s, total [0-9.]+ s; status (ok|suspect|failed)", last), last
+    assert report["seconds_wall"] > report["seconds_total"] >= report["timings_s"]["read"] > 0
     assert report["config"]["instance_opt"]["enabled"] is False
     assert set(report["input_sha256"]) == {"fixed", "moving", "fixed_mask", "moving_mask"}
     # the mapped landmarks are far closer to the true moving landmarks than the unmapped ones
@@ -136,3 +140,35 @@ def test_register_exit_code_follows_the_quality_status(tmp_path, monkeypatch):
         result = runner.invoke(app, ["register", *map(str, inputs), "--out", str(tmp_path / status)])
         assert result.exit_code == code, result.output
         assert result.output.strip().splitlines()[-1].endswith(f"status {status}")
+
+
+def test_outputs_option_exception_before_any_work(tmp_path, monkeypatch, capsys):
+    """A bad --outputs name stops register / batch / demo at once (exit 2), before reading any image."""
+    out = tmp_path / "out"
+    for args in (["register", "missing_fixed.nii.gz", "missing_moving.nii.gz", "--out", str(out)],
+                 ["batch", "missing.csv", "--out", str(out)], ["demo", "--out", str(out)]):
+        code, _, err = run_main(args + ["--outputs", "field,wraped"], monkeypatch, capsys)
+        assert code == 2 and err.startswith("error: --outputs: expected names from field, warped") \
+            and "'wraped'" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_field_computes_jacobian_only_when_asked(tmp_path):
+    import torch
+
+    from graphreg.field import DisplacementField
+    from graphreg.geometry import Grid
+    from graphreg.io.fields import write_itk_field
+
+    grid = Grid((12, 10, 8), (1.5, 1.5, 2.0))
+    field = DisplacementField(0.2 * torch.ones((1, 3, *grid.shape)), grid)
+    write_itk_field(field, tmp_path / "field.nii.gz")
+    points = grid.voxel_to_world(np.array([[2.0, 3.0, 4.0], [5.0, 5.0, 5.0]]))
+    for name, values in (("fixed.csv", points), ("moving.csv", field.transform_points(points))):
+        (tmp_path / name).write_text("x,y,z\n" + "\n".join(",".join(map(str, row)) for row in values) + "\n")
+    args = ["evaluate", "--fixed-landmarks", str(tmp_path / "fixed.csv"), "--moving-landmarks",
+            str(tmp_path / "moving.csv"), "--field", str(tmp_path / "field.nii.gz"), "--json"]
+    plain = json.loads(runner.invoke(app, args).stdout)
+    assert plain["registered"] and plain["tre_mean_mm"] < 1e-4 and "std_log_jacobian" not in plain
+    with_jacobian = json.loads(runner.invoke(app, args + ["--jacobian"]).stdout)
+    assert with_jacobian["folding_percent"] == 0.0 and abs(with_jacobian["jacobian_min"] - 1.0) < 1e-5

@@ -78,7 +78,7 @@ def _inner_points(grid: Grid, n: int, seed: int, margin: float = 3.0) -> np.ndar
 
 # ---------------------------------------------------------------------- files
 def test_transform_files_map_points_as_transform_points(smooth, tmp_path):
-    smooth.save(tmp_path / "out", inverse=True)
+    smooth.save(tmp_path / "out", outputs=("field", "transform", "inverse"))
     forward = sitk.ReadTransform(str(tmp_path / "out" / "transform.h5"))
     inverse = sitk.ReadTransform(str(tmp_path / "out" / "inverse_transform.h5"))
     assert forward.GetName() == inverse.GetName() == "DisplacementFieldTransform"
@@ -129,7 +129,7 @@ def test_convention_h5_layout_is_itk_displacement_field(smooth, tmp_path):
 
 
 def test_report_records_moving_grid_and_inverse_accuracy(smooth, tmp_path):
-    smooth.save(tmp_path / "out", inverse=True)
+    smooth.save(tmp_path / "out", outputs=("field", "transform", "inverse"))
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["moving_grid"]["size_xyz"] == list(smooth.moving_grid.size_xyz)
     inverse = report["inverse"]
@@ -142,7 +142,7 @@ def test_report_records_moving_grid_and_inverse_accuracy(smooth, tmp_path):
 
 
 def test_load_result_maps_like_the_registration(smooth, tmp_path):
-    smooth.save(tmp_path / "out", inverse=True)
+    smooth.save(tmp_path / "out", outputs=("field", "transform", "inverse"))
     result = load_result(tmp_path / "out")
     assert result.fixed_grid.same_as(smooth.fixed_grid) and result.moving_grid.same_as(smooth.moving_grid)
     points = _inner_points(smooth.fixed_grid, 20, seed=2)

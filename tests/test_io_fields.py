@@ -35,16 +35,20 @@ def _inside_points(grid: Grid, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- ITK
-@pytest.mark.parametrize("name, atol_mm", [("field.mha", 1e-10), ("field.nii.gz", 1e-4)])
-def test_itk_file_maps_points_like_graphreg(tmp_path, field, name, atol_mm):
-    """SimpleITK reading the file and graphreg agree on where fixed points go.
+@pytest.mark.parametrize("name, precision, atol_mm", [("field.mha", "float64", 1e-10),
+                                                       ("field.nii.gz", "float64", 1e-4),
+                                                       ("field.mha", None, 1e-5), ("field.nii.gz", None, 1e-4)])
+def test_itk_file_maps_points_like_graphreg(tmp_path, field, name, precision, atol_mm):
+    """SimpleITK reading the file and graphreg agree on where fixed points go; files are float32
+    unless asked otherwise, and ``sitk.DisplacementFieldTransform`` takes them read as float64.
 
     NIfTI stores spacing and direction in float32, hence the looser tolerance for ``.nii.gz``.
     """
-    path = write_itk_field(field, tmp_path / name)
+    path = write_itk_field(field, tmp_path / name, **({} if precision is None else {"precision": precision}))
     image = sitk.ReadImage(str(path))
-    assert image.GetPixelID() == sitk.sitkVectorFloat64 and image.GetNumberOfComponentsPerPixel() == 3
-    transform = sitk.DisplacementFieldTransform(image)
+    expected_type = sitk.sitkVectorFloat64 if precision == "float64" else sitk.sitkVectorFloat32
+    assert image.GetPixelID() == expected_type and image.GetNumberOfComponentsPerPixel() == 3
+    transform = sitk.DisplacementFieldTransform(sitk.ReadImage(str(path), sitk.sitkVectorFloat64))
     points = _inside_points(field.grid, 30)
     expected = np.array([transform.TransformPoint(tuple(p)) for p in points])
     np.testing.assert_allclose(field.transform_points(points), expected, atol=atol_mm)

@@ -116,7 +116,7 @@ def test_cli_small_budget_exits_2(tmp_path, monkeypatch, capsys):
         main()
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert err.startswith("error: memory_budget_gb") and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("error: memory_budget_gb") and "Traceback" not in err
     for key in KEYS:
         assert key in err
     assert not (tmp_path / "out").exists()

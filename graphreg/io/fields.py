@@ -4,8 +4,9 @@ Formats:
     - ITK (3D Slicer, ANTs, elastix, SimpleITK): a 3-component vector image on the fixed grid,
       displacement in world mm along the LPS axes ``(x, y, z)``, written by SimpleITK
       (``.nii.gz``/``.nii`` as a NIfTI vector image, intent code 1007; ``.mha``/``.mhd``/
-      ``.nrrd``/``.nhdr``). ``sitk.DisplacementFieldTransform(sitk.ReadImage(path))`` maps a
-      fixed world point to its moving world point.
+      ``.nrrd``/``.nhdr``), float32 by default.
+      ``sitk.DisplacementFieldTransform(sitk.ReadImage(path, sitk.sitkVectorFloat64))`` maps a
+      fixed world point to its moving world point (the transform takes float64 fields only).
     - ITK transform file (``.h5``, ITK's HDF5 transform format): a ``DisplacementFieldTransform``
       holding the same field in float64, for ``sitk.ReadTransform``, ANTs' ``antsApplyTransforms
       -t`` and 3D Slicer. ITK's transform convention is graphreg's field direction: it maps points of
@@ -74,24 +75,24 @@ def nifti_affine(grid: Grid) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- ITK
-def write_itk_field(field: DisplacementField, path: str | os.PathLike, precision: str = "float64") -> Path:
+def write_itk_field(field: DisplacementField, path: str | os.PathLike, precision: str = "float32") -> Path:
     """Write ``field`` as an ITK displacement field (world mm, LPS) on its grid, atomically.
 
     Args:
         field: the displacement field.
         path: ``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd`` or ``.nhdr`` (``.mha`` and
             ``.nrrd`` compressed).
-        precision: ``"float64"`` (default; what ``sitk.DisplacementFieldTransform`` takes
-            directly) or ``"float32"`` (half the size; cast to ``sitk.sitkVectorFloat64`` before
-            building a transform).
+        precision: ``"float32"`` (default: what ITK and ANTs write; read it with
+            ``sitk.ReadImage(path, sitk.sitkVectorFloat64)`` to build a
+            ``sitk.DisplacementFieldTransform``, which takes float64 only) or ``"float64"`` (twice
+            the size, slower to write).
 
     Returns:
         ``Path(path)``.
     """
     path = Path(path)
     _suffix(path, SITK_SUFFIXES, "write a displacement field to")
-    array = field.to_mm_array().astype(_precision(precision))
-    image = sitk.GetImageFromArray(array, isVector=True)
+    image = sitk.GetImageFromArray(field.to_mm_array(_precision(precision)), isVector=True)
     field.grid.apply_to_sitk(image)
     return write_sitk_image(image, path, "field")
 
@@ -101,7 +102,9 @@ def read_itk_field(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     """Read an ITK displacement field (3-component vector image, world mm, LPS).
 
     Returns:
-        A :class:`~graphreg.field.DisplacementField` on the file's grid, in voxels.
+        A :class:`~graphreg.field.DisplacementField` on the file's grid, in voxels. The file is
+        read in ``dtype``'s precision (a float64 file read for a float32 field is cast on reading,
+        so memory stays about three times the float32 field).
 
     Raises:
         InputFileError: missing, unreadable or truncated file, not a 3D image of 3-vectors, or
@@ -113,18 +116,24 @@ def read_itk_field(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     suffix = _suffix(path, SITK_SUFFIXES, "read a displacement field from")
     if suffix in _NIFTI_SUFFIXES:
         scan_nifti(path, "displacements")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 3:
+            raise InputFileError(
+                f"{path}: expected a 3D image of 3-component vectors (mm), got a {reader.GetDimension()}D "
+                f"image with {reader.GetNumberOfComponents()} components per voxel"
+            )
+        reader.SetOutputPixelType(sitk.sitkVectorFloat64 if dtype == torch.float64 else sitk.sitkVectorFloat32)
+        image = reader.Execute()
     except RuntimeError as error:
         raise InputFileError(f"{path}: unreadable or corrupt displacement field ({error})") from error
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 3:
-        raise InputFileError(
-            f"{path}: expected a 3D image of 3-component vectors (mm), got a {image.GetDimension()}D "
-            f"image with {image.GetNumberOfComponentsPerPixel()} components per voxel"
-        )
+    grid = Grid.from_sitk(image)
     array = sitk.GetArrayFromImage(image)
+    del image
     _check_finite_file(path, array)
-    return DisplacementField.from_mm_array(array, Grid.from_sitk(image), dtype=dtype, device=device)
+    return DisplacementField.from_mm_array(array, grid, dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------- ITK transform files
@@ -192,7 +201,7 @@ def write_l2r_displacement(field: DisplacementField, path: str | os.PathLike,
     """
     path = Path(path)
     _suffix(path, _NIFTI_SUFFIXES, "write a Learn2Reg displacement to")
-    array = field.to_l2r_array().astype(_precision(precision))
+    array = field.to_l2r_array(_precision(precision))
     affine = nifti_affine(field.grid)
     image = nib.Nifti1Image(array, affine)
     image.set_qform(affine, code=1)
