@@ -133,6 +133,7 @@ def test_evaluate_matches_official_definitions(task, tmp_path):
     (root / "labelsTr").mkdir()
     for mask in (root / "masksTr").iterdir():
         shutil.copy(mask, root / "labelsTr" / mask.name)
+    shutil.copytree(root / "keypointsTr", root / "landmarksTr")
     dataset = read_dataset(path)
     pair = dataset.pairs[0]
     submission = tmp_path / "submission"
@@ -149,6 +150,7 @@ def test_evaluate_matches_official_definitions(task, tmp_path):
     expected = np.linalg.norm((fixed + shift - moving) * spacing, axis=1).mean()
     case, still = result["cases"]["0001_0001"], result["cases"]["0002_0002"]
     assert case["TRE_kp"] == pytest.approx(expected, abs=1e-5)
+    assert case["TRE_lm"] == case["TRE_kp"] and case["TRE_lm_initial"] == case["TRE_kp_initial"]
     assert still["TRE_kp"] == pytest.approx(still["TRE_kp_initial"], abs=1e-9)
     assert case["LogJacDetStd"] == pytest.approx(0.0, abs=1e-12) and case["folding_percent"] == 0.0
     labels = [nib.load(str(f)).get_fdata() for f in (pair.fixed_labels, pair.moving_labels)]
