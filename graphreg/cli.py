@@ -17,6 +17,7 @@ import typer
 from .bench.commands import bench_app
 from .cli_common import command_threads, fail, process_age, threads_option
 from .errors import GraphregError
+from .l2r.commands import l2r_app
 from .methods import DEFAULT_METHOD, methods_help
 from .outputs import outputs_help, parse_outputs
 from .resources import TRAINING_RECIPES, preset_names
@@ -267,6 +268,7 @@ def batch(pairs: Path = typer.Argument(..., help="CSV: fixed, moving[, fixed_mas
 
 
 app.add_typer(bench_app, name="bench", help="Make the benchmark pairs and run methods on them side by side.")
+app.add_typer(l2r_app, name="l2r", help="Learn2Reg task folders: register a split into a submission, evaluate it.")
 
 
 def main() -> None:
