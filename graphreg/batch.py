@@ -366,15 +366,9 @@ def _register_pair(pair: BatchPair, out_dir: Path, method: str, config: Optional
 # ---------------------------------------------------------------------- the batch
 def write_summary(rows: Sequence[dict], path: Union[str, os.PathLike]) -> Path:
     """Write ``rows`` as CSV with the columns :data:`SUMMARY_COLUMNS` (floats rounded), atomically."""
-    from .io.atomic import atomic_write_text
+    from .io.tables import write_csv_table
 
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: (f"{value:.4g}" if isinstance(value, float) else ("" if value is None else value))
-                         for key, value in row.items()})
-    return atomic_write_text(path, buffer.getvalue())
+    return write_csv_table(rows, SUMMARY_COLUMNS, path, digits=4)
 
 
 def _scheduler(scheduler: Optional[str], workers: int, address: Optional[str]) -> str:

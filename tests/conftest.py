@@ -18,3 +18,21 @@ def dirlab_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"reference data missing: {path} (the project expects ../shared beside the repository)")
     return path
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run ``graphreg ARGS`` through its console-script entry point in this process; the fixture
+    returns a function ``args -> (exit code, stdout, stderr)``."""
+    import sys
+
+    from graphreg.cli import main
+
+    def run(args):
+        monkeypatch.setattr(sys, "argv", ["graphreg", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run

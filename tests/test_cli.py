@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from graphreg.cli import app, main
+from graphreg.cli import app
 
 runner = CliRunner()
 SUBCOMMANDS = ["info", "evaluate", "register", "apply", "train", "viz", "bench", "demo"]
@@ -55,16 +55,7 @@ def test_evaluate_with_moved_landmarks_and_text_table(dirlab_dir, tmp_path):
     assert float(after_line.split()[3]) == 0.0  # mean after mapping onto the targets themselves
 
 
-def run_main(args, monkeypatch, capsys):
-    """Run the console-script entry point in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["graphreg"] + args)
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def test_evaluate_errors_are_one_line(dirlab_dir, tmp_path, monkeypatch, capsys):
+def test_evaluate_errors_are_one_line(run_cli, dirlab_dir, tmp_path, monkeypatch, capsys):
     case = dirlab_dir / "4dct" / "case1"
     fixed = case / "Case1_300_T00_xyz.txt"
     short = tmp_path / "short.txt"
@@ -77,13 +68,13 @@ def test_evaluate_errors_are_one_line(dirlab_dir, tmp_path, monkeypatch, capsys)
         (["--moving-landmarks", str(case / "Case1_300_T50_xyz.txt"), "--dirlab-case", "4dct99"], "4dct99"),
     ]
     for extra, needle in cases:
-        code, _, err = run_main(["evaluate", "--fixed-landmarks", str(fixed)] + extra, monkeypatch, capsys)
+        code, _, err = run_cli(["evaluate", "--fixed-landmarks", str(fixed)] + extra)
         assert code == 2, (extra, err)
         assert err.startswith("error: ") and needle in err, err
         assert "Traceback" not in err
 
 
-def test_register_writes_the_documented_outputs(tmp_path, monkeypatch, capsys):
+def test_register_writes_the_documented_outputs(run_cli, tmp_path, monkeypatch, capsys):
     from graphreg.demo import DEMO_PAIR
     from graphreg.resources import preset_path
 
@@ -114,7 +105,7 @@ def test_register_writes_the_documented_outputs(tmp_path, monkeypatch, capsys):
     fixed = read_landmarks(DEMO_PAIR / "fixed_landmarks.csv").points
     assert landmark_errors(moved, target).mean() < 0.35 * landmark_errors(fixed, target).mean()
     # a second run into the same folder is refused without --overwrite
-    code, _, err = run_main(args, monkeypatch, capsys)
+    code, _, err = run_cli(args)
     assert code == 2 and "--overwrite" in err
 
 
@@ -142,12 +133,12 @@ def test_register_exit_code_follows_the_quality_status(tmp_path, monkeypatch):
         assert result.output.strip().splitlines()[-1].endswith(f"status {status}")
 
 
-def test_outputs_option_exception_before_any_work(tmp_path, monkeypatch, capsys):
+def test_outputs_option_exception_before_any_work(run_cli, tmp_path, monkeypatch, capsys):
     """A bad --outputs name stops register / batch / demo at once (exit 2), before reading any image."""
     out = tmp_path / "out"
     for args in (["register", "missing_fixed.nii.gz", "missing_moving.nii.gz", "--out", str(out)],
                  ["batch", "missing.csv", "--out", str(out)], ["demo", "--out", str(out)]):
-        code, _, err = run_main(args + ["--outputs", "field,wraped"], monkeypatch, capsys)
+        code, _, err = run_cli(args + ["--outputs", "field,wraped"])
         assert code == 2 and err.startswith("error: --outputs: expected names from field, warped") \
             and "'wraped'" in err, err
     assert list(tmp_path.iterdir()) == []

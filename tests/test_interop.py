@@ -8,7 +8,6 @@ import SimpleITK as sitk
 import torch
 
 from graphreg import load_result
-from graphreg.cli import main
 from graphreg.datasets.pairs import read_pair
 from graphreg.errors import GeometryError, InputFileError
 from graphreg.field import DisplacementField
@@ -157,30 +156,20 @@ def test_load_result_maps_like_the_registration(smooth, tmp_path):
 
 
 # ---------------------------------------------------------------------- apply, analytic translation
-def run_main(args, monkeypatch, capsys):
-    import sys
-
-    monkeypatch.setattr(sys, "argv", ["graphreg"] + [str(a) for a in args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 @pytest.fixture
 def translation_dir(translation, tmp_path):
     return translation.save(tmp_path / "result")
 
 
 @pytest.mark.parametrize("inverse", [False, True])
-def test_apply_image_translation(translation, translation_dir, tmp_path, monkeypatch, capsys, inverse):
+def test_apply_image_translation(run_cli, translation, translation_dir, tmp_path, monkeypatch, capsys, inverse):
     """Forward: out(x) = M(x + t) on the fixed grid; inverse: out(y) = F(y - t) on the moving grid."""
     source_grid, target_grid = ((translation.fixed_grid, translation.moving_grid) if inverse
                                 else (translation.moving_grid, translation.fixed_grid))
     write_image(_image(source_grid, _linear), tmp_path / "in.nii.gz")
     flags = ["--inverse"] if inverse else []
-    code, out, err = run_main(["apply", translation_dir, "--image", tmp_path / "in.nii.gz", "--default", "-5",
-                               "--out", tmp_path / "out.nii.gz", *flags], monkeypatch, capsys)
+    code, out, err = run_cli(["apply", translation_dir, "--image", tmp_path / "in.nii.gz", "--default", "-5",
+                               "--out", tmp_path / "out.nii.gz", *flags])
     assert code == 0, err
     assert ("out(y) = F(y + v(y))" if inverse else "out(x) = M(x + u(x))") in out
     warped = read_image(tmp_path / "out.nii.gz")
@@ -199,7 +188,7 @@ def test_apply_image_translation(translation, translation_dir, tmp_path, monkeyp
 
 @pytest.mark.parametrize("fmt, suffix", [("world", ".csv"), ("dirlab", ".txt"), ("l2r", ".csv")])
 @pytest.mark.parametrize("inverse", [False, True])
-def test_apply_points_translation(translation, translation_dir, tmp_path, monkeypatch, capsys, fmt, suffix,
+def test_apply_points_translation(run_cli, translation, translation_dir, tmp_path, monkeypatch, capsys, fmt, suffix,
                                   inverse):
     """Points are pushed: forward p -> p + t (fixed -> moving), inverse q -> q - t; voxel formats
     are read on the grid the points start on and written on the grid they land on."""
@@ -208,8 +197,8 @@ def test_apply_points_translation(translation, translation_dir, tmp_path, monkey
     points = _inner_points(source_grid, 10, seed=4)
     write_landmarks(Landmarks(points, "world"), tmp_path / f"in{suffix}", fmt, grid=source_grid)
     flags = ["--inverse"] if inverse else []
-    code, out, err = run_main(["apply", translation_dir, "--points", tmp_path / f"in{suffix}",
-                               "--out", tmp_path / f"out{suffix}", *flags], monkeypatch, capsys)
+    code, out, err = run_cli(["apply", translation_dir, "--points", tmp_path / f"in{suffix}",
+                               "--out", tmp_path / f"out{suffix}", *flags])
     assert code == 0, err
     assert ("q -> q + v(q)" if inverse else "p -> p + u(p)") in out
     moved = read_landmarks(tmp_path / f"out{suffix}", fmt).to_world(target_grid).points
@@ -217,14 +206,14 @@ def test_apply_points_translation(translation, translation_dir, tmp_path, monkey
 
 
 @pytest.mark.parametrize("inverse", [False, True])
-def test_apply_labels_no_new_labels(translation, translation_dir, tmp_path, monkeypatch, capsys, inverse):
+def test_apply_labels_no_new_labels(run_cli, translation, translation_dir, tmp_path, monkeypatch, capsys, inverse):
     source_grid = translation.fixed_grid if inverse else translation.moving_grid
     rng = np.random.default_rng(5)
     labels = Volume(rng.choice(np.array([3, 7, 11], dtype=np.uint8), size=source_grid.shape), source_grid)
     write_image(labels, tmp_path / "labels.nii.gz")
     flags = ["--inverse"] if inverse else []
-    code, out, err = run_main(["apply", translation_dir, "--labels", tmp_path / "labels.nii.gz",
-                               "--out", tmp_path / "out.nii.gz", *flags], monkeypatch, capsys)
+    code, out, err = run_cli(["apply", translation_dir, "--labels", tmp_path / "labels.nii.gz",
+                               "--out", tmp_path / "out.nii.gz", *flags])
     assert code == 0, err
     assert "no new labels" in out
     warped = read_image(tmp_path / "out.nii.gz")
@@ -241,7 +230,7 @@ def test_apply_labels_no_new_labels(translation, translation_dir, tmp_path, monk
 
 
 # ---------------------------------------------------------------------- bad input
-def test_apply_bad_input_one_line_and_nothing_written(translation, translation_dir, tmp_path, monkeypatch,
+def test_apply_bad_input_one_line_and_nothing_written(run_cli, translation, translation_dir, tmp_path, monkeypatch,
                                                       capsys):
     write_image(_image(translation.moving_grid, _linear), tmp_path / "in.nii.gz")
     outside = Landmarks(np.array([[1e4, 0.0, 0.0]]), "world")
@@ -262,7 +251,7 @@ def test_apply_bad_input_one_line_and_nothing_written(translation, translation_d
          "interpolation"),
     ]
     for args, needle in cases:
-        code, _, err = run_main(args, monkeypatch, capsys)
+        code, _, err = run_cli(args)
         assert code == 2, (args, err)
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
     assert not out.exists() and not (tmp_path / "o.csv").exists() and not (tmp_path / "o.png").exists()

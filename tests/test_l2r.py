@@ -3,14 +3,12 @@
 import csv
 import json
 import shutil
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from graphreg.cli import main
 from graphreg.errors import GeometryError, InputFileError
 from graphreg.evaluation import evaluate_landmarks
 from graphreg.field import DisplacementField
@@ -32,14 +30,6 @@ def copy_task(task, tmp_path):
     root = tmp_path / "task"
     shutil.copytree(task.parent, root)
     return root / task.name
-
-
-def run_main(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["graphreg"] + [str(a) for a in args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def write_disp(path, array):
@@ -96,20 +86,20 @@ def test_exception_bad_dataset(task, tmp_path, change, error, needle):
     assert needle in str(info.value)
 
 
-def test_bad_input_rejected_before_anything_runs(task, tmp_path, monkeypatch, capsys):
+def test_bad_input_rejected_before_anything_runs(run_cli, task, tmp_path, monkeypatch, capsys):
     path = copy_task(task, tmp_path)
     out = tmp_path / "out"
-    code, _, err = run_main(["l2r", "run", path, "--out", out, "--pair", "0007_0007"], monkeypatch, capsys)
+    code, _, err = run_cli(["l2r", "run", path, "--out", out, "--pair", "0007_0007"])
     assert code == 2 and err.startswith("error: pair: '0007_0007' is not a pair") and err.count("\n") == 1
-    code, _, err = run_main(["l2r", "run", path, "--out", out, "--split", "later"], monkeypatch, capsys)
+    code, _, err = run_cli(["l2r", "run", path, "--out", out, "--split", "later"])
     assert code == 2 and "split" in err
     (path.parent / "imagesTr" / "LungCTdemo_0002_0000.nii.gz").unlink()
-    code, _, err = run_main(["l2r", "run", path, "--out", out], monkeypatch, capsys)
+    code, _, err = run_cli(["l2r", "run", path, "--out", out])
     assert code == 2 and "registration_val[1].fixed" in err and "not found" in err and err.count("\n") == 1
     assert not out.exists()  # nothing written
 
 
-def test_evaluate_rejects_wrong_shape_and_missing_files(task, tmp_path, monkeypatch, capsys):
+def test_evaluate_rejects_wrong_shape_and_missing_files(run_cli, task, tmp_path, monkeypatch, capsys):
     dataset = read_dataset(task)
     submission = tmp_path / "submission"
     submission.mkdir()
@@ -117,7 +107,7 @@ def test_evaluate_rejects_wrong_shape_and_missing_files(task, tmp_path, monkeypa
     for pair in dataset.pairs:
         write_disp(submission / pair.disp_name, np.zeros(shape))
     write_disp(submission / "disp_0002_0002.nii.gz", np.zeros(shape[::-1]))
-    code, out, err = run_main(["l2r", "evaluate", task, submission], monkeypatch, capsys)
+    code, out, err = run_cli(["l2r", "evaluate", task, submission])
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "disp_0002_0002.nii.gz: expected shape (X, Y, Z, 3) = " + str(shape) in err
     (submission / "disp_0003_0003.nii.gz").unlink()
@@ -176,7 +166,7 @@ def test_convention_submission_field_in_moving_voxels():
 
 # ---------------------------------------------------------------------- run end to end
 @pytest.mark.slow
-def test_run_resume_failure_and_evaluate(task, tmp_path, monkeypatch, capsys):
+def test_run_resume_failure_and_evaluate(run_cli, task, tmp_path, monkeypatch, capsys):
     """run --pair, then the whole split (one pair broken): finished pair skipped, broken one isolated;
     evaluate reproduces the run's numbers and graphreg's own TRE."""
     path = copy_task(task, tmp_path)
@@ -187,8 +177,7 @@ def test_run_resume_failure_and_evaluate(task, tmp_path, monkeypatch, capsys):
     assert [r["status"] for r in first.rows] == ["ok"]
     disp = out / "submission" / "disp_0001_0001.nii.gz"
     stamp = disp.stat().st_mtime_ns
-    code, stdout, _ = run_main(["l2r", "run", path, "--out", out, "--config", fast_yaml(tmp_path), "--keep-results"],
-                               monkeypatch, capsys)
+    code, stdout, _ = run_cli(["l2r", "run", path, "--out", out, "--config", fast_yaml(tmp_path), "--keep-results"])
     assert code == 1 and "1 registered, 1 skipped, 1 failed" in stdout
     assert disp.stat().st_mtime_ns == stamp
     summary = {row["id"]: row for row in csv.DictReader((out / "summary.csv").open())}
@@ -198,8 +187,8 @@ def test_run_resume_failure_and_evaluate(task, tmp_path, monkeypatch, capsys):
     image = nib.load(str(out / "submission" / "disp_0002_0002.nii.gz"))
     dataset = read_dataset(path)
     assert image.shape == dataset.shape + (3,) and image.get_data_dtype() == np.float32
-    code, stdout, _ = run_main(["l2r", "evaluate", path, out / "submission", "--json", "--pair", "0001_0001",
-                                "--pair", "0002_0002"], monkeypatch, capsys)
+    code, stdout, _ = run_cli(["l2r", "evaluate", path, out / "submission", "--json", "--pair", "0001_0001",
+                                "--pair", "0002_0002"])
     assert code == 0
     result = json.loads(stdout)
     for pair_id_, row in summary.items():
@@ -216,7 +205,7 @@ def test_run_resume_failure_and_evaluate(task, tmp_path, monkeypatch, capsys):
         assert case["TRE_kp_initial"] == pytest.approx(own["tre_before_mean_mm"], abs=1e-9)
     assert float(summary["0002_0002"]["tre_graphreg_mm"]) == pytest.approx(result["cases"]["0002_0002"]["TRE_kp"],
                                                                            abs=0.02)
-    code, _, err = run_main(["l2r", "run", path, "--out", out, "--config", "lowres_3mm"], monkeypatch, capsys)
+    code, _, err = run_cli(["l2r", "run", path, "--out", out, "--config", "lowres_3mm"])
     assert code == 2 and "other settings" in err
 
 
@@ -226,6 +215,6 @@ def fast_yaml(tmp_path):
     return path
 
 
-def test_cli_help_lists_the_l2r_commands(monkeypatch, capsys):
-    code, out, _ = run_main(["l2r", "--help"], monkeypatch, capsys)
+def test_cli_help_lists_the_l2r_commands(run_cli, monkeypatch, capsys):
+    code, out, _ = run_cli(["l2r", "--help"])
     assert code == 0 and all(name in out for name in ("run", "evaluate", "example"))

@@ -23,8 +23,6 @@ Convention (submission file, as the official evaluation reads it):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import time
@@ -143,15 +141,9 @@ def register_l2r_pair(pair: L2RPair, out_dir: Path, method: str, config: dict, m
 
 def write_summary(rows: Sequence[dict], path: Path) -> Path:
     """``rows`` as CSV with :data:`SUMMARY_COLUMNS` (floats to 6 significant digits), atomically."""
-    from ..io.atomic import atomic_write_text
+    from ..io.tables import write_csv_table
 
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: (f"{value:.6g}" if isinstance(value, float) else ("" if value is None else value))
-                         for key, value in row.items()})
-    return atomic_write_text(path, buffer.getvalue())
+    return write_csv_table(rows, SUMMARY_COLUMNS, path, digits=6)
 
 
 def _check_run_record(out_dir: Path, record: dict) -> None:
