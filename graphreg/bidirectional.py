@@ -17,13 +17,15 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from .errors import GeometryError, check_shape
+from .errors import GeometryError, GraphregError, check_shape
 from .field import DisplacementField
 from .geometry import Grid
+from .ventilation import HU_SMOOTHING_MM
 from .volume import Volume
 
 
@@ -101,6 +103,35 @@ class TwoWayMapping(ABC):
         from .io.fields import write_itk_transform
 
         return write_itk_transform(self.inverse_field() if inverse else self._transform_field(), path)
+
+    def ventilation(self, fixed: Volume, lungs: Volume, moving: Optional[Volume] = None,
+                    warped: Optional[Volume] = None, inhale: str = "auto",
+                    hu_smoothing_mm: float = HU_SMOOTHING_MM):
+        """Regional ventilation maps in the fixed frame (:func:`graphreg.ventilation.ventilation_maps`):
+        Jacobian and HU based, positive = expansion from exhale to inhale, with the tissue-mass check
+        and per-lung / per-third summary; write them with :func:`graphreg.ventilation.write_ventilation`.
+
+        Args:
+            fixed: the fixed image (HU) on :attr:`fixed_grid`; lungs: its lung mask, same grid.
+            moving: the moving image (HU, any grid), pulled onto the fixed grid here; default: the
+                registration's own moving image when it holds one.
+            warped: instead of ``moving``, the moving image already pulled onto the fixed grid.
+            inhale: ``"fixed"``, ``"moving"`` or ``"auto"`` (by lung volume, see the module).
+            hu_smoothing_mm: Gaussian sigma (mm) of both HU images inside the lungs before the HU
+                formulas (0: none).
+
+        Raises:
+            GraphregError: no moving image, or ``fixed`` / ``lungs`` / ``warped`` off the fixed grid.
+        """
+        from .ventilation import ventilation_maps
+
+        if warped is None:
+            moving = moving if moving is not None else getattr(self, "moving", None)
+            if moving is None:
+                raise GraphregError("moving: expected the moving image (or warped=, the moving image on the "
+                                    "fixed grid); this registration does not hold it")
+            warped = self.warp(moving, default=-1000.0)
+        return ventilation_maps(self._image_field(), fixed, warped, lungs, inhale, hu_smoothing_mm)
 
     # what each class provides
     @property

@@ -183,6 +183,23 @@ def apply(result_dir: Path = typer.Argument(..., help="A folder written by 'grap
 
 
 @app.command()
+def ventilation(result_dir: Path = typer.Argument(..., help="A folder written by 'graphreg register' or 'graphreg demo'."),
+                inhale: str = typer.Option("auto", help="Which image is inhale: fixed | moving | auto (the larger lung volume)."),
+                out: Optional[Path] = typer.Option(None, help="Output folder (default: RESULT_DIR/ventilation)."),
+                fixed: Optional[Path] = typer.Option(None, help="Fixed image (default: from report.json)."),
+                fixed_mask: Optional[Path] = typer.Option(None, help="Fixed lung mask (default: from report.json)."),
+                moving: Optional[Path] = typer.Option(None, help="Moving image (default: the folder's warped.nii.gz, else report.json)."),
+                hu_smoothing: float = typer.Option(3.0, metavar="MM", help="Gaussian sigma (mm) of the HU images inside the lungs before the HU formula (0: none)."),
+                overwrite: bool = typer.Option(False, help="Replace the results in an existing output folder.")) -> None:
+    """Regional ventilation maps in the fixed frame (Jacobian and HU based, + = expansion exhale -> inhale), mass check, summary per lung and third."""
+    from .ventilation_command import ventilation_result
+
+    written = ventilation_result(result_dir, out, inhale=inhale, fixed=fixed, moving=moving, fixed_mask=fixed_mask,
+                                 overwrite=overwrite, hu_smoothing_mm=hu_smoothing, echo=typer.echo)
+    typer.echo(f"wrote {written}")
+
+
+@app.command()
 def train(config: Path = typer.Option(..., help=f"Training recipe: a YAML file or a shipped recipe's name ({', '.join(TRAINING_RECIPES)})."),
           out: Path = typer.Option(Path("runs/train"), help="Folder for checkpoints, history and the final model.pt."),
           variant: Optional[str] = typer.Option(None, help="Recipe section merged over it, e.g. 'gpu' for the full recipe."),

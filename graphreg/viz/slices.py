@@ -498,6 +498,51 @@ def plot_jacobian(field: DisplacementField, mask: Optional[Volume] = None,
     return figure
 
 
+def plot_ventilation(fixed: Volume, maps: dict, mask: Volume, slices: Optional[dict] = None,
+                     limit: Optional[float] = None):
+    """Ventilation maps over the CT: one row per map (title: its name), coronal and axial columns.
+
+    Colours: red = expansion from exhale to inhale, blue = contraction, shown inside ``mask`` only,
+    symmetric around 0 up to ``limit`` (default: the 98th percentile of ``|value|`` in the lungs
+    over all maps). Each panel's title gives the map's mean over the lungs of that slice.
+
+    Shapes:
+        fixed, mask and every map: Volumes on one grid.
+    """
+    from matplotlib.colors import Normalize
+
+    if not maps:
+        raise GraphregError("maps: expected at least one map, got none")
+    for name, volume in [("mask", mask), *maps.items()]:
+        _check_grid(name, volume, fixed.grid)
+    frame = DisplayFrame.from_grid(fixed.grid)
+    inside = np.asarray(mask.array) > 0
+    chosen = _slices(frame, slices, mask)
+    if limit is None:
+        values = np.concatenate([np.abs(np.asarray(v.array)[inside]) for v in maps.values()])
+        limit = float(np.percentile(values, 98)) if values.size else 1.0
+    limit = max(limit, 1e-6)
+    window = intensity_window(fixed)
+    planes = ("coronal", "axial")
+    figure = _figure(len(planes), len(maps), width=4.6, height=4.0)
+    panels = figure.subplots(len(maps), len(planes), squeeze=False)
+    artist = None
+    for row, (name, volume) in zip(panels, maps.items()):
+        for axes, plane in zip(row, planes):
+            index = chosen[plane]
+            _show(axes, frame, plane, frame.take(np.asarray(fixed.array), plane, index), cmap="gray",
+                  vmin=window[0], vmax=window[1])
+            lung = frame.take(inside, plane, index)
+            cut = frame.take(np.asarray(volume.array), plane, index)
+            artist = _show(axes, frame, plane, np.ma.masked_where(~lung, cut), cmap="RdBu_r",
+                           norm=Normalize(-limit, limit))
+            mean = float(cut[lung].mean()) if lung.any() else float("nan")
+            _label(axes, plane, f"{name}, {plane} {index}: mean {mean:.3f}")
+    figure.colorbar(artist, ax=panels.ravel().tolist(), shrink=0.8,
+                    label="(V_in - V_ex) / V_ex  (red: expands from exhale to inhale)")
+    return figure
+
+
 def plot_landmark_errors(before_mm, after_mm=None, bins: int = 30):
     """Histogram and box plot of per-landmark errors (TRE, mm) before and after registration.
 
