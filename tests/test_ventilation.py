@@ -211,11 +211,9 @@ def _result_folder(grid, tmp_path):
     return registration.save(tmp_path / "result", inputs=inputs)
 
 
-def test_command_writes_maps_figure_and_summary(grid, tmp_path, monkeypatch, capsys):
-    from tests.test_cli import run_main
-
+def test_command_writes_maps_figure_and_summary(run_cli, grid, tmp_path, monkeypatch, capsys):
     result = _result_folder(grid, tmp_path)
-    code, out, err = run_main(["ventilation", str(result)], monkeypatch, capsys)
+    code, out, err = run_cli(["ventilation", str(result)])
     assert code in (0, None), err
     folder = result / "ventilation"
     names = {p.name for p in folder.iterdir()}
@@ -226,13 +224,11 @@ def test_command_writes_maps_figure_and_summary(grid, tmp_path, monkeypatch, cap
     assert lungs["ventilation_jacobian"]["mean"] == pytest.approx(0.9 ** -3 - 1, abs=1e-4)
     # the warped image (float32 on disk, trilinear on a 3 mm-ish grid) keeps the HU map close
     assert lungs["ventilation_hu"]["mean"] == pytest.approx(0.9 ** -3 - 1, abs=2e-3)
-    code, _, err = run_main(["ventilation", str(result)], monkeypatch, capsys)
+    code, _, err = run_cli(["ventilation", str(result)])
     assert code == 2 and err.startswith("error: ") and "already holds results" in err and err.count("\n") == 1
 
 
-def test_command_bad_input_is_one_line_and_writes_nothing(grid, tmp_path, monkeypatch, capsys):
-    from tests.test_cli import run_main
-
+def test_command_bad_input_is_one_line_and_writes_nothing(run_cli, grid, tmp_path, monkeypatch, capsys):
     result = _result_folder(grid, tmp_path)
     report = json.loads((result / "report.json").read_text())
     write_image(Volume(np.ones((10, 10, 10), np.uint8), Grid((10, 10, 10))), tmp_path / "small.nii.gz")
@@ -248,7 +244,7 @@ def test_command_bad_input_is_one_line_and_writes_nothing(grid, tmp_path, monkey
     (tmp_path / "bare" / "transform.h5").write_bytes((result / "transform.h5").read_bytes())
     cases.append((["ventilation", str(tmp_path / "bare")], "cannot find the fixed image for the ventilation maps"))
     for args, needle in cases:
-        code, _, err = run_main(args, monkeypatch, capsys)
+        code, _, err = run_cli(args)
         assert code == 2, (args, err)
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
     assert not (result / "ventilation").exists() and not (tmp_path / "bare" / "ventilation").exists()
