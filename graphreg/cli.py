@@ -251,9 +251,13 @@ def demo(out: Path = typer.Option(Path("graphreg_demo"), help="Output folder (re
         report = run_demo(out, method=method, device=device, overwrite=overwrite,
                           progress=lambda line: typer.echo(line, err=True), threads=count, outputs=kinds,
                           started=STARTED)
+    status = (report.get("quality") or {}).get("status")
     typer.echo(f"method {report['method']}: TRE {report['tre_before_mm']:.2f} mm -> {report['tre_after_mm']:.2f} mm "
                f"(p75 {report['tre_after_p75_mm']:.2f} mm); wrote {out}/report.json: pipeline "
-               f"{report['seconds_total']:.1f} s, total {time.perf_counter() - STARTED:.1f} s")
+               f"{report['seconds_total']:.1f} s, total {time.perf_counter() - STARTED:.1f} s"
+               f"{f'; status {status}' if status else ''}")
+    if status == "failed":
+        raise typer.Exit(EXIT_FAILED_CHECKS)
 
 
 @app.command()

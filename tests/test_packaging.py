@@ -76,6 +76,7 @@ def test_installed_demo_runs(installed_wheel, method):
     assert run.returncode == 0, run.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["tre_after_mm"] < 0.5 * report["tre_before_mm"]
+    assert run.stdout.strip().endswith("status ok")  # the quality checks' verdict ends the last line
 
 
 @pytest.mark.slow
