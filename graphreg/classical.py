@@ -223,14 +223,14 @@ def register_classical(fixed: Any, moving: Any, fixed_mask: Any = None, moving_m
         A :class:`~graphreg.registration.Registration`; ``config`` in it holds the preprocessing
         and the method's options.
     """
-    from .cnn.register import dense_registration, prepare_dense_pair
+    from .workflow import prepare_pair, wrap_registration
 
     if method not in CLASSICAL_METHODS:
         raise ConfigError(f"method: expected one of {', '.join(CLASSICAL_METHODS)}, got {method!r}")
     opts = _options(DemonsOptions if method == "demons" else BSplineFFDOptions, options, method)
     cfg = load_config(config)
     start = time.perf_counter()
-    dense = prepare_dense_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch.device("cpu"),
+    dense = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch.device("cpu"),
                                progress)
     pair = dense.pair
     say = progress or (lambda line: None)
@@ -249,7 +249,7 @@ def register_classical(fixed: Any, moving: Any, fixed_mask: Any = None, moving_m
     timings["total"] = time.perf_counter() - start
     say(f"{method}: {timings['optimise']:.1f} s")
     config_record = {"preprocess": asdict(cfg.preprocess), method: asdict(opts), "seed": cfg.seed}
-    return dense_registration(dense, displacement, method, config_record, timings,
+    return wrap_registration(dense, displacement, method, config_record, timings,
                               {"simpleitk": sitk.Version_VersionString()})
 
 

@@ -10,8 +10,8 @@ architectures ``"voxelmorph"``, ``"bspline-cnn"`` and ``"linear-deformable"`` fo
 from .bspline_net import BSplineNet
 from .integrate import ScalingAndSquaring, integrate_velocity
 from .linear_deformable import LinearDeformableNet
-from .register import dense_registration, prepare_dense_pair, register_cnn
+from .register import register_cnn
 from .unet import UNet3d, VoxelMorph
 
-__all__ = ["BSplineNet", "LinearDeformableNet", "ScalingAndSquaring", "UNet3d", "VoxelMorph", "dense_registration",
-           "integrate_velocity", "prepare_dense_pair", "register_cnn"]
+__all__ = ["BSplineNet", "LinearDeformableNet", "ScalingAndSquaring", "UNet3d", "VoxelMorph",
+           "integrate_velocity", "register_cnn"]

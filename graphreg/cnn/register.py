@@ -4,91 +4,31 @@
 :class:`~graphreg.training.checkpoint.LoadableModel`) on a fixed/moving pair, optionally refines
 the prediction by Adam instance optimisation (:func:`graphreg.pipeline.instance_opt.instance_optimise`)
 and returns a :class:`~graphreg.registration.Registration` exactly like :func:`graphreg.api.register`.
-:func:`prepare_dense_pair` and :func:`dense_registration` are the two halves shared with the
-classical SimpleITK methods (:mod:`graphreg.classical`).
+Reading and preparing the pair and wrapping the result are :mod:`graphreg.workflow`'s, shared with
+every method.
 
 Convention:
     The network sees the working pair of :func:`graphreg.pipeline.preprocess.working_pair`:
     isotropic grid around the fixed lungs, intensities in ``[0, 1]``, the moving image
     pre-aligned by the lung centres of mass. Its output is a displacement in working voxels
     ``(z, y, x)``, fixed -> moving, *without* that pre-alignment translation, which
-    :func:`dense_registration` adds back.
+    :func:`graphreg.workflow.wrap_registration` adds back.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import numpy as np
 import torch
 
-from ..config import PreprocessConfig, RegistrationConfig, load_config, read_yaml
+from ..config import RegistrationConfig, load_config, read_yaml
 from ..errors import GraphregError
-from ..field import DisplacementField
-from ..inputs import as_optional_mask, as_volume
-from ..checks.masks import checked_masks
-from ..checks.pair import CheckedPair, checked_working_pair, warner
-from ..pipeline.preprocess import WorkingPair
-from ..registration import Registration, working_lungs
+from ..registration import Registration
 from ..training.checkpoint import LoadableModel, load_model, read_checkpoint
-from ..volume import Volume
-
-
-@dataclass
-class DensePair:
-    """A preprocessed pair and the original images it came from.
-
-    Attributes:
-        pair: the working pair (tensors on the chosen device).
-        fixed, moving: the original volumes (HU, their own grids).
-        seconds: time spent reading and preprocessing.
-        checked: the mask checks and pre-alignment that made ``pair`` (:mod:`graphreg.checks`).
-    """
-
-    pair: WorkingPair
-    fixed: Volume
-    moving: Volume
-    seconds: float
-    checked: Optional[CheckedPair] = None
-
-
-def prepare_dense_pair(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any,
-                       preprocess: PreprocessConfig, device: torch.device,
-                       progress: Optional[Callable[[str], None]] = None) -> DensePair:
-    """Read the inputs (any form :func:`graphreg.api.register` takes), compute missing lung masks
-    and build the working pair."""
-    start = time.perf_counter()
-    fixed_volume = as_volume(fixed, "fixed")
-    moving_volume = as_volume(moving, "moving")
-    warn = warner(progress)
-    masks = checked_masks(fixed_volume, moving_volume, as_optional_mask(fixed_mask, "fixed_mask"),
-                          as_optional_mask(moving_mask, "moving_mask"), warn)
-    checked = checked_working_pair(fixed_volume, moving_volume, masks, preprocess, device, warn)
-    return DensePair(checked.pair, fixed_volume, moving_volume, time.perf_counter() - start, checked)
-
-
-def dense_registration(dense: DensePair, displacement: torch.Tensor, method: str, config: dict,
-                       timings: dict, extras: Optional[dict] = None) -> Registration:
-    """Wrap a working-grid displacement (pre-alignment excluded) as a :class:`Registration`.
-
-    Shapes:
-        displacement: ``(1, 3, D, H, W)`` working voxels ``(z, y, x)``, fixed -> moving, on
-        ``dense.pair.grid``.
-    """
-    pair = dense.pair
-    shift = pair.grid.mm_vectors_to_voxel(torch.as_tensor(pair.translation_mm, dtype=torch.float64))
-    total = displacement.detach().float() + shift.to(displacement.device, torch.float32).view(1, 3, 1, 1, 1)
-    info = {"prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
-            "working_size_xyz": list(pair.grid.size_xyz)}
-    if dense.checked is not None:
-        info.update(dense.checked.extras(), quality=dense.checked.quality(displacement.detach()))
-    info.update(extras or {})
-    return Registration(working_field=DisplacementField(total, pair.grid), fixed_grid=dense.fixed.grid,
-                        moving=dense.moving, method=method, config=config, timings=timings, extras=info,
-                        fixed_lungs=working_lungs(pair))
+from ..workflow import prepare_pair, wrap_registration
 
 
 def _resolve_model(model: Union[str, Path, LoadableModel], device: torch.device,
@@ -157,7 +97,7 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
         if key in data:
             setattr(cfg.preprocess, key, float(data[key]))
     torch.manual_seed(cfg.seed)
-    dense = prepare_dense_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch_device, progress)
+    dense = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch_device, progress)
     timings = {"load": dense.seconds}
     say(f"preprocess: working grid {dense.pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
         f"({dense.seconds:.1f} s)")
@@ -185,9 +125,8 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
         say(f"instance optimisation: {sum(io_timings.values()):.1f} s")
         method += "+io"
     timings["total"] = time.perf_counter() - start
-    return dense_registration(dense, displacement, method, cfg.to_dict(), timings,
+    return wrap_registration(dense, displacement, method, cfg.to_dict(), timings,
                               {"device": str(torch_device), "seed": cfg.seed, "model_args": network.model_args})
 
 
-__all__ = ["DensePair", "dense_registration", "prepare_dense_pair",
-           "register_cnn"]
+__all__ = ["register_cnn"]

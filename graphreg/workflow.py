@@ -1,0 +1,83 @@
+"""The steps every registration method shares: read and prepare the pair, then wrap the method's
+working-grid displacement as a :class:`~graphreg.registration.Registration`.
+
+Convention:
+    :func:`prepare_pair` reads the inputs, checks (or computes and checks) the lung masks and builds
+    the working pair (:mod:`graphreg.checks`); a method estimates a displacement in working voxels
+    ``(z, y, x)``, fixed -> moving, *without* the pre-alignment translation, which
+    :func:`wrap_registration` adds back together with the quality checks of the result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .checks.masks import checked_masks
+from .checks.pair import CheckedPair, checked_working_pair, warner
+from .config import PreprocessConfig
+from .field import DisplacementField
+from .inputs import as_optional_mask, as_volume
+from .pipeline.preprocess import WorkingPair
+from .registration import Registration, working_lungs
+from .volume import Volume
+
+
+@dataclass
+class PreparedPair:
+    """A preprocessed pair and the original images it came from.
+
+    Attributes:
+        pair: the working pair (tensors on the chosen device).
+        fixed, moving: the original volumes (HU, their own grids).
+        seconds: time spent reading and preprocessing.
+        checked: the mask checks and pre-alignment that made ``pair`` (:mod:`graphreg.checks`).
+    """
+
+    pair: WorkingPair
+    fixed: Volume
+    moving: Volume
+    seconds: float
+    checked: Optional[CheckedPair] = None
+
+
+def prepare_pair(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, preprocess: PreprocessConfig,
+                 device: torch.device, progress: Optional[Callable[[str], None]] = None) -> PreparedPair:
+    """Read the inputs (any form :func:`graphreg.api.register` takes), compute missing lung masks
+    and build the working pair."""
+    start = time.perf_counter()
+    fixed_volume = as_volume(fixed, "fixed")
+    moving_volume = as_volume(moving, "moving")
+    warn = warner(progress)
+    masks = checked_masks(fixed_volume, moving_volume, as_optional_mask(fixed_mask, "fixed_mask"),
+                          as_optional_mask(moving_mask, "moving_mask"), warn)
+    checked = checked_working_pair(fixed_volume, moving_volume, masks, preprocess, device, warn)
+    return PreparedPair(checked.pair, fixed_volume, moving_volume, time.perf_counter() - start, checked)
+
+
+def wrap_registration(prepared: PreparedPair, displacement: torch.Tensor, method: str, config: dict,
+                       timings: dict, extras: Optional[dict] = None) -> Registration:
+    """Wrap a working-grid displacement (pre-alignment excluded) as a :class:`Registration`.
+
+    Shapes:
+        displacement: ``(1, 3, D, H, W)`` working voxels ``(z, y, x)``, fixed -> moving, on
+        ``prepared.pair.grid``.
+    """
+    pair = prepared.pair
+    shift = pair.grid.mm_vectors_to_voxel(torch.as_tensor(pair.translation_mm, dtype=torch.float64))
+    total = displacement.detach().float() + shift.to(displacement.device, torch.float32).view(1, 3, 1, 1, 1)
+    info = {"prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
+            "working_size_xyz": list(pair.grid.size_xyz)}
+    if prepared.checked is not None:
+        info.update(prepared.checked.extras(), quality=prepared.checked.quality(displacement.detach()))
+    info.update(extras or {})
+    return Registration(working_field=DisplacementField(total, pair.grid), fixed_grid=prepared.fixed.grid,
+                        moving=prepared.moving, method=method, config=config, timings=timings, extras=info,
+                        fixed_lungs=working_lungs(pair))
+
+
+__all__ = ["PreparedPair", "prepare_pair", "wrap_registration"]
