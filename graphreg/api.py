@@ -13,11 +13,9 @@ from .config import RegistrationConfig, config_label, load_config
 from .device import resolve_device
 from .errors import GraphregError
 from .field import DisplacementField
-from .inputs import as_optional_mask, as_volume
+from .methods import method_info, method_names
 from .registration import Registration, working_lungs
 from .threads import thread_report, use_threads
-
-from .methods import METHODS, method_names
 
 KEYPOINT_METHODS = method_names("keypoint")
 CLASSICAL_METHODS = method_names("classical")
@@ -86,11 +84,10 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
               memory_budget_gb: Optional[float]) -> Registration:
     """:func:`register` in the thread setting it chose."""
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
-    from .checks.masks import checked_masks
-    from .checks.pair import checked_working_pair, warner
+    from .workflow import prepare_pair, read_inputs
 
-    if method not in (*METHODS, *DIAGNOSTIC_METHODS):
-        raise GraphregError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if method not in DIAGNOSTIC_METHODS:
+        method_info(method)  # an unknown name is an error that lists the methods
     if method == "oracle" and not isinstance(model, DisplacementField):
         raise GraphregError(f"model: method 'oracle' needs the ground-truth DisplacementField, got "
                             f"{type(model).__name__}")
@@ -129,14 +126,10 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
             model = load_model(model, "graphregnet")
         network = model.to(torch_device).eval()
         check_learned_level(network, cfg.levels[0])
-    fixed_volume = as_volume(fixed, "fixed")
-    moving_volume = as_volume(moving, "moving")
-    fixed_given = as_optional_mask(fixed_mask, "fixed_mask")
-    moving_given = as_optional_mask(moving_mask, "moving_mask")
-    read_seconds = time.perf_counter() - start
-    warn = warner(progress)
-    masks = checked_masks(fixed_volume, moving_volume, fixed_given, moving_given, warn)
-    fixed_lungs = masks.fixed
+    inputs_start = time.perf_counter()
+    inputs = read_inputs(fixed, moving, fixed_mask, moving_mask, progress)
+    read_seconds = inputs_start - start + inputs.read_seconds  # loading the network counts as reading
+    fixed_volume, moving_volume, fixed_lungs = inputs.fixed, inputs.moving, inputs.masks.fixed
     if memory_budget_gb is not None:
         from .memory import check_memory_budget, estimate_memory, working_grid_shape
 
@@ -145,7 +138,7 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
         itemsize = max(fixed_volume.array.dtype.itemsize, moving_volume.array.dtype.itemsize)
         check_memory_budget(estimate_memory(fixed_volume.grid, moving_volume.grid, cfg, shape, itemsize),
                             memory_budget_gb)
-    checked = checked_working_pair(fixed_volume, moving_volume, masks, cfg.preprocess, torch_device, warn)
+    checked = prepare_pair(inputs, cfg.preprocess, torch_device).checked
     pair = checked.pair
     if method == "oracle":  # the truth at the keypoints, as GraphRegNet's training targets are made
         from .graphregnet.data import keypoint_targets

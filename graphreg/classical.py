@@ -223,15 +223,15 @@ def register_classical(fixed: Any, moving: Any, fixed_mask: Any = None, moving_m
         A :class:`~graphreg.registration.Registration`; ``config`` in it holds the preprocessing
         and the method's options.
     """
-    from .workflow import prepare_pair, wrap_registration
+    from .workflow import prepare_pair, read_inputs, wrap_registration
 
     if method not in CLASSICAL_METHODS:
         raise ConfigError(f"method: expected one of {', '.join(CLASSICAL_METHODS)}, got {method!r}")
     opts = _options(DemonsOptions if method == "demons" else BSplineFFDOptions, options, method)
     cfg = load_config(config)
     start = time.perf_counter()
-    dense = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch.device("cpu"),
-                               progress)
+    dense = prepare_pair(read_inputs(fixed, moving, fixed_mask, moving_mask, progress), cfg.preprocess,
+                         torch.device("cpu"))
     pair = dense.pair
     say = progress or (lambda line: None)
     say(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm ({dense.seconds:.1f} s)")

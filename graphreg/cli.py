@@ -270,9 +270,9 @@ def batch(pairs: Path = typer.Argument(..., help="CSV: fixed, moving[, fixed_mas
           workers: int = typer.Option(1, help="Pairs registered in parallel (worker processes of a local Dask cluster)."),
           scheduler: Optional[str] = typer.Option(None, help="local (this process) | processes (Dask LocalCluster) | dask (a running Dask scheduler); default: local for 1 worker, else processes."),
           scheduler_address: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (implies --scheduler dask)."),
-          threads: Optional[str] = typer.Option(None, "--threads", metavar="N", help=(
+          threads: Optional[str] = threads_option(
               "CPU threads of each worker (default: $GRAPHREG_THREADS, else the cores this process may use "
-              "divided among the local workers); recorded in each report.json.")),
+              "divided among the local workers); recorded in each report.json."),
           outputs: Optional[str] = typer.Option(None, help=outputs_help("Applies to every pair."))) -> None:
     """Register every pair of a CSV table: resumable (finished pairs are skipped), failures isolated, summary.csv."""
     from .batch import run_batch

@@ -35,9 +35,9 @@ THREADS_HELP = ("CPU threads (default: $GRAPHREG_THREADS, else the cores this pr
                 "the count is recorded in report.json.")
 
 
-def threads_option():
-    """The ``--threads N`` option of a command that computes."""
-    return typer.Option(None, "--threads", metavar="N", help=THREADS_HELP)
+def threads_option(help: str = THREADS_HELP):
+    """The ``--threads N`` option of a command that computes (``help``: its text)."""
+    return typer.Option(None, "--threads", metavar="N", help=help)
 
 
 @contextmanager

@@ -2,8 +2,8 @@
 working-grid displacement as a :class:`~graphreg.registration.Registration`.
 
 Convention:
-    :func:`prepare_pair` reads the inputs, checks (or computes and checks) the lung masks and builds
-    the working pair (:mod:`graphreg.checks`); a method estimates a displacement in working voxels
+    :func:`read_inputs` reads the inputs and checks (or computes and checks) the lung masks,
+    :func:`prepare_pair` builds the checked working pair (:mod:`graphreg.checks`); a method estimates a displacement in working voxels
     ``(z, y, x)``, fixed -> moving, *without* the pre-alignment translation, which
     :func:`wrap_registration` adds back together with the quality checks of the result.
 """
@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .checks.masks import checked_masks
+from .checks.masks import CheckedMasks, checked_masks
 from .checks.pair import CheckedPair, checked_working_pair, warner
 from .config import PreprocessConfig
 from .field import DisplacementField
@@ -34,7 +34,7 @@ class PreparedPair:
     Attributes:
         pair: the working pair (tensors on the chosen device).
         fixed, moving: the original volumes (HU, their own grids).
-        seconds: time spent reading and preprocessing.
+        seconds: time spent reading, checking the masks and preprocessing.
         checked: the mask checks and pre-alignment that made ``pair`` (:mod:`graphreg.checks`).
     """
 
@@ -45,18 +45,48 @@ class PreparedPair:
     checked: Optional[CheckedPair] = None
 
 
-def prepare_pair(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, preprocess: PreprocessConfig,
-                 device: torch.device, progress: Optional[Callable[[str], None]] = None) -> PreparedPair:
-    """Read the inputs (any form :func:`graphreg.api.register` takes), compute missing lung masks
-    and build the working pair."""
+@dataclass
+class PairInputs:
+    """The images and lung masks of a registration, read and checked; nothing resampled yet.
+
+    Attributes:
+        fixed, moving: the images (HU, their own grids).
+        masks: the lung masks after their checks and fallbacks (:mod:`graphreg.checks.masks`).
+        read_seconds: time spent reading the images and the given masks.
+        seconds: ``read_seconds`` plus computing and checking the masks.
+        warn: where failed checks and fallbacks are told (:func:`graphreg.checks.pair.warner`).
+    """
+
+    fixed: Volume
+    moving: Volume
+    masks: CheckedMasks
+    read_seconds: float
+    seconds: float
+    warn: Callable[[str], None]
+
+
+def read_inputs(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any,
+                progress: Optional[Callable[[str], None]] = None) -> PairInputs:
+    """Read the inputs (any form :func:`graphreg.api.register` takes) and check the given lung
+    masks, or compute and check the missing ones."""
     start = time.perf_counter()
     fixed_volume = as_volume(fixed, "fixed")
     moving_volume = as_volume(moving, "moving")
+    fixed_given = as_optional_mask(fixed_mask, "fixed_mask")
+    moving_given = as_optional_mask(moving_mask, "moving_mask")
+    read_seconds = time.perf_counter() - start
     warn = warner(progress)
-    masks = checked_masks(fixed_volume, moving_volume, as_optional_mask(fixed_mask, "fixed_mask"),
-                          as_optional_mask(moving_mask, "moving_mask"), warn)
-    checked = checked_working_pair(fixed_volume, moving_volume, masks, preprocess, device, warn)
-    return PreparedPair(checked.pair, fixed_volume, moving_volume, time.perf_counter() - start, checked)
+    masks = checked_masks(fixed_volume, moving_volume, fixed_given, moving_given, warn)
+    return PairInputs(fixed_volume, moving_volume, masks, read_seconds, time.perf_counter() - start, warn)
+
+
+def prepare_pair(inputs: PairInputs, preprocess: PreprocessConfig, device: torch.device) -> PreparedPair:
+    """The checked pre-alignment and the working pair of read inputs
+    (:func:`graphreg.checks.pair.checked_working_pair`)."""
+    start = time.perf_counter()
+    checked = checked_working_pair(inputs.fixed, inputs.moving, inputs.masks, preprocess, device, inputs.warn)
+    return PreparedPair(checked.pair, inputs.fixed, inputs.moving, inputs.seconds + time.perf_counter() - start,
+                        checked)
 
 
 def wrap_registration(prepared: PreparedPair, displacement: torch.Tensor, method: str, config: dict,
@@ -80,4 +110,4 @@ def wrap_registration(prepared: PreparedPair, displacement: torch.Tensor, method
                         fixed_lungs=working_lungs(pair))
 
 
-__all__ = ["PreparedPair", "prepare_pair", "wrap_registration"]
+__all__ = ["PairInputs", "PreparedPair", "prepare_pair", "read_inputs", "wrap_registration"]

@@ -28,7 +28,7 @@ from ..config import RegistrationConfig, load_config, read_yaml
 from ..errors import GraphregError
 from ..registration import Registration
 from ..training.checkpoint import LoadableModel, load_model, read_checkpoint
-from ..workflow import prepare_pair, wrap_registration
+from ..workflow import prepare_pair, read_inputs, wrap_registration
 
 
 def _resolve_model(model: Union[str, Path, LoadableModel], device: torch.device,
@@ -97,7 +97,7 @@ def register_cnn(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: A
         if key in data:
             setattr(cfg.preprocess, key, float(data[key]))
     torch.manual_seed(cfg.seed)
-    dense = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg.preprocess, torch_device, progress)
+    dense = prepare_pair(read_inputs(fixed, moving, fixed_mask, moving_mask, progress), cfg.preprocess, torch_device)
     timings = {"load": dense.seconds}
     say(f"preprocess: working grid {dense.pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
         f"({dense.seconds:.1f} s)")
