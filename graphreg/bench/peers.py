@@ -339,14 +339,24 @@ class AntsSettings:
         metric: SyN similarity (``"CC"``: local cross-correlation).
         metric_radius: its neighbourhood radius (voxels; ``syn_sampling`` for CC).
         iterations: SyN iterations per level, coarse to fine.
-        mask_dilation_mm: the fixed lung mask is dilated by this and restricts the metric.
+        mask_dilation_mm: the fixed lung mask is dilated by this and restricts the metric
+            (``None``: no mask).
+        grad_step: SyN gradient step (``grad_step``).
+        flow_sigma: smoothing of the update field (voxels, ``flow_sigma``).
+        total_sigma: smoothing of the total field (voxels, ``total_sigma``).
+        seed: seed of the affine stage's random metric sampling (unseeded, two runs on one pair
+            can end millimetres apart).
     """
 
     transform: str = "SyN"
     metric: str = "CC"
     metric_radius: int = 4
     iterations: tuple[int, ...] = (80, 40, 20)
-    mask_dilation_mm: float = 10.0
+    mask_dilation_mm: Optional[float] = 10.0
+    grad_step: float = 0.2
+    flow_sigma: float = 3.0
+    total_sigma: float = 0.0
+    seed: int = 0
 
 
 def _to_ants(volume: Volume):
@@ -388,14 +398,21 @@ def ants_register(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume] = 
     timings["import"] = time.perf_counter() - start
     start = time.perf_counter()
     kwargs = {}
-    if fixed_mask is not None:
+    if fixed_mask is not None and settings.mask_dilation_mm is not None:
         kwargs["mask"] = _to_ants(dilate_mask(fixed_mask, settings.mask_dilation_mm))
     fixed_ants, moving_ants = _to_ants(fixed), _to_ants(moving)
     timings["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
-    result = ants.registration(fixed_ants, moving_ants, type_of_transform=settings.transform,
-                               syn_metric=settings.metric, syn_sampling=settings.metric_radius,
-                               reg_iterations=settings.iterations, verbose=False, **kwargs)
+    unseeded = ants.config._random_seed  # antspyx's only per-call seed (set_ants_deterministic also forces 1 thread)
+    ants.config._random_seed = settings.seed
+    try:
+        result = ants.registration(fixed_ants, moving_ants, type_of_transform=settings.transform,
+                                   syn_metric=settings.metric, syn_sampling=settings.metric_radius,
+                                   reg_iterations=settings.iterations, grad_step=settings.grad_step,
+                                   flow_sigma=settings.flow_sigma, total_sigma=settings.total_sigma,
+                                   verbose=False, **kwargs)
+    finally:
+        ants.config._random_seed = unseeded
     timings["register"] = time.perf_counter() - start
     start = time.perf_counter()
     field_mm = ants_field_mm(result["fwdtransforms"], fixed.grid)
@@ -404,16 +421,18 @@ def ants_register(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume] = 
 
 
 def ants_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
-                moving_mask: Optional[Volume], device: str = "cpu") -> MethodResult:
-    """Benchmark method ``"ants"``: :func:`ants_register` with :class:`AntsSettings` (CPU; the moving
-    mask is unused)."""
+                moving_mask: Optional[Volume], device: str = "cpu",
+                settings: AntsSettings = AntsSettings()) -> MethodResult:
+    """Benchmark method ``"ants"``: :func:`ants_register` with ``settings`` (CPU; the moving mask is
+    unused)."""
     import ants
 
-    settings = AntsSettings()
     field_mm, timings = ants_register(fixed, moving, fixed_mask, settings)
     start = time.perf_counter()
     field = DisplacementField.from_mm_array(field_mm, fixed.grid)
     timings["to_field"] = time.perf_counter() - start
     extras = {"transform": settings.transform, "metric": settings.metric, "metric_radius": settings.metric_radius,
-              "iterations": list(settings.iterations), "antspyx": ants.__version__}
+              "iterations": list(settings.iterations), "mask_dilation_mm": settings.mask_dilation_mm,
+              "grad_step": settings.grad_step, "flow_sigma": settings.flow_sigma,
+              "total_sigma": settings.total_sigma, "antspyx": ants.__version__}
     return MethodResult(field, timings, extras)
