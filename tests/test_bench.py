@@ -205,7 +205,7 @@ def test_json_rows_and_summary(pair_dir, tmp_path):
     rows = run_benchmark(open_pairs(pair_dir), ["identity", ORACLE, ("raises", failing_method)],
                          isolate=False, json_path=path)
     document = json.loads(path.read_text())
-    assert set(document) == {"created", "graphreg_version", "rows", "summary"}
+    assert set(document) == {"created", "graphreg_version", "commit", "machine", "rows", "summary"}
     assert len(document["rows"]) == 3
     for row in document["rows"]:
         assert ROW_KEYS <= set(row)

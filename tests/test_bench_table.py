@@ -68,3 +68,41 @@ def test_summary_and_table_show_the_ratios():
     assert cells[2] == "2" and cells[3] == "0.090" and cells[4] == "11.1x"
     assert any(l.startswith("corrfield") and "convexadam" in l and "4.0x" in l for l in lines)
     assert "p75" in lines[0] and "fold%" in lines[0] and "peak MB" in lines[0]
+
+
+def test_markdown_summary_names_the_run_and_its_numbers():
+    from graphreg.bench.markdown import markdown_summary, method_rows
+
+    document = {"created": "2026-12-06T14:00:00+00:00", "graphreg_version": "0.4.0", "commit": "abcdef1234567890",
+                "machine": {"cpu": "AMD EPYC", "cores": 2, "gpu": None, "load_average": 3.5}, "rows": ROWS}
+    by_method = {r["method"]: r for r in method_rows(ROWS)}
+    assert by_method["corrfield"]["tre_mean_mm"] == pytest.approx(1.1)
+    assert by_method["corrfield"]["worst_pair_mm"] == pytest.approx(1.2)
+    assert by_method["corrfield"]["tre_max_mm"] == pytest.approx(4.2)
+    assert by_method["convexadam"]["n_ok"] == 1 and by_method["convexadam"]["seconds"] == pytest.approx(40.0)
+    text = markdown_summary(document)
+    assert text.startswith("Measured 2026-12-06 with graphreg 0.4.0 (commit abcdef1234) on AMD EPYC, 2 cores")
+    assert "2 pairs (p1, p2)" in text
+    assert "| corrfield | 2/2 | 1.10 | 1.60 | 1.20 | 4.2 | 0.000 | 0.050 | 11.0 |" in text
+    assert "| convexadam | 1/2 |" in text
+    assert "| corrfield | elastix | 2 | 0.090 | 1.10 | 1.60 |" in text
+
+
+def test_summary_command_replaces_the_marked_block(tmp_path, run_cli):
+    from graphreg.bench.markdown import BEGIN, END
+
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"created": "2026-12-06", "graphreg_version": "0.4.0", "commit": None,
+                                 "machine": {}, "rows": ROWS}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
+    code, out, _ = run_cli(["bench", "summary", bench, "--into", readme])
+    assert code in (0, None) and "updated" in out
+    text = readme.read_text()
+    assert "old table" not in text and "| corrfield | 2/2 |" in text and text.endswith(f"{END}\nafter\n")
+    assert "no commit recorded" in text
+    readme.write_text("no markers here\n")
+    code, _, err = run_cli(["bench", "summary", bench, "--into", readme])
+    assert code == 2 and "expected exactly one" in err and readme.read_text() == "no markers here\n"
+    code, _, err = run_cli(["bench", "summary", tmp_path / "missing.json"])
+    assert code == 2 and "missing.json" in err

@@ -5,6 +5,7 @@ Usage::
     graphreg bench make --out bench_data/native            # the generated POPI-based pairs
     graphreg bench run --pairs bench_data/native --methods identity,elastix --json bench.json
     graphreg bench contention --json contention.json       # default threads vs fixed counts, busy host
+    graphreg bench summary bench.json --into README.md     # the run as the README's Markdown table
     python -m graphreg.bench.commands run --help            # the same without the main CLI
 
 Errors the user can cause are printed as one line ``error: ...`` with exit code 2.
@@ -194,6 +195,33 @@ def contention(
     typer.echo("")
     typer.echo(format_contention(document))
     typer.echo(f"wrote {json_file}")
+
+
+@bench_app.command("summary")
+def summary(
+    json_file: Path = typer.Argument(..., help="A `graphreg bench run --json` file."),
+    into: Optional[Path] = typer.Option(None, "--into", help="Replace the block between the "
+                                        "'<!-- benchmark-summary: begin/end -->' markers of this Markdown "
+                                        "file (e.g. README.md) instead of printing."),
+) -> None:
+    """The run as a Markdown table (date, commit, machine; TRE, folding, seconds; time ratios to peers)."""
+    import json
+
+    from ..io.atomic import atomic_write_text
+    from .markdown import markdown_summary, replace_block
+
+    try:
+        document = json.loads(json_file.read_text())
+        block = markdown_summary(document)
+        if into is None:
+            typer.echo(block)
+            return
+        atomic_write_text(into, replace_block(into.read_text(), block))
+    except (OSError, ValueError) as error:
+        fail(f"{json_file if into is None else into}: {error}")
+    except GraphregError as error:
+        fail(str(error))
+    typer.echo(f"updated {into}")
 
 
 if __name__ == "__main__":

@@ -454,13 +454,17 @@ def peer_ratios(rows: Sequence[dict], peers: Sequence[str] = PEER_METHODS) -> di
 
 
 def write_json(rows: Sequence[dict], path: Union[str, os.PathLike]) -> Path:
-    """Write ``{"created", "graphreg_version", "rows", "summary"}`` to ``path`` (atomically)."""
+    """Write ``{"created", "graphreg_version", "commit", "machine", "rows", "summary"}`` to ``path``
+    (atomically; see :mod:`graphreg.bench.provenance`)."""
     from .. import __version__
     from ..io.atomic import atomic_write_text
+    from .provenance import machine, source_commit
 
     document = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "graphreg_version": __version__,
+        "commit": source_commit(),
+        "machine": machine(),
         "rows": list(rows),
         "summary": summarize(rows),
     }
