@@ -202,7 +202,7 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             previous = sample_points(dense, keypoints)[0].T if index else torch.zeros_like(keypoints)
             sparse = previous + delta
             dense = timed("densify", densify, keypoints, sparse, shape, method=config.densify.method,
-                          **_densify_options(config))
+                          **densify_options(config))
             say(f"level {index + 1}: ±{level.radius * level.step:g} voxels in steps of {level.step:g}, "
                 f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
 
@@ -221,8 +221,15 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
     return PipelineOutput(dense.detach(), keypoints, sparse, spread, timings)
 
 
-def _densify_options(config: RegistrationConfig) -> dict:
+def densify_options(config: RegistrationConfig) -> dict:
+    """Keyword arguments of :func:`graphreg.pipeline.densify.densify` for ``config.densify``.
+
+    The TPS smoothing is configured in mm (the unit of the spline's kernel ``|x - p|``) and
+    passed in working voxels, ``smoothing / spacing_mm``: the same spline in mm at any working
+    spacing. The B-spline smoothing is a weight of the control grid's bending energy and passes
+    as it is.
+    """
     options = config.densify
     if options.method == "tps":
-        return {"smoothing": options.smoothing, "grid_step": options.grid_step}
+        return {"smoothing": options.smoothing / config.preprocess.spacing_mm, "grid_step": options.grid_step}
     return {"smoothing": options.smoothing, "control_spacing": options.control_spacing}
