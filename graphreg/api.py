@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Optional
 
-import numpy as np
-import torch
-
 from .allocator import reusing_freed_memory
-from .config import RegistrationConfig, config_label, load_config
-from .device import resolve_device
 from .errors import GraphregError
-from .field import DisplacementField
 from .methods import method_info, method_names
-from .registration import Registration, working_lungs
+from .registration import Registration
 from .threads import thread_report, use_threads
 
 KEYPOINT_METHODS = method_names("keypoint")
-CLASSICAL_METHODS = method_names("classical")
-CNN_METHODS = method_names("cnn")
-#: diagnostics for the benchmark, not registration methods (they need the true field)
-DIAGNOSTIC_METHODS = ("oracle",)
 
 
-@reusing_freed_memory()
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
              progress: Optional[Callable[[str], None]] = None, model: Any = None,
@@ -42,11 +30,8 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             coarse level; shipped weights unless ``model=`` is given),
             ``"demons"`` / ``"bspline-ffd"`` (SimpleITK), or a dense CNN baseline
             (``"voxelmorph"``, ``"bspline-cnn"``, ``"linear-deformable"``; network + instance
-            optimisation unless ``config`` sets ``instance_opt.enabled: false``); or the
-            diagnostic ``"oracle"``: the keypoint pipeline with the true displacements of ``model``
-            (the ground-truth :class:`~graphreg.field.DisplacementField` on the fixed grid) at the
-            keypoints in place of any regulariser, then the same densification and instance
-            optimisation: the best a keypoint regulariser could reach through them.
+            optimisation unless ``config`` sets ``instance_opt.enabled: false``); the table of
+            :mod:`graphreg.methods`.
         config: a :class:`~graphreg.config.RegistrationConfig`, a YAML path or a mapping of
             overrides (unknown keys are rejected).
         device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
@@ -72,9 +57,16 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         An automatic mask that fails its checks never stops the run: it is replaced and the
         fallback is reported.
     """
-    with use_threads(threads) as count:
-        result = _register(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
-                           memory_budget_gb)
+    return run_registration(lambda: _register(fixed, moving, fixed_mask, moving_mask, method, config, device,
+                                              progress, model, memory_budget_gb), threads)
+
+
+def run_registration(run: Callable[[], Registration], threads: Optional[int] = None) -> Registration:
+    """``run()`` as :func:`register` runs every method (and the benchmark its diagnostics): with
+    ``threads`` CPU threads (:func:`graphreg.threads.use_threads`, recorded in the result's
+    ``extras``) and freed memory kept for reuse (:func:`graphreg.allocator.reusing_freed_memory`)."""
+    with reusing_freed_memory(), use_threads(threads) as count:
+        result = run()
     result.extras.update(thread_report(count))
     return result
 
@@ -82,102 +74,28 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
 def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method: str, config: Any,
               device: Optional[str], progress: Optional[Callable[[str], None]], model: Any,
               memory_budget_gb: Optional[float]) -> Registration:
-    """:func:`register` in the thread setting it chose."""
-    from .pipeline.driver import check_learned_level, run_keypoint_pipeline
-    from .workflow import prepare_pair, read_inputs
-
-    if method not in DIAGNOSTIC_METHODS:
-        method_info(method)  # an unknown name is an error that lists the methods
-    if method == "oracle" and not isinstance(model, DisplacementField):
-        raise GraphregError(f"model: method 'oracle' needs the ground-truth DisplacementField, got "
-                            f"{type(model).__name__}")
+    """:func:`register` in the thread setting it chose: the method's family runs it
+    (:mod:`graphreg.methods`), each through :mod:`graphreg.workflow`'s prepare and wrap steps."""
+    family = method_info(method).family  # an unknown name is an error that lists the methods
     if memory_budget_gb is not None:
         from .memory import validate_memory_budget
 
         validate_memory_budget(memory_budget_gb)
-        if method not in KEYPOINT_METHODS:
+        if family != "keypoint":
             raise GraphregError(f"memory_budget_gb: the memory estimate covers the keypoint methods "
                                 f"({', '.join(KEYPOINT_METHODS)}), not {method!r}; leave it unset for this method")
-    if method in CLASSICAL_METHODS:
+    if family == "classical":
         from .classical import register_classical
 
         return register_classical(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
                                   progress=progress)
-    if method in CNN_METHODS:
+    if family == "cnn":
         from .cnn.register import register_cnn
         from .training.checkpoint import default_weights
 
         return register_cnn(fixed, moving, fixed_mask, moving_mask, config=config, device=device, progress=progress,
                             model=default_weights(method) if model is None else model, architecture=method)
-    cfg: RegistrationConfig = load_config(config)
-    if progress:
-        progress(f"settings: {config_label(config)}")
-    torch_device = resolve_device(device)
-    torch.manual_seed(cfg.seed)
-    start = time.perf_counter()
+    from .keypoint import register_keypoint
 
-    network, extras = None, {}
-    if method == "graphregnet":
-        from .training.checkpoint import default_weights, load_model
-
-        if not isinstance(model, torch.nn.Module):
-            model = default_weights(method) if model is None else model
-            extras["model"] = str(model)
-            model = load_model(model, "graphregnet")
-        network = model.to(torch_device).eval()
-        check_learned_level(network, cfg.levels[0])
-    inputs_start = time.perf_counter()
-    inputs = read_inputs(fixed, moving, fixed_mask, moving_mask, progress)
-    read_seconds = inputs_start - start + inputs.read_seconds  # loading the network counts as reading
-    fixed_volume, moving_volume, fixed_lungs = inputs.fixed, inputs.moving, inputs.masks.fixed
-    if memory_budget_gb is not None:
-        from .memory import check_memory_budget, estimate_memory, working_grid_shape
-
-        lungs = fixed_lungs.array if fixed_lungs is not None and fixed_lungs.grid.same_as(fixed_volume.grid) else None
-        shape = working_grid_shape(fixed_volume.grid, cfg.preprocess.spacing_mm, cfg.preprocess.crop_margin_mm, lungs)
-        itemsize = max(fixed_volume.array.dtype.itemsize, moving_volume.array.dtype.itemsize)
-        check_memory_budget(estimate_memory(fixed_volume.grid, moving_volume.grid, cfg, shape, itemsize),
-                            memory_budget_gb)
-    checked = prepare_pair(inputs, cfg.preprocess, torch_device).checked
-    pair = checked.pair
-    if method == "oracle":  # the truth at the keypoints, as GraphRegNet's training targets are made
-        from .graphregnet.data import keypoint_targets
-
-        truth = model.to("cpu")
-
-        def network(points: torch.Tensor) -> torch.Tensor:
-            return keypoint_targets(pair, points.cpu(), truth.displacement[0], truth.grid).to(points)
-    timings = {"read": read_seconds, "preprocess": time.perf_counter() - start - read_seconds}
-    if progress:
-        progress(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
-                 f"({timings['preprocess']:.1f} s)")
-
-    output = run_keypoint_pipeline(pair, cfg, method, progress=progress, model=network)
-    timings.update(output.timings)
-    timings["total"] = time.perf_counter() - start
-
-    grid = pair.grid
-    keypoints_mm = grid.voxel_to_world(output.keypoints.double().cpu().numpy())
-    keypoint_disp_mm = grid.voxel_vectors_to_mm(output.keypoint_displacements.double().cpu().numpy()) \
-        + pair.translation_mm
-    spread = output.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm
-    checks_start = time.perf_counter()
-    coarse = cfg.levels[0]
-    quality = checked.quality(output.displacement, torch.as_tensor(spread),
-                              coarse.radius * coarse.step * cfg.preprocess.spacing_mm)
-    timings["checks"] = checked.seconds + time.perf_counter() - checks_start
-    return Registration(
-        working_field=output.field(pair),
-        fixed_grid=fixed_volume.grid,
-        moving=moving_volume,
-        method=method,
-        config=cfg.to_dict(),
-        timings=timings,
-        keypoints_mm=keypoints_mm,
-        keypoint_displacements_mm=keypoint_disp_mm,
-        keypoint_uncertainty_mm=spread,
-        extras={**extras, "settings": config_label(config), "device": str(torch_device), "seed": cfg.seed,
-                "n_keypoints": int(len(keypoints_mm)), "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
-                **checked.extras(), "quality": quality},
-        fixed_lungs=working_lungs(pair),
-    )
+    return register_keypoint(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
+                             memory_budget_gb)

@@ -76,7 +76,9 @@ class DensifyConfig:
     """Sparse-to-dense interpolation of the keypoint displacements."""
 
     method: str = "tps"  #: ``"tps"`` (thin-plate spline) or ``"bspline"``
-    smoothing: float = 0.1  #: TPS regularisation lambda / B-spline smoothness weight
+    #: TPS: regularisation lambda in mm (the kernel's unit), the same spline at any working spacing;
+    #: B-spline: weight of the control grid's bending energy (``pipeline.driver.densify_options``)
+    smoothing: float = 0.2
     grid_step: int = 3  #: TPS evaluated every ``grid_step`` voxels, then upsampled
     control_spacing: int = 4  #: B-spline control-point spacing (working voxels)
 
@@ -96,7 +98,7 @@ class RefineConfig:
     #: instead of 9.5 s per pair, mean TRE 0.382 instead of 0.378 mm
     iterations: int = 5
     lr: float = 0.4  #: Adam learning rate (working voxels)
-    lambda_diffusion: float = 0.3  #: weight of losses.diffusion_loss
+    lambda_diffusion: float = 0.3  #: weight of the diffusion energy (see InstanceOptConfig.lambda_diffusion)
     smoothing_passes: int = 2  #: 3x3x3 average pools applied to the parameter each step
     sample_fraction: float = 0.25  #: fraction of the masked voxels drawn for each step's similarity
 
@@ -108,7 +110,10 @@ class InstanceOptConfig:
     enabled: bool = True
     iterations: int = 26  #: Adam steps of the coarse stage (see RefineConfig.iterations)
     lr: float = 1.0  #: Adam learning rate (working voxels)
-    lambda_diffusion: float = 0.1  #: weight of losses.diffusion_loss; 0.1 beat 0.33 on native pair_01 and the demo
+    #: weight of the diffusion energy (losses.diffusion_loss of the field in voxels of its own grid): the
+    #: mean over the working box of |du/dx|^2, the displacement gradient in mm per mm, so one value means
+    #: one smoothness at any working spacing and grid factor. 0.1 beat 0.33 on native pair_01 and the demo
+    lambda_diffusion: float = 0.1
     grid_factor: int = 2  #: the parameter lives at 1 / grid_factor resolution
     smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
     similarity_factor: int = 2  #: the MIND similarity is evaluated at 1 / similarity_factor resolution

@@ -89,9 +89,29 @@ def prepare_pair(inputs: PairInputs, preprocess: PreprocessConfig, device: torch
                         checked)
 
 
+@dataclass
+class SparseStage:
+    """The sparse displacements a keypoint method found before densifying them.
+
+    Shapes:
+        keypoints: ``(N, 3)`` working voxels ``(z, y, x)``; displacements: ``(N, 3)`` working voxels,
+        fixed -> moving, pre-alignment excluded; spread_mm: ``(N,)`` mm, the standard deviation of
+        each keypoint's displacement distribution; search_range_mm: the coarse search's reach (mm).
+    """
+
+    keypoints: torch.Tensor
+    displacements: torch.Tensor
+    spread_mm: torch.Tensor
+    search_range_mm: float
+
+
 def wrap_registration(prepared: PreparedPair, displacement: torch.Tensor, method: str, config: dict,
-                       timings: dict, extras: Optional[dict] = None) -> Registration:
+                      timings: dict, extras: Optional[dict] = None,
+                      sparse: Optional[SparseStage] = None) -> Registration:
     """Wrap a working-grid displacement (pre-alignment excluded) as a :class:`Registration`.
+
+    ``sparse`` (keypoint methods) adds the keypoints in world mm to the result and their spread to
+    the quality checks.
 
     Shapes:
         displacement: ``(1, 3, D, H, W)`` working voxels ``(z, y, x)``, fixed -> moving, on
@@ -102,12 +122,22 @@ def wrap_registration(prepared: PreparedPair, displacement: torch.Tensor, method
     total = displacement.detach().float() + shift.to(displacement.device, torch.float32).view(1, 3, 1, 1, 1)
     info = {"prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
             "working_size_xyz": list(pair.grid.size_xyz)}
+    keypoint_outputs = {}
+    if sparse is not None:
+        spread_mm = sparse.spread_mm.double().cpu()  # float64 for the report
+        keypoint_outputs = {
+            "keypoints_mm": pair.grid.voxel_to_world(sparse.keypoints.double().cpu().numpy()),
+            "keypoint_displacements_mm": pair.grid.voxel_vectors_to_mm(sparse.displacements.double().cpu().numpy())
+            + pair.translation_mm,
+            "keypoint_uncertainty_mm": spread_mm.numpy()}
     if prepared.checked is not None:
-        info.update(prepared.checked.extras(), quality=prepared.checked.quality(displacement.detach()))
+        quality = (prepared.checked.quality(displacement.detach()) if sparse is None else
+                   prepared.checked.quality(displacement.detach(), spread_mm, sparse.search_range_mm))
+        info.update(prepared.checked.extras(), quality=quality)
     info.update(extras or {})
     return Registration(working_field=DisplacementField(total, pair.grid), fixed_grid=prepared.fixed.grid,
                         moving=prepared.moving, method=method, config=config, timings=timings, extras=info,
-                        fixed_lungs=working_lungs(pair))
+                        fixed_lungs=working_lungs(pair), **keypoint_outputs)
 
 
-__all__ = ["PairInputs", "PreparedPair", "prepare_pair", "read_inputs", "wrap_registration"]
+__all__ = ["PairInputs", "PreparedPair", "SparseStage", "prepare_pair", "read_inputs", "wrap_registration"]

@@ -177,6 +177,8 @@ def test_keypoint_oracle_diagnostic_needs_a_ground_truth_field():
     (row,) = run_benchmark([pair], ["oracle-noio"], isolate=False)
     assert row["status"] == "failed" and "ground-truth field" in row["error"]
     with pytest.raises(GraphregError, match="ground-truth DisplacementField"):
+        registry.oracle_method(False, pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, truth=None)
+    with pytest.raises(GraphregError, match="method: expected one of .* got 'oracle'"):  # not a public method
         register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method="oracle")
 
 

@@ -5,6 +5,7 @@ import pytest
 import scipy.interpolate
 import torch
 
+from graphreg.config import RegistrationConfig
 from graphreg.errors import GraphregError, ShapeError
 from graphreg.pipeline.densify import (
     bspline_axis_matrix,
@@ -16,6 +17,7 @@ from graphreg.pipeline.densify import (
     thin_plate_spline,
     tps_dense_field,
 )
+from graphreg.pipeline.driver import densify_options
 from graphreg.spatial import identity_grid
 
 SHAPE = (20, 18, 22)
@@ -138,3 +140,24 @@ def test_densify_dispatch_and_exceptions():
         evaluate_bspline(torch.zeros(1, 3, 4, 4, 4), SHAPE, 4.0)
     with pytest.raises(GraphregError, match="control_spacing"):
         bspline_control_shape(SHAPE, 0.0)
+
+
+def test_configured_tps_smoothing_gives_the_same_spline_in_mm_at_any_working_spacing():
+    """``densify.smoothing`` is in mm: the spline through the same points (mm) is the same field in
+    mm whether the working grid has 1.5 or 2.5 mm voxels; 2 mm keeps the former per-voxel 0.1."""
+    generator = torch.Generator().manual_seed(4)
+    points_mm = torch.rand(60, 3, generator=generator, dtype=torch.float64) * 60
+    values_mm = torch.randn(60, 3, generator=generator, dtype=torch.float64) * 3
+    query_mm = torch.rand(30, 3, generator=generator, dtype=torch.float64) * 60
+    fields = []
+    for spacing in (1.5, 2.5):
+        config = RegistrationConfig()
+        config.preprocess.spacing_mm, config.densify.smoothing = spacing, 10.0
+        smoothing = densify_options(config)["smoothing"]
+        spline = thin_plate_spline(points_mm / spacing, values_mm / spacing, smoothing=smoothing)
+        fields.append(spline(query_mm / spacing) * spacing)
+    torch.testing.assert_close(fields[0], fields[1], rtol=1e-4, atol=1e-4)  # cdist's rounding
+    assert densify_options(RegistrationConfig())["smoothing"] == 0.1
+    # the same smoothing in voxels is another spline in mm
+    plain = [thin_plate_spline(points_mm / h, values_mm / h, smoothing=10.0 / 2)(query_mm / h) * h for h in (1.5, 2.5)]
+    assert (plain[0] - plain[1]).abs().max() > 0.01

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from graphreg.errors import GraphregError, ShapeError
 from graphreg.pipeline import graph
@@ -96,3 +97,13 @@ def test_mst_exceptions():
         minimum_spanning_tree(points, torch.tensor([[0], [3]]))
     with pytest.raises(ShapeError, match="weights"):
         minimum_spanning_tree(points, torch.tensor([[0], [1]]), torch.ones(2))
+
+
+def test_knn_matches_scipy_kdtree():
+    """The pure-torch kNN against a library one that is always installed (scipy's KD-tree)."""
+    torch.manual_seed(2)
+    points = torch.rand(300, 3, dtype=torch.float64) * 50
+    _, neighbours = cKDTree(points.numpy()).query(points.numpy(), k=7)  # column 0: the point itself
+    edge_index = knn_graph_torch(points, 6)
+    assert edge_index[0].reshape(300, 6).tolist() == neighbours[:, 1:].tolist()
+    assert edge_index[1].tolist() == np.repeat(np.arange(300), 6).tolist()

@@ -6,7 +6,7 @@ import torch
 from graphreg.errors import ConfigError, GraphregError, ShapeError
 from graphreg.losses import (RegistrationLoss, bending_loss, diffusion_loss, mind_loss, mse_loss,
                              ncc_loss)
-from graphreg.spatial import identity_grid
+from graphreg.spatial import identity_grid, resize_field
 
 
 def _image(shape=(9, 10, 11), seed=0, dtype=torch.float32):
@@ -124,3 +124,28 @@ def _weighted_diffusion(u):
 def test_gradcheck_regularisers(fn):
     u = torch.randn(1, 3, 4, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert torch.autograd.gradcheck(fn, (u.requires_grad_(True),))
+
+
+def _quadratic_field(spacing_mm: float, extent_mm: float = 60.0, gain: float = 0.01) -> torch.Tensor:
+    """``u_z = gain * z^2`` mm (z in mm) sampled every ``spacing_mm`` over ``extent_mm``, in voxels of that grid."""
+    count = round(extent_mm / spacing_mm) + 1
+    z_mm = torch.arange(count, dtype=torch.float64) * spacing_mm
+    field = torch.zeros(1, 3, count, 4, 5, dtype=torch.float64)
+    field[0, 0] = (gain * z_mm ** 2 / spacing_mm).view(count, 1, 1)
+    return field
+
+
+def test_diffusion_energy_is_physical_the_same_at_any_spacing_and_grid_factor():
+    """The energy is the mean over the box of ``|du/dx|^2`` (mm per mm), so one weight means one
+    smoothness at any working spacing or parameter grid: ``u_z = a z^2`` on 0..L mm gives about
+    ``4 a^2 L^2 / 3`` on every grid (forward differences: within ``1.5 h / L``)."""
+    gain, extent = 0.01, 60.0
+    analytic = 4 * gain ** 2 * extent ** 2 / 3
+    energies = {spacing: float(diffusion_loss(_quadratic_field(spacing, extent, gain)))
+                for spacing in (1.0, 1.5, 2.0, 2.5)}
+    for spacing, energy in energies.items():
+        assert energy == pytest.approx(analytic, rel=1.6 * spacing / extent), spacing
+    # the instance optimisation's parameter grid (grid_factor 2): the field resized to half the voxels
+    working = _quadratic_field(1.5, extent, gain)
+    coarse = resize_field(working, (working.shape[2] // 2 + 1, 4, 5))
+    assert float(diffusion_loss(coarse)) == pytest.approx(analytic, rel=1.6 * 3.0 / extent)

@@ -61,5 +61,6 @@ def test_every_method_registers_the_demo_pair(demo_pair, name):
     before = np.linalg.norm(pair.fixed_landmarks_mm - pair.moving_landmarks_mm, axis=1).mean()
     after = np.linalg.norm(result.transform_points(pair.fixed_landmarks_mm) - pair.moving_landmarks_mm, axis=1).mean()
     assert result.method == name
+    assert "working_size_xyz" in result.extras  # wrapped by graphreg.workflow.wrap_registration, as every method
     # the dense CNNs alone remove only part of the motion (docs/benchmark.md); the others most of it
     assert after < (0.95 if METHODS[name].family == "cnn" else 0.5) * before, f"{name}: {before:.2f} -> {after:.2f} mm"

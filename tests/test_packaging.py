@@ -2,6 +2,7 @@
 outside the repository, it finds its presets, demo pair and weights and runs the demo and the API."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from graphreg.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                                  ".hypothesis", ".benchmarks", "bench_data", "runs", "out", "graphreg_demo")
+
+#: the environment of the installed copy's commands: no PYTHONPATH that could lead back to a checkout
+INSTALLED_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 API_EXAMPLE = """
 import graphreg
@@ -72,7 +76,7 @@ def test_installed_demo_runs(installed_wheel, method):
     _, venv, work = installed_wheel
     out = work / f"demo_{method}"
     run = subprocess.run([str(venv / "bin" / "graphreg"), "demo", "--method", method, "--out", str(out)],
-                         cwd=work, capture_output=True, text=True, encoding="utf-8", timeout=600)
+                         cwd=work, capture_output=True, text=True, encoding="utf-8", timeout=600, env=INSTALLED_ENV)
     assert run.returncode == 0, run.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["tre_after_mm"] < 0.5 * report["tre_before_mm"]
@@ -83,7 +87,7 @@ def test_installed_demo_runs(installed_wheel, method):
 def test_installed_api_example(installed_wheel):
     _, venv, work = installed_wheel
     run = subprocess.run([str(venv / "bin" / "python"), "-c", API_EXAMPLE], cwd=work, capture_output=True, encoding="utf-8",
-                         text=True, timeout=600)
+                         text=True, timeout=600, env=INSTALLED_ENV)
     assert run.returncode == 0, run.stderr
     module_path, rms = run.stdout.split()
     assert str(venv) in module_path  # the installed copy, not the checkout

@@ -8,6 +8,7 @@ import SimpleITK as sitk
 
 import graphreg
 from graphreg.api import register
+from graphreg.bench.methods import truth_at_keypoints
 from graphreg.config import load_config
 from graphreg.datasets.pairs import read_pair
 from graphreg.demo import DEMO_PAIR, run_demo
@@ -16,6 +17,7 @@ from graphreg.errors import GraphregError
 from graphreg.geometry import Grid
 from graphreg.io.fields import read_itk_field
 from graphreg.io.landmarks import read_landmarks
+from graphreg.keypoint import register_keypoint
 from graphreg.metrics import landmark_errors
 from graphreg.volume import Volume
 
@@ -58,14 +60,15 @@ def test_demo_outputs_agree_with_each_other(demo_result):
 
 
 def test_oracle_uses_the_true_displacements_at_the_keypoints():
-    """``method="oracle"``: the keypoints' displacements are the ground truth (through the working
+    """The benchmark's oracle: the keypoints' displacements are the ground truth (through the working
     grid and the pre-alignment), and densifying them beats the classical regulariser's."""
     pair = read_pair(DEMO_PAIR)
     truth = pair.load_gt_field()
     config = load_config(preset_path("lowres_3mm")).to_dict()
     config["instance_opt"]["enabled"] = False
-    oracle = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method="oracle",
-                      config=config, model=truth)
+    oracle = register_keypoint(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, "oracle", config,
+                               given=truth_at_keypoints(truth))
+    assert oracle.method == "oracle"
     points = oracle.keypoints_mm
     assert len(points) >= 16 and np.any(np.asarray(oracle.extras["prealign_translation_mm"]) != 0)
     expected = truth.transform_points(points) - points

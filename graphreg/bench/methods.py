@@ -200,21 +200,47 @@ def keypoint_method(name: str, instance_optimisation: bool, fixed: Volume, movin
                                        device=device, model=model))
 
 
+def truth_at_keypoints(truth):
+    """The ground truth as the keypoint pipeline's given displacements
+    (:data:`graphreg.keypoint.GivenDisplacements`), made as GraphRegNet's training targets are
+    (:func:`graphreg.graphregnet.data.keypoint_targets`).
+
+    Args:
+        truth: the pair's ground-truth :class:`~graphreg.field.DisplacementField` (fixed grid).
+
+    Raises:
+        GraphregError: ``truth`` is not a ``DisplacementField``.
+    """
+    from ..field import DisplacementField
+    from ..graphregnet.data import keypoint_targets
+
+    if not isinstance(truth, DisplacementField):
+        raise GraphregError(f"truth: the oracle needs the ground-truth DisplacementField, got {type(truth).__name__}")
+    truth = truth.to("cpu")
+
+    def at_keypoints(pair):
+        return lambda points: keypoint_targets(pair, points.cpu(), truth.displacement[0], truth.grid).to(points)
+
+    return at_keypoints
+
+
 def oracle_method(instance_optimisation: bool, fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
                   moving_mask: Optional[Volume], device: str = "cpu", *, truth) -> MethodResult:
     """Diagnostic: the keypoint pipeline with the pair's true displacements at the keypoints in
-    place of a regulariser (``graphreg.register(method="oracle")``), densified, with or without
-    the default instance optimisation: what a perfect keypoint regulariser would score.
+    place of a regulariser (:func:`truth_at_keypoints`), densified, with or without the default
+    instance optimisation: what a perfect keypoint regulariser would score.
 
     Args:
         truth: the pair's ground-truth :class:`~graphreg.field.DisplacementField`; the runner
             passes it to methods for which :func:`needs_ground_truth` holds.
     """
-    from ..api import register
+    from ..api import run_registration
+    from ..keypoint import register_keypoint
 
+    given = truth_at_keypoints(truth)
     config = None if instance_optimisation else {"instance_opt": {"enabled": False}}
-    return _from_registration(register(fixed, moving, fixed_mask, moving_mask, method="oracle", config=config,
-                                       device=device, model=truth))
+    return _from_registration(run_registration(lambda: register_keypoint(
+        fixed, moving, fixed_mask, moving_mask, "oracle", config, device, given=given)))
 
 
 def needs_ground_truth(fn: Method) -> bool:
@@ -288,4 +314,4 @@ register_method("ants", "graphreg.bench.peers:ants_method",
 
 __all__ = ["Method", "MethodResult", "MethodSpec", "MethodUnavailableError", "available_methods",
            "classical_method", "cnn_method", "keypoint_method", "get_method", "identity_method", "method_spec",
-           "register_method", "unregister_method"]
+           "oracle_method", "register_method", "truth_at_keypoints", "unregister_method"]

@@ -242,7 +242,7 @@ def measure_keypoint_stages(pair_dir: str, overrides: dict, crop: float = 1.0, t
     from ..config import load_config
     from ..datasets.pairs import read_pair
     from ..pipeline.densify import densify
-    from ..pipeline.driver import regularised_search
+    from ..pipeline.driver import densify_options, regularised_search
     from ..pipeline.mind import mind_ssc
     from ..pipeline.preprocess import working_pair
 
@@ -269,11 +269,8 @@ def measure_keypoint_stages(pair_dir: str, overrides: dict, crop: float = 1.0, t
                                     reg.inference)[0]
         timings["search_1"] = time.perf_counter() - stage
         stage = time.perf_counter()
-        options = config.densify
-        extra = ({"grid_step": options.grid_step} if options.method == "tps"
-                 else {"control_spacing": options.control_spacing})
-        densify(keypoints, sparse, tuple(work.fixed.shape[2:]), method=options.method,
-                smoothing=options.smoothing, **extra)
+        densify(keypoints, sparse, tuple(work.fixed.shape[2:]), method=config.densify.method,
+                **densify_options(config))
         timings["densify"] = time.perf_counter() - stage
     timings["end_to_end"] = time.perf_counter() - start
     timings["end_to_end_cpu"] = time.process_time() - cpu_start

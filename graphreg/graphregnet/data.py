@@ -31,7 +31,7 @@ from ..config import RegistrationConfig
 from ..errors import ConfigError, is_int_at_least
 from ..io.atomic import atomic_output
 from ..pipeline.densify import ThinPlateSpline
-from ..pipeline.driver import keypoints_and_features, level_cost
+from ..pipeline.driver import densify_options, keypoints_and_features, level_cost
 from ..pipeline.preprocess import WorkingPair, working_pair
 from ..spatial import sample_points
 from ..volume import Volume
@@ -124,7 +124,7 @@ def build_sample(sample: dict, grid, config: RegistrationConfig, loss_points: in
     return KeypointGraphSample(
         keypoints=keypoints.float(), cost=cost.float(), target=target, points=chosen.float(),
         fixed_features=features.float(),
-        tps_operator=tps_operator(keypoints, chosen.float(), config.densify.smoothing),
+        tps_operator=tps_operator(keypoints, chosen.float(), densify_options(config)["smoothing"]),
         moving_features=moving_features[0].half(),
         initial_error_mm=float(target.norm(dim=1).mean()) * config.preprocess.spacing_mm,
         spacing_mm=config.preprocess.spacing_mm)

@@ -7,12 +7,10 @@ averages an edge function over its incoming edges ``j -> i``::
 
 This is ``torch_geometric.nn.EdgeConv(h, aggr="mean")``, computed the same way (gather the two
 ends of every edge, one call of ``h`` on all edges, a sum per target divided by its in-degree);
-the test suite checks both give the same output and gradients for the same ``h``, and that
-construction re-initialises ``h`` as torch-geometric's does (same random draws: a seeded
-training run builds the same network with either). It exists because importing
-torch-geometric imports ``torch._dynamo``, 2.3 s of every fresh process on a 2-core CPU, longer
-than GraphRegNet's whole inference. The edge function is stored as ``.nn``, as torch-geometric
-stores it, so state dicts are interchangeable.
+construction re-initialises ``h`` as torch-geometric's does (same random draws), and the edge
+function is stored as ``.nn``, as torch-geometric stores it, so state dicts are interchangeable.
+A hand-written replacement: its reason and equality test are listed in ``docs/design.md``
+("Hand-written replacements of library code").
 
 Convention:
     ``edge_index`` ``(2, E)`` long: row 0 the source (neighbour ``j``), row 1 the target (centre

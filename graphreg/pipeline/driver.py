@@ -150,18 +150,19 @@ def learned_search(model, fixed_features: torch.Tensor, moving_features: torch.T
 
 
 def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method: str = "corrfield",
-                          progress: Optional[Callable[[str], None]] = None, model=None) -> PipelineOutput:
+                          progress: Optional[Callable[[str], None]] = None, model=None,
+                          given: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> PipelineOutput:
     """Run every stage on a preprocessed pair (see :func:`graphreg.pipeline.preprocess.working_pair`).
 
     Args:
-        method: ``"corrfield"`` (classical regulariser at every level), ``"graphregnet"``
-            (``model`` regularises the first, coarse level; the finer levels stay classical) or
-            ``"oracle"``, a diagnostic: ``model(keypoints)`` gives the true displacements ``(N, 3)``
-            (working voxels, without the pre-alignment) at the keypoints ``(N, 3)``, which replace
-            every search level (spread 0). Densification and instance optimisation are unchanged,
-            so it shows the best any keypoint regulariser could reach through them.
-        model: a :class:`graphreg.graphregnet.GraphRegNet` for ``method="graphregnet"``, the
-            truth callable for ``"oracle"``.
+        method: ``"corrfield"`` (classical regulariser at every level) or ``"graphregnet"``
+            (``model`` regularises the first, coarse level; the finer levels stay classical).
+        model: a :class:`graphreg.graphregnet.GraphRegNet` for ``method="graphregnet"``.
+        given: diagnostics (the benchmark's ``oracle``): ``given(keypoints)`` gives displacements
+            ``(N, 3)`` (working voxels, without the pre-alignment) at the keypoints ``(N, 3)``, which
+            replace every search level (spread 0; ``method`` is ignored). Densification and instance
+            optimisation are unchanged, so with the true displacements it shows the best any keypoint
+            regulariser could reach through them.
     """
     timings: dict = {}
     say = progress or (lambda line: None)
@@ -172,10 +173,8 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         return value
 
-    if method == "graphregnet" and model is None:
+    if given is None and method == "graphregnet" and model is None:
         raise ConfigError("model: method 'graphregnet' needs a GraphRegNet (weights path or module)")
-    if method == "oracle" and not callable(model):
-        raise ConfigError("model: method 'oracle' needs the true displacements as a callable of the keypoints")
     with torch.no_grad():
         keypoints, fixed_features, moving_features = keypoints_and_features(pair, config, timed)
         say(f"keypoints: {len(keypoints)} ({timings['keypoints']:.1f} s)")
@@ -185,11 +184,11 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
         dense = torch.zeros((1, 3) + shape, dtype=fixed_features.dtype, device=fixed_features.device)
         sparse = torch.zeros_like(keypoints)
         spread = None
-        levels = config.levels[:1] if method == "oracle" else config.levels  # the truth needs no refining
+        levels = config.levels[:1] if given is not None else config.levels  # given displacements need no refining
         for index, level in enumerate(levels):
             warped = moving_features if index == 0 else timed("warp", warp, moving_features, dense)
-            if method == "oracle":
-                delta = timed(f"search_{index + 1}", model, keypoints)
+            if given is not None:
+                delta = timed(f"search_{index + 1}", given, keypoints)
                 level_spread = torch.zeros_like(delta[:, 0])
             elif method == "graphregnet" and index == 0:
                 delta, level_spread = timed(f"search_{index + 1}", learned_search, model, fixed_features, warped,
@@ -203,7 +202,7 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             previous = sample_points(dense, keypoints)[0].T if index else torch.zeros_like(keypoints)
             sparse = previous + delta
             dense = timed("densify", densify, keypoints, sparse, shape, method=config.densify.method,
-                          **_densify_options(config))
+                          **densify_options(config))
             say(f"level {index + 1}: ±{level.radius * level.step:g} voxels in steps of {level.step:g}, "
                 f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
 
@@ -222,8 +221,15 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
     return PipelineOutput(dense.detach(), keypoints, sparse, spread, timings)
 
 
-def _densify_options(config: RegistrationConfig) -> dict:
+def densify_options(config: RegistrationConfig) -> dict:
+    """Keyword arguments of :func:`graphreg.pipeline.densify.densify` for ``config.densify``.
+
+    The TPS smoothing is configured in mm (the unit of the spline's kernel ``|x - p|``) and
+    passed in working voxels, ``smoothing / spacing_mm``: the same spline in mm at any working
+    spacing. The B-spline smoothing is a weight of the control grid's bending energy and passes
+    as it is.
+    """
     options = config.densify
     if options.method == "tps":
-        return {"smoothing": options.smoothing, "grid_step": options.grid_step}
+        return {"smoothing": options.smoothing / config.preprocess.spacing_mm, "grid_step": options.grid_step}
     return {"smoothing": options.smoothing, "control_spacing": options.control_spacing}

@@ -36,7 +36,8 @@ def _check_points(points: torch.Tensor) -> None:
 
 
 def knn_graph_torch(points: torch.Tensor, k: int, include_self: bool = False) -> torch.Tensor:
-    """Pure-torch k-nearest-neighbour graph (the fallback of :func:`knn_graph`).
+    """Pure-torch k-nearest-neighbour graph (the fallback of :func:`knn_graph`; a hand-written
+    replacement listed in ``docs/design.md``, "Hand-written replacements of library code").
 
     Exact squared Euclidean distances are computed in row chunks (at most ``2**24`` distances
     in memory) and every row is sorted with a *stable* sort, so among neighbours at exactly the

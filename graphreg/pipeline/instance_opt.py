@@ -132,8 +132,8 @@ def _masked_weight(mask: torch.Tensor | None, shape, dilation: int, like: torch.
 
 class _Adam:
     """Adam on one tensor: the update of ``torch.optim.Adam`` (default betas and eps, no weight
-    decay), without it: constructing any ``torch.optim`` optimiser imports ``torch._dynamo``,
-    1.3 s of every fresh process on the 2-core CPU, a tenth of a whole registration."""
+    decay). A hand-written replacement: its reason and equality test are listed in
+    ``docs/design.md`` ("Hand-written replacements of library code")."""
 
     def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
@@ -184,7 +184,9 @@ def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tenso
     Loss per step, with ``v`` the parameter grid smoothed by ``smoothing_passes`` box filters
     and ``u`` its trilinear upsampling (:func:`graphreg.spatial.resize_field`):
     ``mean_{x in M, c} (F(x) - M_c(x + u(x)))^2 + lambda_diffusion * diffusion_loss(v, w)``
-    (:func:`graphreg.losses.diffusion_loss`, which sums the three components),
+    (:func:`graphreg.losses.diffusion_loss`, which sums the three components; on ``v`` in voxels
+    of the parameter grid it is the mean of ``|du/dx|^2`` in mm per mm, so ``lambda_diffusion``
+    means the same smoothness at any working spacing and ``grid_factor``),
     where ``M`` is the fixed mask dilated by ``mask_dilation`` voxels (all voxels when ``mask``
     is ``None``), so the similarity sees the lung boundary but not the chest wall's sliding
     motion far outside it. The diffusion weight ``w`` is 1 on parameter voxels that hold a voxel

@@ -1,0 +1,105 @@
+"""The keypoint methods of ``graphreg.register`` (``corrfield``, ``graphregnet``): prepare ->
+estimate -> wrap through :mod:`graphreg.workflow`.
+
+Convention:
+    The pipeline (:func:`graphreg.pipeline.driver.run_keypoint_pipeline`) works in working voxels
+    ``(z, y, x)``, fixed -> moving, without the pre-alignment translation;
+    :func:`graphreg.workflow.wrap_registration` adds it back and reports the keypoints in world mm.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+from .config import RegistrationConfig, config_label, load_config
+from .device import resolve_device
+from .errors import GraphregError
+from .methods import method_info
+from .pipeline.preprocess import WorkingPair
+from .registration import Registration
+from .workflow import SparseStage, prepare_pair, read_inputs, wrap_registration
+
+#: ``given(pair)`` -> a callable of keypoints ``(N, 3)`` giving their displacements ``(N, 3)``
+#: (working voxels, fixed -> moving, without the pre-alignment) in place of the regulariser
+GivenDisplacements = Callable[[WorkingPair], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def register_keypoint(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
+                      method: str = "corrfield", config: Any = None, device: Optional[str] = None,
+                      progress: Optional[Callable[[str], None]] = None, model: Any = None,
+                      memory_budget_gb: Optional[float] = None,
+                      given: Optional[GivenDisplacements] = None) -> Registration:
+    """A keypoint method (arguments as :func:`graphreg.api.register`).
+
+    Args:
+        given: for diagnostics (the benchmark's ``oracle``): displacements at the keypoints that
+            replace every search level and regulariser (see :data:`GivenDisplacements`); ``method``
+            is then only the name recorded in the result. None: ``method`` must be a keypoint method
+            of :mod:`graphreg.methods`.
+    """
+    from .pipeline.driver import check_learned_level, run_keypoint_pipeline
+
+    if given is None and method_info(method).family != "keypoint":
+        raise GraphregError(f"method: expected a keypoint method, got {method!r}")
+    cfg: RegistrationConfig = load_config(config)
+    if progress:
+        progress(f"settings: {config_label(config)}")
+    torch_device = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+
+    network, extras = None, {}
+    if given is None and method == "graphregnet":
+        from .training.checkpoint import default_weights, load_model
+
+        if not isinstance(model, torch.nn.Module):
+            model = default_weights(method) if model is None else model
+            extras["model"] = str(model)
+            model = load_model(model, "graphregnet")
+        network = model.to(torch_device).eval()
+        check_learned_level(network, cfg.levels[0])
+    inputs_start = time.perf_counter()
+    inputs = read_inputs(fixed, moving, fixed_mask, moving_mask, progress)
+    read_seconds = inputs_start - start + inputs.read_seconds  # loading the network counts as reading
+    if memory_budget_gb is not None:
+        _check_memory(inputs, cfg, memory_budget_gb)
+    prepared = prepare_pair(inputs, cfg.preprocess, torch_device)
+    pair = prepared.pair
+    timings = {"read": read_seconds, "preprocess": time.perf_counter() - start - read_seconds}
+    if progress:
+        progress(f"preprocess: working grid {pair.grid.size_xyz} at {cfg.preprocess.spacing_mm} mm "
+                 f"({timings['preprocess']:.1f} s)")
+
+    output = run_keypoint_pipeline(pair, cfg, method, progress=progress, model=network,
+                                   given=None if given is None else given(pair))
+    timings.update(output.timings)
+    timings["total"] = time.perf_counter() - start
+
+    coarse = cfg.levels[0]
+    sparse = SparseStage(output.keypoints, output.keypoint_displacements,
+                         output.keypoint_spread.double().cpu() * cfg.preprocess.spacing_mm,
+                         coarse.radius * coarse.step * cfg.preprocess.spacing_mm)
+    checks_start = time.perf_counter()
+    extras.update({"settings": config_label(config), "device": str(torch_device), "seed": cfg.seed,
+                   "n_keypoints": int(len(output.keypoints))})
+    registration = wrap_registration(prepared, output.displacement, method, cfg.to_dict(), timings, extras,
+                                     sparse=sparse)
+    registration.timings["checks"] = prepared.checked.seconds + time.perf_counter() - checks_start
+    return registration
+
+
+def _check_memory(inputs, cfg: RegistrationConfig, budget_gb: float) -> None:
+    """Raise :class:`~graphreg.errors.ResourceError` when the estimated peak exceeds ``budget_gb``."""
+    from .memory import check_memory_budget, estimate_memory, working_grid_shape
+
+    fixed, moving, lungs = inputs.fixed, inputs.moving, inputs.masks.fixed
+    lungs = lungs.array if lungs is not None and lungs.grid.same_as(fixed.grid) else None
+    shape = working_grid_shape(fixed.grid, cfg.preprocess.spacing_mm, cfg.preprocess.crop_margin_mm, lungs)
+    itemsize = max(fixed.array.dtype.itemsize, moving.array.dtype.itemsize)
+    check_memory_budget(estimate_memory(fixed.grid, moving.grid, cfg, shape, itemsize), budget_gb)
+
+
+__all__ = ["GivenDisplacements", "register_keypoint"]
