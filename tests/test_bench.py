@@ -377,13 +377,17 @@ def test_elastix_recovers_translation():
 
 
 @pytest.mark.slow
-def test_ants_maps_points_fixed_to_moving():
+def test_ants_maps_points_fixed_to_moving(tmp_path, monkeypatch):
     pytest.importorskip("ants")
+    import tempfile
+
     from graphreg.bench.peers import AntsSettings, ants_register
 
     pair = translation_pair()
     settings = AntsSettings(iterations=(20, 10), metric_radius=2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     field_mm, timings = ants_register(pair.fixed, pair.moving, None, settings)
+    assert list(tmp_path.iterdir()) == []  # ANTs' transform files are removed
     assert field_mm.shape == (*SHAPE, 3) and {"import", "register", "deformation_field"} <= set(timings)
     field = DisplacementField.from_mm_array(field_mm, pair.fixed.grid)
     errors = np.linalg.norm(field.transform_points(pair.fixed_landmarks_mm) - pair.moving_landmarks_mm, axis=1)

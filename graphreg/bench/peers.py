@@ -405,17 +405,19 @@ def ants_register(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume] = 
     start = time.perf_counter()
     unseeded = ants.config._random_seed  # antspyx's only per-call seed (set_ants_deterministic also forces 1 thread)
     ants.config._random_seed = settings.seed
-    try:
-        result = ants.registration(fixed_ants, moving_ants, type_of_transform=settings.transform,
-                                   syn_metric=settings.metric, syn_sampling=settings.metric_radius,
-                                   reg_iterations=settings.iterations, grad_step=settings.grad_step,
-                                   flow_sigma=settings.flow_sigma, total_sigma=settings.total_sigma,
-                                   verbose=False, **kwargs)
-    finally:
-        ants.config._random_seed = unseeded
-    timings["register"] = time.perf_counter() - start
-    start = time.perf_counter()
-    field_mm = ants_field_mm(result["fwdtransforms"], fixed.grid)
+    with tempfile.TemporaryDirectory(prefix="graphreg_ants_") as folder:  # ANTs writes its transforms here
+        try:
+            result = ants.registration(fixed_ants, moving_ants, type_of_transform=settings.transform,
+                                       outprefix=f"{folder}/",
+                                       syn_metric=settings.metric, syn_sampling=settings.metric_radius,
+                                       reg_iterations=settings.iterations, grad_step=settings.grad_step,
+                                       flow_sigma=settings.flow_sigma, total_sigma=settings.total_sigma,
+                                       verbose=False, **kwargs)
+        finally:
+            ants.config._random_seed = unseeded
+        timings["register"] = time.perf_counter() - start
+        start = time.perf_counter()
+        field_mm = ants_field_mm(result["fwdtransforms"], fixed.grid)
     timings["deformation_field"] = time.perf_counter() - start
     return field_mm, timings
 
