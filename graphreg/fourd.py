@@ -12,19 +12,21 @@ Convention:
     ``K-1, K-2, ...`` for the rest; :func:`registration_order`). Its *neighbour* ``n`` is the
     phase before it on that way.
 
-    Warm start (the default): phase ``i`` is first pulled through the neighbour's transform,
-    ``W_i(x) = I_i(T_n(x))`` on the reference grid, which leaves only the motion between two
-    adjacent phases; the residual registration of ``W_i`` to the reference (one fine search
-    level, fewer Adam steps: :data:`WARM_OVERRIDES`) gives ``T_r``, and
-    ``T_i = T_n o T_r``, i.e. ``u_i(x) = r(x) + u_n(x + r(x))`` (:func:`compose_fields`).
-    Cold: every phase is registered to the reference on its own. ``docs/fourd.md`` has the
-    measured time and temporal consistency of both.
+    Warm start (the default): phase ``i`` is registered to the reference by the instance
+    optimisation alone (:func:`graphreg.pipeline.instance_opt.optimise_with_config`, the same
+    coarse and full-resolution Adam stages as every registration), started from the neighbour's
+    field ``u_n`` instead of the keypoint search's; keypoints, the search levels and the
+    densification are skipped. The neighbour's field is only a starting point, so its errors do
+    not add up along the phases. Cold: every phase runs the whole pipeline on its own.
+    ``docs/fourd.md`` has the measured time and temporal consistency of both (and of a
+    pre-warp + residual + composition start, which was less accurate).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -36,10 +38,6 @@ from .field import DisplacementField
 from .geometry import Grid
 from .registration import Registration
 from .volume import Volume
-
-#: config overrides of a warm-started (residual) registration: the residual between adjacent
-#: phases is small, so the coarse +-16 voxel search level is dropped and the Adam stage shortened
-WARM_OVERRIDES = {"levels": [{"radius": 4, "step": 1.0}], "instance_opt": {"iterations": 13}}
 
 #: image files a phase folder may hold (besides DICOM series in sub-folders)
 PHASE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -181,40 +179,41 @@ def composed_field(grid: Grid, *fields: DisplacementField) -> DisplacementField:
     return DisplacementField.from_mm_array((moved - points).reshape(grid.shape + (3,)), grid)
 
 
-def compose_fields(residual: DisplacementField, neighbour: DisplacementField) -> DisplacementField:
-    """``u(x) = r(x) + u_n(x + r(x))`` on the residual's grid: the warm-started phase's field."""
-    return composed_field(residual.grid, residual, neighbour)
+def _refined_from(fixed: Volume, moving: Volume, lungs: Volume, neighbour: Registration, neighbour_name: str,
+                  config: Any, method: str, device: Optional[str]) -> Registration:
+    """Phase ``moving`` registered to ``fixed`` by the instance optimisation alone, started from the
+    neighbour's field (the keypoint search, regularisation and densification are skipped).
 
-
-def _composed_registration(residual: Registration, neighbour: Registration, moving: Volume,
-                           neighbour_index: int) -> Registration:
-    """The residual registration turned into the phase's own (``T_n o T_r``), holding the phase's
-    original image; quality checks and timings are the residual's."""
-    start = time.perf_counter()
-    working = compose_fields(residual.working_field, neighbour.working_field)
-    keypoint_disp = None
-    if residual.keypoints_mm is not None:
-        keypoint_disp = neighbour.working_field.transform_points(
-            residual.working_field.transform_points(residual.keypoints_mm)) - residual.keypoints_mm
-    timings = {**residual.timings, "compose": time.perf_counter() - start}
-    timings["total"] = residual.timings.get("total", 0.0) + timings["compose"]
-    extras = {**residual.extras, "warm_start": {
-        "from_phase": neighbour_index, "formula": "u_i(x) = r(x) + u_n(x + r(x))",
-        "note": "quality checks, keypoint spread and timings are those of the residual registration r"}}
-    return Registration(working_field=working, fixed_grid=residual.fixed_grid, moving=moving,
-                        method=residual.method, config=residual.config, timings=timings,
-                        keypoints_mm=residual.keypoints_mm, keypoint_displacements_mm=keypoint_disp,
-                        keypoint_uncertainty_mm=residual.keypoint_uncertainty_mm, extras=extras,
-                        fixed_lungs=residual.fixed_lungs)
-
-
-def _warm_config(config: Any) -> dict:
+    The neighbour's working field (pre-alignment included) becomes this pair's starting
+    displacement after subtracting this pair's own pre-alignment (:mod:`graphreg.workflow`);
+    :func:`graphreg.workflow.wrap_registration` adds it back and runs the quality checks.
+    """
     from .config import load_config
+    from .device import resolve_device
+    from .pipeline.instance_opt import instance_features, optimise_with_config
+    from .registration import resample_field
+    from .workflow import prepare_pair, read_inputs, wrap_registration
 
-    merged = load_config(config).to_dict()
-    merged["levels"] = [dict(level) for level in WARM_OVERRIDES["levels"]]
-    merged["instance_opt"] = {**merged["instance_opt"], **WARM_OVERRIDES["instance_opt"]}
-    return merged
+    cfg = load_config(config)
+    start = time.perf_counter()
+    prepared = prepare_pair(read_inputs(fixed, moving, lungs, None), cfg.preprocess, resolve_device(device))
+    pair = prepared.pair
+    initial = neighbour.working_field
+    if not initial.grid.same_as(pair.grid):
+        initial = resample_field(initial, pair.grid)
+    shift = pair.grid.mm_vectors_to_voxel(torch.as_tensor(pair.translation_mm, dtype=torch.float64))
+    initial = initial.displacement.to(pair.fixed.device, torch.float32) - \
+        shift.to(pair.fixed.device, torch.float32).view(1, 3, 1, 1, 1)
+    timings = {"preprocess": time.perf_counter() - start}
+    tick = time.perf_counter()
+    features = instance_features(pair.fixed, pair.moving, cfg.mind.radius, cfg.instance_opt)
+    timings["mind_io"] = time.perf_counter() - tick
+    dense, stages = optimise_with_config(*features, initial, pair.fixed_mask, cfg.instance_opt, cfg.seed)
+    timings.update(stages)
+    timings["total"] = time.perf_counter() - start
+    return wrap_registration(prepared, dense.detach(), method, cfg.to_dict(), timings, extras={
+        "warm_start": {"from_phase": neighbour_name,
+                       "stages": "instance optimisation only, started from the neighbour's field"}})
 
 
 # ---------------------------------------------------------------------- the 4D registration
@@ -277,20 +276,30 @@ def register_4d(phases: Sequence[Any], reference: int = 0, lungs: Any = None, me
         reference: index of the reference (fixed) phase.
         lungs: reference lung mask (computed once by :func:`graphreg.datasets.lungmask.lung_mask`
             when None) used by every registration.
-        method, config, device, threads: as for :func:`graphreg.api.register`; a warm-started
-            phase uses ``config`` with :data:`WARM_OVERRIDES` applied.
-        warm: warm-start each phase from its neighbour (False: each phase on its own).
+        method, config, device, threads: as for :func:`graphreg.api.register` (a warm-started
+            phase uses only the ``preprocess``, ``mind`` and ``instance_opt`` sections of ``config``).
+        warm: warm-start each phase from its neighbour (False: each phase on its own); keypoint
+            methods only.
         names: the phases' names (default ``phase_00`` ...).
 
     Raises:
         GeometryError: the phases are not on one grid, or the mask is not on it.
-        GraphregError: ``reference`` out of range; any error of :func:`graphreg.api.register`.
+        GraphregError: ``reference`` out of range, ``warm`` with a method that is not a keypoint
+            method; any error of :func:`graphreg.api.register`.
     """
-    from .api import register
+    from .api import KEYPOINT_METHODS, register
+    from .config import load_config
     from .datasets.lungmask import lung_mask
     from .inputs import as_optional_mask, as_volume
+    from .threads import thread_report, use_threads
 
     say = progress or (lambda line: None)
+    if warm and method not in KEYPOINT_METHODS:
+        raise GraphregError(f"warm: the warm start runs the keypoint methods' instance optimisation "
+                            f"({', '.join(KEYPOINT_METHODS)}), not {method!r}; register cold (warm=False, --cold)")
+    if warm and not load_config(config).instance_opt.runs():
+        raise GraphregError("warm: the warm start is the instance optimisation, which the config switches off "
+                            "(instance_opt); register cold (warm=False, --cold)")
     volumes = [as_volume(phase, f"phases[{i}]") for i, phase in enumerate(phases)]
     names = list(names) if names is not None else [f"phase_{i:02d}" for i in range(len(volumes))]
     check_phases(volumes, names)
@@ -302,7 +311,6 @@ def register_4d(phases: Sequence[Any], reference: int = 0, lungs: Any = None, me
     elif not mask.grid.same_as(fixed.grid, tol_mm=1e-3):
         raise GeometryError(f"lungs: expected a mask on the phases' grid [{' '.join(fixed.grid.describe().split())}], "
                             f"got [{' '.join(mask.grid.describe().split())}]")
-    warm_config = _warm_config(config) if warm else None
     start = time.perf_counter()
     registrations: dict[int, Registration] = {}
     seconds: dict = {}
@@ -310,11 +318,10 @@ def register_4d(phases: Sequence[Any], reference: int = 0, lungs: Any = None, me
         tick = time.perf_counter()
         moving = volumes[index]
         if warm and neighbour != reference:
-            previous = registrations[neighbour]
-            prewarped = previous.warp(moving, default=float(moving.array.min()))
-            residual = register(fixed, prewarped, mask, None, method=method, config=warm_config, device=device,
-                                threads=threads)
-            result = _composed_registration(residual, previous, moving, neighbour)
+            with use_threads(threads) as count:
+                result = _refined_from(fixed, moving, mask, registrations[neighbour], names[neighbour], config,
+                                       method, device)
+            result.extras.update(thread_report(count))
         else:
             result = register(fixed, moving, mask, None, method=method, config=config, device=device,
                               threads=threads)
@@ -397,5 +404,5 @@ def trajectory_rows(names: Sequence[str], positions: np.ndarray, reference: int)
     return rows
 
 
-__all__ = ["FourDRegistration", "WARM_OVERRIDES", "compose_fields", "composed_field", "midposition_image",
+__all__ = ["FourDRegistration", "composed_field", "midposition_image",
            "read_phases", "register_4d", "registration_order", "trajectories", "trajectory_rows"]

@@ -10,10 +10,16 @@ import torch
 
 from graphreg.datasets.breathing4d import cycle_weights
 from graphreg.demo import DEMO_PAIR
-from graphreg.errors import GeometryError, GraphregError, InputFileError
+from graphreg.errors import GraphregError, InputFileError
 from graphreg.field import DisplacementField
-from graphreg.fourd import (compose_fields, composed_field, midposition_image, read_phases, registration_order,
-                            trajectories, trajectory_rows)
+from graphreg.fourd import (
+    composed_field,
+    midposition_image,
+    read_phases,
+    registration_order,
+    trajectories,
+    trajectory_rows,
+)
 from graphreg.geometry import Grid
 from graphreg.io.images import write_image
 from graphreg.volume import Volume
@@ -59,7 +65,7 @@ def test_composition_of_translation_and_scaling_is_exact(grid):
     shift = np.array([1.5, -2.0, 0.75])
     residual = _translation(grid, shift)  # T_r(x) = x + a
     neighbour = _field(grid, lambda x: 0.1 * (x - centre))  # T_n(x) = x + 0.1 (x - c)
-    composed = compose_fields(residual, neighbour)
+    composed = composed_field(grid, residual, neighbour)
     x = _world(grid)
     expected = x + shift + 0.1 * (x + shift - centre) - x  # T_n(T_r(x)) - x
     inner = (slice(2, -2),) * 3  # T_r moves the border voxels off the grid, where u_n is extended flat
@@ -156,7 +162,7 @@ def test_command_bad_input_is_one_line_and_writes_nothing(run_cli, tmp_path, gri
              ([*paths, "--points", outside], "points: expected points inside the reference image"),
              ([*paths, "--reference", "7"], "reference: expected a phase index 0..2 or a phase name")]
     for args, message in cases:
-        code, stdout, stderr = run_cli(["4d", *args, "--out", out])
+        code, _, stderr = run_cli(["4d", *args, "--out", out])
         assert code == 2, stderr
         assert stderr.startswith("error: ") and message in stderr and len(stderr.strip().splitlines()) == 1
         assert not out.exists() and not list(tmp_path.glob(".out*"))
@@ -164,16 +170,18 @@ def test_command_bad_input_is_one_line_and_writes_nothing(run_cli, tmp_path, gri
 
 @pytest.mark.slow
 def test_command_end_to_end_on_the_demo_pair(run_cli, tmp_path):
-    """Phases fixed, moving, moving, fixed: phase 2 is warm-started from phase 1 (the same image),
-    so their trajectories must agree; both must match the demo's true landmark motion."""
+    """Phases fixed, moving, moving, moving (3 mm working grid, short Adam stage, for speed): phase 2
+    is warm-started from phase 1, phases 1 and 3 are registered cold; all must follow the demo's
+    true landmark motion."""
     fixed, moving = DEMO_PAIR / "fixed.nii.gz", DEMO_PAIR / "moving.nii.gz"
     points = np.loadtxt(DEMO_PAIR / "fixed_landmarks.csv", delimiter=",", skiprows=1)[:12]
     truth = np.loadtxt(DEMO_PAIR / "moving_landmarks.csv", delimiter=",", skiprows=1)[:12]
     csv = tmp_path / "points.csv"
     csv.write_text("x,y,z\n" + "\n".join(",".join(f"{v:.4f}" for v in p) for p in points) + "\n")
-    (tmp_path / "fast.yaml").write_text("instance_opt:\n  iterations: 10\n  refine:\n    iterations: 0\n")
+    (tmp_path / "fast.yaml").write_text("preprocess:\n  spacing_mm: 3.0\n"
+                                        "instance_opt:\n  iterations: 10\n  refine:\n    iterations: 0\n")
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(["4d", fixed, moving, moving, fixed, "--out", out, "--points", csv,
+    code, _, stderr = run_cli(["4d", fixed, moving, moving, moving, "--out", out, "--points", csv,
                                     "--midposition", "--ventilation", "--inhale", "fixed", "--config", tmp_path / "fast.yaml",
                                     "--threads", "2", "--outputs", "field,jacobian"])
     assert code is None or code == 0, stderr
@@ -183,10 +191,18 @@ def test_command_end_to_end_on_the_demo_pair(run_cli, tmp_path):
     rows = np.genfromtxt(out / "trajectories.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     positions = np.stack([rows["x"], rows["y"], rows["z"]], axis=1).reshape(12, 4, 3)
     before = np.linalg.norm(truth - points, axis=1).mean()
-    for phase in (1, 2):
-        assert np.linalg.norm(positions[:, phase] - truth, axis=1).mean() < 0.4 * before
-    assert np.linalg.norm(positions[:, 2] - positions[:, 1], axis=1).max() < 1.0
-    assert np.linalg.norm(positions[:, 3] - points, axis=1).max() < 1.0
+    for phase in (1, 2, 3):
+        assert np.linalg.norm(positions[:, phase] - truth, axis=1).mean() < 0.3 * before
     for name in ("trajectories.png", "midposition.nii.gz", "midposition.png", "reference_lungs.nii.gz"):
         assert (out / name).is_file()
     assert len(list(out.glob("phase_0[123]/ventilation/ventilation.json"))) == 3
+
+
+def test_warm_start_needs_a_keypoint_method_and_the_instance_optimisation(grid):
+    from graphreg.fourd import register_4d
+
+    phases = [Volume(np.full(grid.shape, -500, np.int16), grid)] * 2
+    with pytest.raises(GraphregError, match="warm: the warm start runs the keypoint methods' instance optimisation"):
+        register_4d(phases, method="demons")
+    with pytest.raises(GraphregError, match="warm: the warm start is the instance optimisation"):
+        register_4d(phases, config={"instance_opt": {"enabled": False}})

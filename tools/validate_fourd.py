@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/work/bench_data_outputs/fourd"))
+    parser.add_argument("--modes", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
     args = parser.parse_args()
+    args.modes = [mode == "warm" for mode in args.modes]
     ct = read_image(SOURCE)
     ct, lungs = low_resolution(ct, lung_mask(ct), 4.0, 20.0)
     sequence = breathing_sequence(ct, lungs, np.random.default_rng(args.seed), count=args.phases)
@@ -63,7 +65,7 @@ def main() -> None:
               "jacobian_min": sequence.jacobian_min,
               "true_peak_to_peak_mm": float(np.ptp(truth, axis=1).max(axis=1).mean())}
     results = {}
-    for warm in (False, True):
+    for warm in args.modes:
         tick = time.perf_counter()
         result = register_4d(sequence.phases, 0, sequence.lungs, warm=warm, threads=args.threads, progress=print)
         label = "warm" if warm else "cold"
@@ -73,8 +75,8 @@ def main() -> None:
                                     if i in result.registrations}}
         print(label, json.dumps(report[label]))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "validation.json").write_text(json.dumps(report, indent=2))
-    _figure(truth, results, args.out / "validation_trajectories.png")
+    (args.out / f"validation_{'_'.join(results)}.json").write_text(json.dumps(report, indent=2))
+    _figure(truth, results, args.out / f"validation_trajectories_{'_'.join(results)}.png")
     print(json.dumps(report, indent=2))
 
 
@@ -85,13 +87,14 @@ def _figure(truth: np.ndarray, results: dict, path: Path) -> None:
     panels = figure.subplots(1, 3)
     chosen = np.argsort(-np.ptp(truth[:, :, 2], axis=1))[:3]  # the three points that move most
     phases = np.arange(truth.shape[1] + 1)
-    styles = {"truth": dict(color="k", linewidth=2), "cold": dict(linestyle="--", marker="o"),
+    styles = {"truth": dict(linewidth=2.5, alpha=0.5), "cold": dict(linestyle="--", marker="o"),
               "warm": dict(linestyle=":", marker="s")}
     for axis, axes in enumerate(panels):
-        for point in chosen:
+        for colour, point in zip(("C0", "C1", "C2"), chosen):
             for label, data in (("truth", truth), *results.items()):
                 shift = data[point, :, axis] - data[point, 0, axis]
-                axes.plot(phases, np.append(shift, shift[0]), label=f"{label} p{point}", markersize=3, **styles[label])
+                axes.plot(phases, np.append(shift, shift[0]), label=f"{label} p{point}", markersize=3, color=colour,
+                          **styles[label])
         axes.set_title(f"d{'xyz'[axis]} (mm) over the cycle (phase {truth.shape[1]} = 0)")
         axes.set_xlabel("phase")
     panels[0].legend(fontsize=6, ncol=3)

@@ -26,7 +26,13 @@ import numpy as np
 from ..errors import GraphregError
 from ..field import DisplacementField
 from ..volume import Volume
-from .breathing import ParametricBreathing, jacobian_volume, parametric_motion, synthesize_pair, vessel_landmarks
+from .breathing import (
+    ParametricBreathing,
+    jacobian_volume,
+    parametric_motion,
+    synthesize_pair,
+    vessel_landmarks,
+)
 from .pairs import dense_field
 
 

@@ -9,7 +9,17 @@ import numpy as np
 
 from ..errors import GraphregError
 from ..volume import Volume
-from .slices import PLANES, DisplayFrame, _check_grid, _figure, _label, _mask_contour, _show, _slices, intensity_window
+from .slices import (
+    PLANES,
+    DisplayFrame,
+    _check_grid,
+    _figure,
+    _label,
+    _mask_contour,
+    _show,
+    _slices,
+    intensity_window,
+)
 
 #: axis names of world mm (LPS): +x left, +y posterior, +z superior
 AXIS_LABELS = ("x (right -> left)", "y (anterior -> posterior)", "z (inferior -> superior)")
