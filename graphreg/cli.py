@@ -199,6 +199,35 @@ def ventilation(result_dir: Path = typer.Argument(..., help="A folder written by
     typer.echo(f"wrote {written}")
 
 
+@app.command("4d")
+def four_d(phases: list[Path] = typer.Argument(..., help="Phase images in breathing order, one folder of them, or one 4D NIfTI/MHA."),
+           out: Path = typer.Option(..., help="Output folder: one result folder per phase, summary.json, the figures."),
+           reference: str = typer.Option("0", help="Reference (fixed) phase: index or name."),
+           points: Optional[Path] = typer.Option(None, help="CSV 'x,y,z' world-mm points in the reference phase -> trajectories.csv/.png."),
+           midposition: bool = typer.Option(False, "--midposition", help="Also write the mid-position image (mean position over the phases)."),
+           ventilation: bool = typer.Option(False, "--ventilation", help="Also write each phase's ventilation maps (PHASE/ventilation/)."),
+           inhale: str = typer.Option("auto", help="With --ventilation, which image is inhale: fixed (the reference) | moving (each phase) | auto (per phase)."),
+           cold: bool = typer.Option(False, "--cold", help="Register each phase on its own instead of warm-starting from its neighbour."),
+           lungs: Optional[Path] = typer.Option(None, help="Reference lung mask (computed when omitted)."),
+           method: str = typer.Option(DEFAULT_METHOD, help=f"Registration method: {methods_help()}."),
+           config: Optional[Path] = typer.Option(None, help=f"YAML config overriding the defaults, or a preset name ({PRESETS})."),
+           device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+           overwrite: bool = typer.Option(False, help="Replace the results in an existing output folder."),
+           threads: Optional[str] = threads_option(),
+           outputs: Optional[str] = typer.Option(None, help=outputs_help("Applies to every phase."))) -> None:
+    """Register every phase of a 4D-CT to the reference phase (warm-started from the neighbouring phase); trajectories, mid-position image, ventilation."""
+    from .fourd_command import run_4d
+
+    kinds = checked_outputs(outputs)
+    with command_threads(threads) as count:
+        summary = run_4d(phases, out, reference=reference, points=points, midposition=midposition,
+                         ventilation=ventilation, inhale=inhale, warm=not cold, lungs=lungs, method=method, config=config,
+                         device=device, threads=count, outputs=kinds, overwrite=overwrite, started=STARTED,
+                         echo=lambda line: typer.echo(line, err=True))
+    typer.echo(f"wrote {out}: {len(summary['phases'])} phases, registration {summary['seconds_registration']['total']:.1f} s, "
+               f"total {time.perf_counter() - STARTED:.1f} s")
+
+
 @app.command()
 def train(config: Path = typer.Option(..., help=f"Training recipe: a YAML file or a shipped recipe's name ({', '.join(TRAINING_RECIPES)})."),
           out: Path = typer.Option(Path("runs/train"), help="Folder for checkpoints, history and the final model.pt."),
