@@ -157,6 +157,7 @@ def test_no_air_bands_beyond_the_source(pair, source):
             assert (image.array[z] < -900).mean() < 0.5  # the body is there, not an air band
 
 
+@pytest.mark.slow
 def test_same_seed_same_pair(source, pattern, pair):
     again = realistic_pair(source, Anatomy.draw(3, "benchmark"), pattern, [0, 3], ACQ, landmarks=LANDMARKS)
     assert np.array_equal(again.fixed.array, pair.fixed.array)
@@ -166,6 +167,7 @@ def test_same_seed_same_pair(source, pattern, pair):
     assert not np.array_equal(other.moving.array, pair.moving.array)
 
 
+@pytest.mark.slow
 def test_anatomies_are_new_patients(source, pattern, clean_pair):
     same = realistic_pair(source, Anatomy.identity(3), pattern, [0, 3], ACQ, landmarks=LANDMARKS, noise=False)
     changed = Anatomy(3, True, (1.1, 0.95, 0.9), (0.05, -0.05), 8.0, -30.0, ((0.5, 0.5, 0.5, 30.0, 0.5),))
@@ -211,6 +213,7 @@ def test_realistic_benchmark_folder(tmp_path, source):
                   - pair.moving_landmarks_mm).max() < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POPI_CT.is_file(), reason="POPI CT not available")
 def test_training_sampler_realistic():
     from graphreg.io.images import read_image
@@ -224,3 +227,15 @@ def test_training_sampler_realistic():
     assert sample["meta"]["anatomy"] == TRAINING_ANATOMIES.start + 1
     assert sample["meta"]["motion_set"] in MOTION_SETS
     assert torch.equal(sampler[1]["moving"], sample["moving"])  # a pure function of (seed, index)
+
+
+def test_bench_make_options():
+    from typer.testing import CliRunner
+
+    from graphreg.bench.commands import bench_app
+
+    runner = CliRunner()
+    result = runner.invoke(bench_app, ["make", "--set", "hard"])
+    assert result.exit_code == 2 and "--set: expected realistic or easy" in result.output
+    result = runner.invoke(bench_app, ["make", "--set", "easy", "--count", "3"])
+    assert result.exit_code == 2 and "--count" in result.output

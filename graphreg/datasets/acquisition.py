@@ -163,7 +163,7 @@ class _ControlField:
         self.grid = grid
         self.mm = mm
         spacing = grid.spacing_zyx
-        grads = [np.gradient(mm[..., c], *spacing) if min(grid.shape) > 1 else None for c in range(3)]
+        grads = [np.gradient(mm[..., c], *spacing) for c in range(3)]
         channels = [mm[..., c] for c in range(3)]
         for c in range(3):
             channels += [grads[c][2], grads[c][1], grads[c][0]]  # d/dx, d/dy, d/dz

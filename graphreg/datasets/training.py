@@ -37,7 +37,7 @@ import torch
 from ..errors import ConfigError
 from ..io.images import read_image
 from ..volume import Volume
-from .acquisition import Acquisition, SourceCT, grid_points, realistic_pair, sample_on
+from .acquisition import Acquisition, SourceCT, realistic_pair, sample_on
 from .anatomy import MOTION_SETS, TRAINING_ANATOMIES, Anatomy, MotionPattern
 from .benchmark import POPI_CT, low_resolution
 from .breathing import dirlab_motion, parametric_motion, synthesize_pair
