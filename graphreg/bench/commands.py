@@ -2,7 +2,8 @@
 
 Usage::
 
-    graphreg bench make --out bench_data/native            # the generated POPI-based pairs
+    graphreg bench make --out bench_data/real2             # the realistic 2 mm pairs (default set)
+    graphreg bench make --set easy --out bench_data/native # the POPI CT warped, native grid
     graphreg bench run --pairs bench_data/native --methods identity,elastix --json bench.json
     graphreg bench contention --json contention.json       # default threads vs fixed counts, busy host
     graphreg bench summary bench.json --into README.md     # the run as the README's Markdown table
@@ -100,18 +101,27 @@ def run(
 @bench_app.command()
 def make(
     out: Path = typer.Option(DEFAULT_PAIRS, help="Output folder for the pair_*/ folders."),
+    kind: str = typer.Option("realistic", "--set", help="realistic: two acquisitions of a new patient per "
+                             "pair (own grids, noise, sliding); easy: the one CT warped (same grid and noise)."),
     low_res: bool = typer.Option(False, "--low-res", help="4 mm isotropic lung-cropped pairs (quick tests)."),
     spacing: Optional[float] = typer.Option(None, "--spacing", help="Isotropic spacing (mm) of lung-cropped "
-                                            "pairs, e.g. 2 for the standard set; default: the CT's native grid."),
+                                            "pairs; default: 2 for the realistic set, the CT's native grid "
+                                            "for the easy set."),
+    count: Optional[int] = typer.Option(None, "--count", min=1, help="Number of realistic pairs (default 11: "
+                                        "every DIR-Lab landmark set once)."),
     seed: int = typer.Option(0, help="Random seed of the synthetic motion and noise."),
 ) -> None:
-    """Make the benchmark pairs (POPI CT warped by DIR-Lab-like breathing motion, exact landmarks)."""
+    """Make the benchmark pairs (new patients from the POPI CT breathing DIR-Lab motion, exact landmarks)."""
     from ..datasets.benchmark import make_benchmark_command
 
+    if kind not in ("realistic", "easy"):
+        fail(f"--set: expected realistic or easy, got {kind}")
     if spacing is not None and not spacing > 0:
         fail(f"--spacing: expected a positive spacing in mm, got {spacing}")
+    if count is not None and kind == "easy":
+        fail("--count: only the realistic set has a variable number of pairs")
     try:
-        make_benchmark_command(out, low_res=low_res, seed=seed, spacing_mm=spacing)
+        make_benchmark_command(out, low_res=low_res, seed=seed, spacing_mm=spacing, kind=kind, count=count)
     except GraphregError as error:
         fail(str(error))
 

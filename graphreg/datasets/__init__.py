@@ -3,8 +3,11 @@
 - :mod:`~graphreg.datasets.lungmask`: lung segmentation by thresholding and components.
 - :mod:`~graphreg.datasets.breathing`: breathing motion models (DIR-Lab landmark motion,
   parametric) and the synthesis of the exhale image by exact inverse warping.
+- :mod:`~graphreg.datasets.anatomy`: new patients from the one CT, motion from every DIR-Lab set.
+- :mod:`~graphreg.datasets.acquisition`: realistic pairs (two acquisitions, own grids and noise,
+  sliding at the pleura).
 - :mod:`~graphreg.datasets.pairs`: the on-disk pair folder format.
-- :mod:`~graphreg.datasets.benchmark`: the ten-pair benchmark (one per DIR-Lab 4DCT case).
+- :mod:`~graphreg.datasets.benchmark`: the realistic and the easy (warped-CT) benchmark sets.
 - :mod:`~graphreg.datasets.training`: random training pairs on the fly.
 """
 

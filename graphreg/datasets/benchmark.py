@@ -1,4 +1,11 @@
-"""The synthetic benchmark: ten inhale/exhale pairs made from the POPI CT with DIR-Lab motion.
+"""The synthetic benchmarks made from the POPI CT with DIR-Lab motion: "realistic" and "easy".
+
+The **realistic** set (:func:`make_realistic_benchmark`, the default of ``graphreg bench make``):
+pair ``pair_NN`` is benchmark anatomy ``NN - 1`` (:class:`~graphreg.datasets.anatomy.Anatomy`)
+breathing the motion of DIR-Lab set ``REALISTIC_SETS[NN - 1]``, both images acquired on their own
+grids with their own noise (:mod:`graphreg.datasets.acquisition`).
+
+The **easy** set, described below, warps the one CT; both images share grid and texture.
 
 Pair ``pair_NN`` moves the end-inhale POPI CT (phase 00 of the POPI model, Vandemeulebroucke et
 al., ICCR 2007) with the real end-inhale -> end-exhale landmark motion of DIR-Lab 4DCT case
@@ -26,6 +33,8 @@ import numpy as np
 
 from ..io.images import read_image
 from ..volume import Volume, bounding_box
+from .acquisition import Acquisition, SourceCT, realistic_pair
+from .anatomy import BENCHMARK_ANATOMIES, MOTION_SETS, Anatomy, MotionPattern
 from .breathing import dirlab_motion, synthesize_pair
 from .lungmask import lung_mask
 from .pairs import write_pair
@@ -41,6 +50,10 @@ STANDARD_SPACING_MM = 2.0
 CONTROL_MM = 4.0
 #: Margin (mm) around the lungs kept in the low-resolution set.
 LOW_RES_MARGIN_MM = 20.0
+#: Motion set of each realistic pair, in pair order: COPD first, then the ten 4DCT cases.
+REALISTIC_SETS = ("copd1",) + tuple(s for s in MOTION_SETS if s != "copd1")
+#: Seed component of a realistic pair's motion placement.
+_PATTERN_STREAM = 313
 
 
 def low_resolution(ct: Volume, lung: Volume, spacing_mm: float = LOW_RES_SPACING_MM,
@@ -137,36 +150,93 @@ def make_benchmark(out_dir: str | os.PathLike, low_res: bool = False, seed: int 
     return rows
 
 
+def make_realistic_benchmark(out_dir: str | os.PathLike, spacing_mm: float = STANDARD_SPACING_MM,
+                             count: int = len(REALISTIC_SETS), seed: int = 0,
+                             ct_path: str | os.PathLike = POPI_CT, progress=None,
+                             source: Optional[SourceCT] = None, landmarks: int = 300) -> list[dict]:
+    """Write the realistic pairs ``pair_01`` .. ``pair_{count}`` into ``out_dir``.
+
+    Pair ``k`` (1-based): benchmark anatomy ``k - 1``, motion of ``REALISTIC_SETS[(k - 1) % 11]``
+    placed by ``default_rng([seed, 313, k])``, acquired at ``spacing_mm`` isotropic (moving slices
+    1.25 times thicker) with seed ``[seed, k]``, with ``landmarks`` landmark pairs. ``source``
+    (default: :meth:`SourceCT.load` of ``ct_path``) is the denoised source CT.
+
+    Returns:
+        One dict per pair, as :func:`make_benchmark` (``case`` is the motion set's name).
+
+    Raises:
+        GraphregError: ``count`` exceeds the benchmark anatomy range.
+    """
+    from ..errors import GraphregError
+
+    if not 1 <= count <= len(BENCHMARK_ANATOMIES):
+        raise GraphregError(f"count: expected 1..{len(BENCHMARK_ANATOMIES)} pairs, got {count}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = source if source is not None else SourceCT.load(ct_path)
+    acquisition = Acquisition(spacing_mm=(float(spacing_mm),) * 3)
+    rows = []
+    for k in range(1, count + 1):
+        start = time.perf_counter()
+        set_name = REALISTIC_SETS[(k - 1) % len(REALISTIC_SETS)]
+        anatomy = Anatomy.draw(BENCHMARK_ANATOMIES.start + k - 1, "benchmark")
+        pattern = MotionPattern.draw(set_name, np.random.default_rng([int(seed), _PATTERN_STREAM, k]))
+        pair = realistic_pair(source, anatomy, pattern, [int(seed), k], acquisition, landmarks, f"pair_{k:02d}",
+                              meta={"source": f"dirlab-{set_name}", "motion": "dirlab-sliding",
+                                    "fixed_ct": Path(ct_path).name, "spacing_mm": float(spacing_mm)})
+        write_pair(pair, out / pair.name)
+        tre = pair.meta["initial_tre_mm"]
+        row = {"name": pair.name, "case": set_name, "tre_mean_mm": tre["mean_mm"],
+               "tre_p75_mm": tre["p75_mm"], "tre_max_mm": tre["max_mm"],
+               "jacobian_min": pair.meta["jacobian_lung_min"],
+               "inverse_residual_mm": pair.meta["inverse_residual_mm"]["lung_max"],
+               "seconds": time.perf_counter() - start}
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    return rows
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of :func:`make_benchmark` rows."""
-    lines = [f"{'pair':<8} {'case':>4} {'TRE mean':>9} {'p75':>7} {'max':>7} {'min J':>6} "
+    lines = [f"{'pair':<8} {'case':>6} {'TRE mean':>9} {'p75':>7} {'max':>7} {'min J':>6} "
              f"{'inv res':>9} {'time s':>7}"]
     for r in rows:
-        lines.append(f"{r['name']:<8} {r['case']:>4} {r['tre_mean_mm']:>9.2f} {r['tre_p75_mm']:>7.2f} "
+        lines.append(f"{r['name']:<8} {r['case']!s:>6} {r['tre_mean_mm']:>9.2f} {r['tre_p75_mm']:>7.2f} "
                      f"{r['tre_max_mm']:>7.2f} {r['jacobian_min']:>6.3f} "
                      f"{r['inverse_residual_mm']:>9.1e} {r['seconds']:>7.1f}")
     return "\n".join(lines)
 
 
 def make_benchmark_command(out: str | os.PathLike, low_res: bool = False, seed: int = 0,
-                           spacing_mm: Optional[float] = None) -> list[dict]:
-    """Entry point for ``graphreg bench make [--out DIR] [--low-res | --spacing MM] [--seed N]``.
+                           spacing_mm: Optional[float] = None, kind: str = "easy",
+                           count: Optional[int] = None) -> list[dict]:
+    """Entry point for ``graphreg bench make [--out DIR] [--set realistic|easy] [--low-res | --spacing MM]
+    [--seed N] [--count N]``.
 
-    Shows a tqdm progress bar, prints one line per pair (initial TRE in mm) and the table.
+    ``kind="realistic"`` makes :func:`make_realistic_benchmark` pairs (``spacing_mm`` default
+    :data:`STANDARD_SPACING_MM`, ``low_res`` :data:`LOW_RES_SPACING_MM`; ``count`` default 11);
+    ``"easy"`` the warped-CT pairs of :func:`make_benchmark`. Shows a tqdm progress bar, prints one
+    line per pair (initial TRE in mm) and the table.
     """
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(CASES), desc="benchmark pairs", unit="pair")
+    total = len(CASES) if kind == "easy" else (count or len(REALISTIC_SETS))
+    bar = tqdm(total=total, desc=f"{kind} benchmark pairs", unit="pair")
 
     def report(row: dict) -> None:
         bar.update(1)
-        bar.write(f"{row['name']}: DIR-Lab case {row['case']}, initial TRE {row['tre_mean_mm']:.2f} mm "
+        bar.write(f"{row['name']}: DIR-Lab {row['case']}, initial TRE {row['tre_mean_mm']:.2f} mm "
                   f"(p75 {row['tre_p75_mm']:.2f}, max {row['tre_max_mm']:.2f}), "
                   f"min J {row['jacobian_min']:.3f}, {row['seconds']:.0f} s")
 
     start = time.perf_counter()
     try:
-        rows = make_benchmark(out, low_res=low_res, seed=seed, progress=report, spacing_mm=spacing_mm)
+        if kind == "easy":
+            rows = make_benchmark(out, low_res=low_res, seed=seed, progress=report, spacing_mm=spacing_mm)
+        else:
+            spacing = LOW_RES_SPACING_MM if low_res else (spacing_mm or STANDARD_SPACING_MM)
+            rows = make_realistic_benchmark(out, spacing, total, seed=seed, progress=report)
     finally:
         bar.close()
     print(format_table(rows))

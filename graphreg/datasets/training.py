@@ -11,6 +11,13 @@ jitter, with randomness from ``default_rng([seed, case])``; training draws from
 ``default_rng([seed, TRAINING_STREAM, i])`` and always jitters the landmark motion
 (``jitter_mm > 0``) and the amplitude.
 
+With ``realistic=True`` every sample is instead a realistic pair
+(:func:`graphreg.datasets.acquisition.realistic_pair`): training anatomy ``1000 + i`` (never a
+benchmark anatomy), the motion of a random DIR-Lab set (:data:`~graphreg.datasets.anatomy.MOTION_SETS`),
+two acquisitions with their own grids and noise; the moving image and mask are resampled onto the
+fixed grid (border values repeated), which is then the sample's working grid (its size varies with
+the anatomy: use ``crop_shape`` to batch).
+
 Convention:
     Returned tensors are on the sampler's working grid (isotropic ``spacing_mm``): images
     ``(1, D, H, W)`` float32 HU, masks ``(1, D, H, W)`` float32 0/1, ``displacement``
@@ -30,6 +37,8 @@ import torch
 from ..errors import ConfigError
 from ..io.images import read_image
 from ..volume import Volume
+from .acquisition import Acquisition, SourceCT, realistic_pair, sample_on
+from .anatomy import MOTION_SETS, TRAINING_ANATOMIES, Anatomy, MotionPattern
 from .benchmark import POPI_CT, low_resolution
 from .breathing import dirlab_motion, parametric_motion, synthesize_pair
 from .lungmask import lung_mask
@@ -58,6 +67,8 @@ class TrainingPairSampler(torch.utils.data.Dataset):
             ``a * HU + b`` applied to the moving image.
         landmarks: number of landmark pairs per sample.
         margin_mm: margin around the lungs kept in the working volume.
+        realistic: draw realistic pairs (see the module docstring); ``cases``, ``amplitude_range``,
+            ``jitter_mm``, ``parametric_probability`` and ``noise_range`` then do not apply.
 
     Raises:
         ConfigError: a range is reversed, a probability is outside ``[0, 1]``, ``jitter_mm`` is not
@@ -71,7 +82,7 @@ class TrainingPairSampler(torch.utils.data.Dataset):
                  parametric_probability: float = 0.3, noise_range: tuple[float, float] = (5.0, 25.0),
                  intensity_scale: tuple[float, float] = (0.95, 1.05),
                  intensity_shift: tuple[float, float] = (-20.0, 20.0), landmarks: int = 100,
-                 margin_mm: float = 20.0) -> None:
+                 margin_mm: float = 20.0, realistic: bool = False) -> None:
         for name, pair in (("amplitude_range", amplitude_range), ("noise_range", noise_range),
                            ("intensity_scale", intensity_scale), ("intensity_shift", intensity_shift)):
             if len(pair) != 2 or pair[0] > pair[1]:
@@ -84,8 +95,15 @@ class TrainingPairSampler(torch.utils.data.Dataset):
                               f"from the benchmark's), got {jitter_mm}")
         ct = read_image(source) if not isinstance(source, Volume) else source
         lung = lung_mask(ct)
+        self.realistic = bool(realistic)
+        self.source = SourceCT.load(ct, lung) if self.realistic else None
+        self.acquisition = Acquisition(spacing_mm=(float(spacing_mm),) * 3, margin_mm=float(margin_mm))
         self.fixed, self.lung = low_resolution(ct, lung, spacing_mm, margin_mm)
-        if crop_shape is not None:
+        if crop_shape is not None and self.realistic:
+            crop_shape = tuple(int(c) for c in crop_shape)
+            if len(crop_shape) != 3 or min(crop_shape) < 2:
+                raise ConfigError(f"crop_shape: expected 3 sizes >= 2, got {crop_shape}")
+        elif crop_shape is not None:
             crop_shape = tuple(int(c) for c in crop_shape)
             if len(crop_shape) != 3 or any(c < 2 or c > n for c, n in zip(crop_shape, self.fixed.grid.shape)):
                 raise ConfigError(f"crop_shape: expected 3 sizes in [2, {self.fixed.grid.shape}], "
@@ -114,6 +132,8 @@ class TrainingPairSampler(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index: expected 0 <= index < {self.length}, got {index}")
         rng = self.rng(index)
+        if self.realistic:
+            return self._realistic(index, rng)
         if rng.uniform() < self.parametric_probability:
             motion = parametric_motion(self.fixed, self.lung, rng)
             meta = {"motion": "parametric"}
@@ -126,10 +146,31 @@ class TrainingPairSampler(torch.utils.data.Dataset):
         noise = float(rng.uniform(*self.noise_range))
         pair = synthesize_pair(self.fixed, motion, self.lung, rng, noise_hu=noise,
                                landmarks=self.landmarks, name=f"train_{index}")
+        meta["noise_hu"] = noise
+        return self._sample(index, rng, pair, pair.moving.array, pair.moving_mask.array,
+                            dense_field(motion, self.fixed.grid).displacement[0], meta)
+
+    def _realistic(self, index: int, rng: np.random.Generator) -> dict:
+        """A realistic training pair on its fixed grid (see the module docstring)."""
+        anatomy = Anatomy.draw(TRAINING_ANATOMIES.start + int(index), "training")
+        pattern = MotionPattern.draw(str(rng.choice(MOTION_SETS)), rng)
+        pair = realistic_pair(self.source, anatomy, pattern, [self.seed, TRAINING_STREAM, int(index)],
+                              self.acquisition, landmarks=self.landmarks, name=f"train_{index}")
+        grid = pair.fixed.grid
+        moving = sample_on(pair.moving, grid).reshape(grid.shape)
+        moving_mask = (sample_on(pair.moving_mask, grid) >= 0.5).reshape(grid.shape)
+        meta = {"motion": "dirlab-sliding", "motion_set": pattern.set_name, "anatomy": anatomy.anatomy_id,
+                "noise_hu": pair.meta["noise_hu"]}
+        return self._sample(index, rng, pair, moving, moving_mask, pair.gt_field.displacement[0], meta)
+
+    def _sample(self, index: int, rng: np.random.Generator, pair, moving: np.ndarray,
+                moving_mask: np.ndarray, displacement: torch.Tensor, meta: dict) -> dict:
+        """The sample dict of ``pair`` (moving image and mask already on the fixed grid)."""
         scale, shift = rng.uniform(*self.intensity_scale), rng.uniform(*self.intensity_shift)
-        moving = pair.moving.array.astype(np.float32) * np.float32(scale) + np.float32(shift)
-        displacement = dense_field(motion, self.fixed.grid).displacement[0]
-        grid = self.fixed.grid
+        moving = moving.astype(np.float32) * np.float32(scale) + np.float32(shift)
+        grid = pair.fixed.grid
+        if self.crop_shape is not None and any(c > n for c, n in zip(self.crop_shape, grid.shape)):
+            raise ConfigError(f"crop_shape: expected at most the sample's grid {grid.shape}, got {self.crop_shape}")
         fixed_points = grid.world_to_voxel(pair.fixed_landmarks_mm)
         moving_points = grid.world_to_voxel(pair.moving_landmarks_mm)
         start = np.zeros(3, dtype=int)
@@ -141,14 +182,14 @@ class TrainingPairSampler(torch.utils.data.Dataset):
         def volume(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(array[box], dtype=np.float32))[None]
 
-        meta.update({"index": int(index), "noise_hu": noise, "intensity_scale": float(scale),
+        meta.update({"index": int(index), "intensity_scale": float(scale),
                      "intensity_shift": float(shift), "crop_start": start.tolist(),
                      "initial_tre_mm": pair.meta["initial_tre_mm"]["mean_mm"]})
         return {
-            "fixed": volume(self.fixed.array),
+            "fixed": volume(pair.fixed.array),
             "moving": volume(moving),
-            "fixed_mask": volume(self.lung.array),
-            "moving_mask": volume(pair.moving_mask.array),
+            "fixed_mask": volume(pair.fixed_mask.array),
+            "moving_mask": volume(moving_mask),
             "displacement": displacement[(slice(None),) + box].contiguous(),
             "fixed_landmarks": torch.from_numpy(fixed_points - start),
             "moving_landmarks": torch.from_numpy(moving_points - start),
