@@ -319,7 +319,7 @@ def test_command_run_and_missing_default(pair_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(bench_app, ["run", "--methods", "identity"])
     assert result.exit_code == 2
-    assert "graphreg bench make --out bench_data/native" in result.output
+    assert "graphreg bench make --out bench_data/realistic" in result.output
     result = runner.invoke(bench_app, ["run", "--pairs", str(tmp_path), "--methods", "identity"])
     assert result.exit_code == 2 and "cannot tell the layout" in result.output
     for command in ("run", "make", "methods"):

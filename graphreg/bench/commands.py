@@ -2,9 +2,9 @@
 
 Usage::
 
-    graphreg bench make --out bench_data/real2             # the realistic 2 mm pairs (default set)
+    graphreg bench make                                    # the realistic 2 mm pairs in bench_data/realistic
     graphreg bench make --set easy --out bench_data/native # the POPI CT warped, native grid
-    graphreg bench run --pairs bench_data/native --methods identity,elastix --json bench.json
+    graphreg bench run --methods identity,corrfield,elastix --json bench.json   # on bench_data/realistic
     graphreg bench contention --json contention.json       # default threads vs fixed counts, busy host
     graphreg bench summary bench.json --into README.md     # the run as the README's Markdown table
     python -m graphreg.bench.commands run --help            # the same without the main CLI
@@ -23,7 +23,7 @@ from ..cli_common import command_threads, fail, threads_option
 from ..errors import GraphregError
 
 #: Where ``bench make`` writes and ``bench run`` reads by default.
-DEFAULT_PAIRS = Path("bench_data") / "native"
+DEFAULT_PAIRS = Path("bench_data") / "realistic"
 DEFAULT_METHODS = "identity,corrfield,elastix,convexadam"
 
 bench_app = typer.Typer(
@@ -63,7 +63,8 @@ def run(
     from .table import format_table
 
     if not pairs.exists():
-        hint = (f"; make it with `graphreg bench make --out {pairs}` (add --spacing 2 for the standard 2 mm set, --low-res for a quick 4 mm one)"
+        hint = (f"; make it with `graphreg bench make --out {pairs}` (the realistic 2 mm set; `--set easy` for "
+                f"the warped-CT set)"
                 if pairs == DEFAULT_PAIRS else "")
         fail(f"--pairs: folder {pairs} not found{hint}")
     try:
