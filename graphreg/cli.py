@@ -156,8 +156,7 @@ def register(
         if report:
             from .viz.commands import viz_command
 
-            written = viz_command(out, echo=typer.echo)
-            typer.echo(f"wrote {written['report']}")
+            viz_command(out, echo=typer.echo, warn=lambda line: typer.echo(line, err=True))
     status = f"; status {result.status}" if result.status else ""
     typer.echo(f"wrote {out}: pipeline {result.timings['total']:.1f} s, total {time.perf_counter() - STARTED:.1f} s"
                f"{status}")
@@ -259,10 +258,10 @@ def viz(result_dir: Path = typer.Argument(..., help="A folder written by 'graphr
     from .viz.commands import viz_command
 
     with command_threads(threads):
-        written = viz_command(result_dir, fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                              fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, out_dir=out,
-                              render_3d=not no_3d, interactive=interactive, echo=typer.echo)
-    typer.echo(f"wrote {written['report']}")
+        viz_command(result_dir, fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                    fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, out_dir=out,
+                    render_3d=not no_3d, interactive=interactive, echo=typer.echo,
+                    warn=lambda line: typer.echo(line, err=True))
 
 
 @app.command()

@@ -8,6 +8,7 @@ depends on the registration pipeline.
 from __future__ import annotations
 
 import json
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from graphreg.field import DisplacementField
 from graphreg.geometry import Grid
 from graphreg.io import Landmarks, write_image, write_itk_field, write_landmarks
 from graphreg.metrics import jacobian_determinant
-from graphreg.viz import bench_plots, pointclouds, report, slices
+from graphreg.viz import bench_plots, pointclouds, report, slices, webview
 from graphreg.viz.commands import viz_command
 from graphreg.volume import Volume
 
@@ -109,6 +110,7 @@ def make_result(tmp_path: Path, with_pair: bool = True, uncertainty: bool = True
     rows = "\n".join(",".join(f"{v:.4f}" for v in row) for row in np.concatenate(columns, 1))
     (result / "keypoints.csv").write_text(header + "\n" + rows + "\n")
     info = {"method": "synthetic", "timings_s": {"keypoints": 0.1, "total": 1.5}, "seconds_total": 1.5,
+            "seconds_wall": 2.5,
             "jacobian": {"std_log_jacobian": 0.1, "folding_percent": 0.2}, "config": {"knn": 15, "tps": {"lambda": 0.1}},
             "quality": {"status": "suspect", "reasons": ["folding 2 (limit <= 1)"],
                         "checks": [{"name": "outcome.folding_percent", "verdict": "suspect", "value": 2.0,
@@ -274,8 +276,7 @@ def test_ply_export_reloads_with_the_right_counts(data, tmp_path):
 
     surface = pointclouds.lung_surface(data.fixed_mask)
     scene = pointclouds.keypoint_scene(data.keypoints_mm, data.keypoint_displacements_mm, surface)
-    glyphs = pointclouds.uncertainty_scene(data.keypoints_mm, data.keypoint_uncertainty_mm)
-    paths = {p.stem: p for p in pointclouds.export_ply(scene, tmp_path) + pointclouds.export_ply(glyphs, tmp_path)}
+    paths = {p.stem: p for p in pointclouds.export_ply(scene, tmp_path)}
     cloud = o3d.io.read_point_cloud(str(paths["keypoints"]))
     assert len(cloud.points) == 60 and len(cloud.colors) == 60
     assert np.allclose(np.asarray(cloud.points), data.keypoints_mm, atol=1e-4)
@@ -285,8 +286,27 @@ def test_ply_export_reloads_with_the_right_counts(data, tmp_path):
     assert np.allclose(ends, data.keypoints_mm + data.keypoint_displacements_mm, atol=1e-4)
     mesh = o3d.io.read_triangle_mesh(str(paths["lung_surface"]))
     assert len(mesh.vertices) == len(surface.vertices) and len(mesh.triangles) == len(surface.triangles)
-    sphere = o3d.geometry.TriangleMesh.create_sphere(radius=1.0, resolution=6)
-    assert len(o3d.io.read_triangle_mesh(str(paths["uncertainty_glyphs"])).vertices) == 60 * len(sphere.vertices)
+
+
+def test_lung_surface_is_decimated_to_its_cap(data):
+    full = pointclouds.lung_surface(data.fixed_mask, step_mm=1.0, max_triangles=None)
+    capped = pointclouds.lung_surface(data.fixed_mask, step_mm=1.0, max_triangles=500)
+    assert len(full.triangles) > 500 >= len(capped.triangles) > 250
+    assert len(capped.vertex_normals) == len(capped.vertices)
+
+
+def test_result_scenes_thin_keypoints_beyond_the_cap(data):
+    scenes = report.result_scenes(data, max_points=25)
+    cloud = next(item.geometry for item in scenes["keypoints"].items if item.name == "keypoints")
+    assert len(cloud.points) == 25 and "(drawn: 25 of 60)" in scenes["keypoints"].title
+    assert "(drawn: 20 of 20)" not in scenes["landmarks"].title  # 20 landmark pairs: all drawn
+
+
+def test_uncertainty_colours_span_the_spread_that_occurs(data):
+    scene = pointclouds.uncertainty_scene(data.keypoints_mm, data.keypoint_uncertainty_mm)
+    spread = data.keypoint_uncertainty_mm
+    assert scene.colorbar.vmin == pytest.approx(np.percentile(spread, 1))
+    assert scene.colorbar.vmax == pytest.approx(np.percentile(spread, 99))
 
 
 def test_show_scene_without_display(monkeypatch, data):
@@ -327,7 +347,73 @@ def test_viz_command_writes_a_report_whose_links_exist(result_dir, viz_out):
     assert f"{tre_after:.4g}" in text and "tps.lambda" in text
     assert "Status: suspect</b> &mdash; folding 2 (limit &lt;= 1)" in text and "outcome.folding_percent" in text
     assert {p.name for p in out["ply"]} >= {"keypoints_keypoints.ply", "landmarks_error_after.ply",
-                                           "uncertainty_uncertainty_glyphs.ply", "keypoints_lung_surface.ply"}
+                                           "uncertainty_uncertainty.ply", "keypoints_lung_surface.ply"}
+
+
+def test_report_has_the_3d_view_stage_words_and_wall_time(viz_out):
+    text = viz_out["report"].read_text(encoding="utf-8")
+    start = text.index(f'<script type="application/json" id="{webview.DATA_ID}">') + len(
+        f'<script type="application/json" id="{webview.DATA_ID}">')
+    payload = json.loads(text[start:text.index("</script>", start)])
+    assert len(payload["points"]) == 60 and set(payload["modes"]) == {"magnitude", "uncertainty"}
+    assert len(payload["triangles"]) > 0 and len(payload["modes"]["uncertainty"]["values"]) == 60
+    assert "<canvas" in text and "http://" not in text and "https://" not in text and "//cdn" not in text
+    assert "keypoints (Förstner)" in text and "registration pipeline, total" in text
+    assert "whole command (reading, registering, writing)" in text and "wall time of the command (s)" in text
+    assert "<th>total</th>" not in text  # internal stage keys are not shown
+
+
+def test_webview_payload_without_surface_or_uncertainty():
+    points = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    payload = webview.view_payload(points, np.array([[0.0, 0.0, 3.0], [0.0, 4.0, 0.0]]))
+    assert set(payload["modes"]) == {"magnitude"} and payload["triangles"] == []
+    assert payload["modes"]["magnitude"]["values"] == [3.0, 4.0] and payload["centre"] == [5.0, 0.0, 0.0]
+    page = webview.view_html(payload)
+    assert page.count('type="checkbox"') == 2 and "hidden" in page  # the script reads two boxes
+    assert webview.keypoint_view(None, None) is None
+
+
+def test_no_gl_falls_back_to_matplotlib_once(monkeypatch, data, tmp_path):
+    calls = []
+
+    def no_gl(*args, **kwargs):
+        calls.append(1)
+        raise pointclouds._NoGL("the renderer could not start, exit code 1: no EGL")
+
+    monkeypatch.setattr(pointclouds, "_render_open3d", no_gl)
+    monkeypatch.setattr(pointclouds, "_NO_GL", [])
+    scene = pointclouds.keypoint_scene(data.keypoints_mm, data.keypoint_displacements_mm)
+    with pytest.warns(RuntimeWarning, match="drawn with matplotlib: Open3D off-screen rendering is not available"):
+        first = pointclouds.render_views(scene, {"anterior": tmp_path / "a.png", "left": tmp_path / "l.png"},
+                                         size=(120, 90))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: later scenes go to matplotlib silently
+        second = pointclouds.render_scene(scene, tmp_path / "b.png", size=(120, 90))
+    assert len(calls) == 1 and all(_not_blank(_png(path)) for path in [*first, second])
+    with pytest.raises(GraphregError, match="not available"):
+        pointclouds.render_scene(scene, tmp_path / "c.png", size=(120, 90), backend="open3d")
+
+
+def test_cli_viz_prints_each_file_once_and_plain_warnings(monkeypatch, run_cli, result_dir, tmp_path):
+    monkeypatch.setenv("GRAPHREG_RENDER_BACKEND", "matplotlib")
+    monkeypatch.setattr(pointclouds, "_NO_GL", [])
+
+    def render_with_warning(*args, **kwargs):
+        warnings.warn("something to say", RuntimeWarning)
+        warnings.warn("something to say", RuntimeWarning)
+        return original(*args, **kwargs)
+
+    original = report.render_scenes
+    monkeypatch.setattr(report, "render_scenes", render_with_warning)
+    code, out, err = run_cli(["viz", result_dir, "--out", tmp_path / "viz"])
+    assert code in (0, None), err
+    written = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("wrote ")]
+    assert len(written) == len(set(written)) and sum(w.endswith("report.html") for w in written) == 1
+    assert sum(w.endswith(".png") for w in written) == 6 + 3 * 2
+    assert [line for line in out.splitlines() if line.startswith("scene ")] == [
+        line for line in out.splitlines() if line.startswith("scene ") and "2 views rendered in" in line]
+    assert err.count("warning: something to say") == 1
+    assert "warnings.warn" not in err and ".py:" not in err
 
 
 def test_write_report_embedded_is_self_contained(data, result_dir, viz_out, tmp_path):

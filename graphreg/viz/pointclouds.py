@@ -51,8 +51,9 @@ VIEWS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] 
 #: geometry kinds a scene item can be
 KINDS = ("points", "lines", "mesh")
 BACKENDS = ("auto", "open3d", "matplotlib")
-#: reasons Open3D rendering failed in this process; once non-empty, ``"auto"`` goes to matplotlib
-_OPEN3D_FAILED: list[str] = []
+#: why this process has no Open3D off-screen renderer (detected once); non-empty: ``"auto"`` draws
+#: every scene with matplotlib
+_NO_GL: list[str] = []
 _FIXED_RGB = (0.12, 0.38, 0.85)
 _MOVING_RGB = (0.90, 0.45, 0.05)
 _MOVED_RGB = (0.10, 0.65, 0.25)
@@ -201,33 +202,8 @@ def vector_lines(starts_mm, ends_mm, colors=None, uniform=(0.3, 0.3, 0.3)):
     return line_set
 
 
-def sphere_glyphs(centres_mm, radii_mm, colors, resolution: int = 6):
-    """One ``TriangleMesh`` of spheres (one per point) with per-vertex colours.
-
-    Shapes:
-        centres_mm: ``(N, 3)`` mm; radii_mm: ``(N,)`` mm (> 0); colors: ``(N, 3)`` RGB.
-    """
-    o3d = _o3d()
-    centres = _points("centres_mm", centres_mm)
-    radii = _values("radii_mm", radii_mm, len(centres))
-    if np.any(radii <= 0):
-        raise GraphregError(f"radii_mm: expected positive radii, got min {radii.min():.3g}")
-    colors = np.asarray(colors, dtype=np.float64).reshape(len(centres), 3)
-    unit = o3d.geometry.TriangleMesh.create_sphere(radius=1.0, resolution=resolution)
-    vertices = np.asarray(unit.vertices)
-    triangles = np.asarray(unit.triangles)
-    nv = len(vertices)
-    all_vertices = (vertices[None] * radii[:, None, None] + centres[:, None]).reshape(-1, 3)
-    all_triangles = (triangles[None] + nv * np.arange(len(centres))[:, None, None]).reshape(-1, 3)
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(all_vertices),
-                                     o3d.utility.Vector3iVector(all_triangles.astype(np.int32)))
-    mesh.vertex_colors = o3d.utility.Vector3dVector(np.repeat(colors, nv, axis=0))
-    mesh.compute_vertex_normals()
-    return mesh
-
-
 def lung_surface(mask: Volume, step_mm: float = 3.0, smooth_iterations: int = 10,
-                 color=_SURFACE_RGB):
+                 color=_SURFACE_RGB, max_triangles: Optional[int] = 20000):
     """Triangle mesh of the boundary of ``mask > 0`` (marching cubes), vertices in world mm.
 
     Args:
@@ -235,6 +211,8 @@ def lung_surface(mask: Volume, step_mm: float = 3.0, smooth_iterations: int = 10
         step_mm: marching-cubes step: about this many mm between vertices (at least one voxel).
         smooth_iterations: Taubin smoothing passes (0 for the raw staircase surface).
         color: RGB of the surface.
+        max_triangles: at most this many triangles (quadric decimation of the smoothed surface;
+            None keeps every triangle). 20000 draw a lung at 3 mm detail (docs/figures.md).
 
     Convention:
         The mask is padded by one empty voxel so that lungs touching the image border give a
@@ -263,6 +241,8 @@ def lung_surface(mask: Volume, step_mm: float = 3.0, smooth_iterations: int = 10
                                      o3d.utility.Vector3iVector(np.ascontiguousarray(faces, dtype=np.int32)))
     if smooth_iterations > 0:
         mesh = mesh.filter_smooth_taubin(number_of_iterations=int(smooth_iterations))
+    if max_triangles is not None and len(mesh.triangles) > max_triangles:
+        mesh = mesh.simplify_quadric_decimation(int(max_triangles))
     mesh.compute_vertex_normals()
     mesh.paint_uniform_color(list(color))
     return mesh
@@ -339,25 +319,26 @@ def landmark_scene(fixed_mm, moving_mm, moved_mm=None, surface=None, vmax: Optio
     return scene
 
 
-def uncertainty_scene(points_mm, uncertainty_mm, surface=None, radius_mm: tuple[float, float] = (0.6, 3.0),
+def uncertainty_scene(points_mm, uncertainty_mm, surface=None, vmin: Optional[float] = None,
                       vmax: Optional[float] = None, cmap: str = "magma_r") -> Scene:
-    """Keypoints as spheres whose size and colour show their displacement uncertainty.
+    """Keypoints coloured by their displacement uncertainty.
 
     Shapes:
         points_mm: ``(N, 3)`` world mm; uncertainty_mm: ``(N,)`` spread of each keypoint's
-        displacement distribution (mm). Radii grow linearly from ``radius_mm[0]`` (zero
-        uncertainty) to ``radius_mm[1]`` (``vmax``, default the 99th percentile).
+        displacement distribution (mm). Colours span ``vmin`` (default the 1st percentile) to
+        ``vmax`` (default the 99th percentile). Points, not sphere glyphs: Open3D's off-screen
+        renderer hung on glyph meshes here (docs/figures.md).
     """
     points = _points("points_mm", points_mm)
     spread = _values("uncertainty_mm", uncertainty_mm, len(points))
-    colors, lo, hi = colorize(spread, cmap, 0.0, vmax)
-    fraction = np.clip((spread - lo) / (hi - lo), 0.0, 1.0)
-    radii = radius_mm[0] + fraction * (radius_mm[1] - radius_mm[0])
-    scene = Scene(title=f"{len(points)} keypoints, displacement uncertainty (size and colour)",
+    if vmin is None:  # spreads rarely start near 0: use the colours for the range that occurs
+        vmin = float(np.percentile(spread, 1)) if spread.size else 0.0
+    colors, lo, hi = colorize(spread, cmap, vmin, vmax)
+    scene = Scene(title=f"{len(points)} keypoints, displacement uncertainty (colour)",
                   colorbar=ColorBar("uncertainty (mm)", cmap, lo, hi))
     if surface is not None:
         scene.add("lung_surface", surface, "mesh", opacity=0.25)
-    scene.add("uncertainty_glyphs", sphere_glyphs(points, radii, colors), "mesh")
+    scene.add("uncertainty", point_cloud(points, colors), "points")
     return scene
 
 
@@ -447,52 +428,78 @@ def render_scene(scene: Scene, path, size: Sequence[int] = (1024, 768), view="an
                  point_size: float = 5.0, line_width: float = 2.0, fov_deg: float = 30.0,
                  background=(1.0, 1.0, 1.0), annotate: bool = True, backend: str = "auto",
                  timeout_s: float = 60.0) -> Path:
-    """Render ``scene`` to a PNG of exactly ``size`` pixels, off screen.
+    """Render ``scene`` to a PNG of exactly ``size`` pixels, off screen (one view of
+    :func:`render_views`, with the same arguments).
 
     Args:
-        scene: what to draw.
-        path: output PNG.
-        size: ``(width, height)`` in pixels.
         view: a name from :data:`VIEWS` or a 3-vector: direction from the scene centre to the
-            camera (world LPS). The camera distance fits the scene's bounding sphere.
-        point_size, line_width: in pixels.
-        fov_deg: vertical field of view of the perspective camera.
-        background: RGB in ``[0, 1]``.
-        annotate: draw the title and colour bar onto the picture.
-        backend: ``"auto"``, ``"open3d"`` or ``"matplotlib"`` (see the module docstring).
-        timeout_s: time limit of the Open3D child process.
+            camera (world LPS). The camera distance fits the scene's bounding box.
 
     Returns:
         ``Path(path)``.
     """
+    return render_views(scene, {view if isinstance(view, str) else tuple(np.ravel(view)): path}, size=size,
+                        point_size=point_size, line_width=line_width, fov_deg=fov_deg, background=background,
+                        annotate=annotate, backend=backend, timeout_s=timeout_s)[0]
+
+
+def render_views(scene: Scene, paths: dict, size: Sequence[int] = (1024, 768), point_size: float = 5.0,
+                 line_width: float = 2.0, fov_deg: float = 30.0, background=(1.0, 1.0, 1.0),
+                 annotate: bool = True, backend: str = "auto", timeout_s: float = 60.0) -> list[Path]:
+    """Render ``scene`` from several views, one PNG of exactly ``size`` pixels each, off screen.
+
+    Args:
+        scene: what to draw.
+        paths: ``{view: output PNG}``; a view is a name from :data:`VIEWS` or a 3-vector (tuple).
+        size: ``(width, height)`` in pixels.
+        point_size, line_width: in pixels.
+        fov_deg: vertical field of view of the perspective camera.
+        background: RGB in ``[0, 1]``.
+        annotate: draw the title and colour bar onto the pictures.
+        backend: ``"auto"``, ``"open3d"`` or ``"matplotlib"`` (see the module docstring).
+        timeout_s: time limit of the Open3D child process (all views of the scene together).
+
+    Returns:
+        The PNG paths, in the order of ``paths``.
+
+    Raises:
+        GraphregError: a bad size, view or backend; ``backend="open3d"`` and Open3D failed.
+    """
     width, height = _check_size(size)
-    eye, up = _view_vectors(view)
+    cameras = [_view_vectors(view) for view in paths]
     lo, hi = scene.bounds()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    outputs = [Path(path) for path in paths.values()]
+    for path in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
     chosen = _backend(backend)
-    image = None
-    if chosen == "open3d" or (chosen == "auto" and not _OPEN3D_FAILED):
+    images = [None] * len(outputs)
+    if chosen == "open3d" or (chosen == "auto" and not _NO_GL):
         try:
-            image = _render_open3d(scene, (width, height), eye, up, lo, hi, point_size, line_width,
-                                   fov_deg, background, timeout_s)
+            images = _render_open3d(scene, (width, height), cameras, lo, hi, point_size, line_width,
+                                    fov_deg, background, timeout_s)
+        except _NoGL as error:
+            if chosen == "open3d":
+                raise GraphregError(f"backend: Open3D off-screen rendering is not available ({error})") from error
+            _NO_GL.append(str(error))
+            warnings.warn(f"3D scenes are drawn with matplotlib: Open3D off-screen rendering is not "
+                          f"available here ({error})", RuntimeWarning, stacklevel=2)
         except GraphregError as error:
             if chosen == "open3d":
                 raise GraphregError(f"backend: Open3D off-screen rendering failed ({error})") from error
-            _OPEN3D_FAILED.append(str(error))
-            warnings.warn(f"Open3D off-screen rendering failed ({error}); drawing this and later "
-                          "scenes of this process with matplotlib instead", RuntimeWarning, stacklevel=2)
-    figure = _figure(width, height)
-    if image is not None:
-        axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
-        axes.imshow(image, interpolation="nearest")
-        axes.set_axis_off()
-    else:
-        _draw_matplotlib(figure, scene, eye, up, lo, hi, point_size, line_width, background)
-    if annotate:
-        _annotate(figure, scene)
-    figure.savefig(path, dpi=100)
-    return path
+            warnings.warn(f"scene {scene.title or 'without title'!r} drawn with matplotlib: Open3D "
+                          f"rendering failed ({error})", RuntimeWarning, stacklevel=2)
+    for image, (eye, up), path in zip(images, cameras, outputs):
+        figure = _figure(width, height)
+        if image is not None:
+            axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+            axes.imshow(image, interpolation="nearest")
+            axes.set_axis_off()
+        else:
+            _draw_matplotlib(figure, scene, eye, up, lo, hi, point_size, line_width, background)
+        if annotate:
+            _annotate(figure, scene)
+        figure.savefig(path, dpi=100)
+    return outputs
 
 
 def _figure(width: int, height: int):
@@ -519,71 +526,124 @@ def _camera(eye, up, lo, hi, fov_deg: float, aspect: float) -> tuple[np.ndarray,
     return centre, centre - forward * distance
 
 
-def _render_open3d(scene: Scene, size, eye, up, lo, hi, point_size, line_width, fov_deg, background,
-                   timeout_s: float) -> np.ndarray:
-    """Render in a child process (``python -m graphreg.viz.pointclouds SPEC``); ``(H, W, 3)`` uint8.
+class _NoGL(GraphregError):
+    """The Open3D child could not create an off-screen renderer (no EGL / Vulkan / GL here)."""
 
-    The geometries travel as ``.ply`` files, the materials and camera as a JSON spec.
+
+#: what the render child prints once its off-screen renderer exists
+_READY = "graphreg-render: renderer ready"
+
+
+def _render_open3d(scene: Scene, size, cameras, lo, hi, point_size, line_width, fov_deg, background,
+                   timeout_s: float) -> list[np.ndarray]:
+    """Render every view of ``scene``; returns one ``(H, W, 3)`` uint8 image per camera ``(eye, up)``.
+
+    The opaque geometries are drawn together, each translucent mesh alone on black; the layers are
+    blended here (``opacity``). Each layer is one child process (``python -m
+    graphreg.viz.pointclouds SPEC``) drawing all views: Open3D 0.20's renderer on llvmpipe hung
+    when one process drew two meshes (docs/figures.md). Geometries travel as ``.ply`` files,
+    materials and cameras as a JSON spec.
 
     Raises:
-        GraphregError: the child failed, crashed or ran past ``timeout_s`` (the message says which).
+        _NoGL: a child ended before its renderer existed (no GL here: the caller says so once).
+        GraphregError: a child failed, crashed or ran past ``timeout_s`` (all layers together).
     """
+    import time
+
     width, height = size
-    centre, camera = _camera(eye, up, lo, hi, fov_deg, width / height)
+    deadline = time.perf_counter() + timeout_s
     with tempfile.TemporaryDirectory(prefix="graphreg_render_") as tmp:
         folder = Path(tmp)
-        files = export_ply(scene, folder)
-        spec = {"size": [width, height], "fov_deg": fov_deg, "centre": centre.tolist(),
-                "camera": camera.tolist(), "up": np.asarray(up, dtype=float).tolist(),
-                "point_size": point_size, "line_width": line_width, "background": list(background),
-                "output": str(folder / "image.npy"),
-                "items": [{"name": item.name, "kind": item.kind, "opacity": item.opacity, "file": str(path)}
-                          for item, path in zip(scene.items, files)]}
-        (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-        command = [sys.executable, "-m", "graphreg.viz.pointclouds", str(folder / "spec.json")]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise GraphregError(f"timeout_s: Open3D rendering took longer than {timeout_s:g} s") from None
-        output = folder / "image.npy"
-        if done.returncode != 0 or not output.is_file():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise GraphregError(f"Open3D rendering process exited with code {done.returncode}: "
-                                f"{' | '.join(tail) or 'no output'}")
-        return np.load(output)
+        files = dict(zip((item.name for item in scene.items), export_ply(scene, folder)))
+        views = [dict(zip(("centre", "camera"), (v.tolist() for v in _camera(eye, up, lo, hi, fov_deg, width / height))),
+                      up=np.asarray(up, dtype=float).tolist()) for eye, up in cameras]
+        opaque = [item for item in scene.items if item.opacity >= 1.0]
+        layers = [(opaque, tuple(background), 1.0)] + [([item], (0.0, 0.0, 0.0), item.opacity)
+                                                        for item in scene.items if item.opacity < 1.0]
+        images = None
+        for index, (items, colour, alpha) in enumerate(layers):
+            outputs = [folder / f"layer{index}_view{k}.npy" for k in range(len(views))]
+            spec = {"size": [width, height], "fov_deg": fov_deg, "point_size": point_size,
+                    "line_width": line_width, "background": list(colour),
+                    "views": [{**view, "output": str(out)} for view, out in zip(views, outputs)],
+                    "items": [{"name": item.name, "kind": item.kind, "file": str(files[item.name])} for item in items]}
+            spec_path = folder / f"layer{index}.json"
+            spec_path.write_text(json.dumps(spec), encoding="utf-8")
+            layer = [np.load(out).astype(np.float32) / 255.0
+                     for out in _run_worker(spec_path, outputs, max(deadline - time.perf_counter(), 1.0), timeout_s)]
+            if images is None:
+                images = layer
+                continue
+            for k, over in enumerate(layer):  # drawn on black: a lit pixel is covered by the mesh
+                covered = over.max(axis=2, keepdims=True) > 0.02
+                images[k] = np.where(covered, alpha * over + (1.0 - alpha) * images[k], images[k])
+        return [np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8) for image in images]
+
+
+def _run_worker(spec_path: Path, outputs: list, seconds: float, timeout_s: float) -> list:
+    """Run one render child within ``seconds``; returns ``outputs`` once they all exist."""
+    command = [sys.executable, "-m", "graphreg.viz.pointclouds", str(spec_path)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds)
+        stdout, stderr, code = done.stdout, done.stderr, done.returncode
+    except subprocess.TimeoutExpired as expired:
+        stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        if _READY not in stdout:
+            raise _NoGL(f"no off-screen renderer within {timeout_s:g} s") from None
+        raise GraphregError(f"timeout_s: Open3D rendering took longer than {timeout_s:g} s") from None
+    if code == 0 and all(Path(out).is_file() for out in outputs):
+        return outputs
+    tail = " | ".join((stderr or stdout).strip().splitlines()[-3:]) or "no output"
+    if _READY not in stdout:
+        raise _NoGL(f"the renderer could not start, exit code {code}: {tail}")
+    raise GraphregError(f"Open3D rendering process exited with code {code}: {tail}")
+
+
+def _headlight(colors: np.ndarray, normals: np.ndarray, light) -> np.ndarray:
+    """Per-vertex colours ``(N, 3)`` of a mesh lit from direction ``light`` (unit 3-vector):
+    ambient 0.35 + diffuse 0.65 (two-sided); ``normals`` ``(N, 3)`` unit vectors."""
+    if len(normals) != len(colors):
+        return colors
+    return colors * (0.35 + 0.65 * np.abs(normals @ light))[:, None]
 
 
 def _render_worker(spec_path: str) -> None:
-    """Child-process side of :func:`_render_open3d`: read the spec and geometries, render, save."""
+    """Child-process side of :func:`_render_open3d`: read the spec and geometries, render each view
+    on the spec's background, save.
+
+    Every geometry is drawn with Open3D's unlit shaders (compiling the lit ones on a software
+    renderer costs minutes of CPU, docs/figures.md); meshes get a shading baked into their vertex
+    colours, lit from the mean of the view directions.
+    """
     o3d = _o3d()
     rendering = o3d.visualization.rendering
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     width, height = spec["size"]
     renderer = rendering.OffscreenRenderer(width, height)
+    print(_READY, flush=True)
     renderer.scene.view.set_post_processing(False)  # exact colours, no tone mapping
     renderer.scene.set_background([*spec["background"], 1.0])
+    readers = {"points": o3d.io.read_point_cloud, "lines": o3d.io.read_line_set,
+               "mesh": o3d.io.read_triangle_mesh}
+    eyes = [np.asarray(v["camera"]) - np.asarray(v["centre"]) for v in spec["views"]]
+    light = np.sum([eye / np.linalg.norm(eye) for eye in eyes], axis=0)
+    light = light / np.linalg.norm(light) if np.linalg.norm(light) > 1e-6 else eyes[0] / np.linalg.norm(eyes[0])
     for item in spec["items"]:
+        geometry = readers[item["kind"]](item["file"])
         material = rendering.MaterialRecord()
-        if item["kind"] == "points":
-            geometry = o3d.io.read_point_cloud(item["file"])
-            material.shader = "defaultUnlit"
-            material.point_size = float(spec["point_size"])
-        elif item["kind"] == "lines":
-            geometry = o3d.io.read_line_set(item["file"])
+        if item["kind"] == "lines":
             material.shader = "unlitLine"
             material.line_width = float(spec["line_width"])
         else:
-            geometry = o3d.io.read_triangle_mesh(item["file"])
-            if item["opacity"] < 1.0:
-                material.shader = "defaultLitTransparency"
-                color = np.asarray(geometry.vertex_colors)
-                rgb = color.mean(axis=0) if len(color) else np.asarray(_SURFACE_RGB)
-                material.base_color = [*rgb.tolist(), float(item["opacity"])]
-            else:
-                material.shader = "defaultLit"
+            material.shader = "defaultUnlit"
+            material.point_size = float(spec["point_size"])
+        if item["kind"] == "mesh":
+            geometry.vertex_colors = o3d.utility.Vector3dVector(
+                _headlight(np.asarray(geometry.vertex_colors), np.asarray(geometry.vertex_normals), light))
         renderer.scene.add_geometry(item["name"], geometry, material)
-    renderer.setup_camera(float(spec["fov_deg"]), spec["centre"], spec["camera"], spec["up"])
-    np.save(spec["output"], np.asarray(renderer.render_to_image()))
+    for view in spec["views"]:
+        renderer.setup_camera(float(spec["fov_deg"]), view["centre"], view["camera"], view["up"])
+        np.save(view["output"], np.asarray(renderer.render_to_image()))
 
 
 def _draw_matplotlib(figure, scene: Scene, eye, up, lo, hi, point_size, line_width, background):

@@ -284,9 +284,11 @@ def load_result(result_dir, fixed=None, moving=None, fixed_mask=None, moving_mas
 
 
 # ---------------------------------------------------------------------- scenes and figures
-def result_scenes(data: ResultData, surface_step_mm: float = 3.0) -> dict:
+def result_scenes(data: ResultData, surface_step_mm: float = 3.0, max_points: int = 3000) -> dict:
     """The 3D scenes of a result: ``"keypoints"``, ``"landmarks"``, ``"uncertainty"`` (those
-    that the data allows), each with the fixed lung surface when the fixed mask is known."""
+    that the data allows), each with the fixed lung surface (at most 20000 triangles) when the
+    fixed mask is known. Keypoints and landmark pairs beyond ``max_points`` are thinned to an even
+    random subset of that size (seeded; the scene title says so)."""
     from . import pointclouds
 
     surface = None
@@ -294,15 +296,34 @@ def result_scenes(data: ResultData, surface_step_mm: float = 3.0) -> dict:
         surface = pointclouds.lung_surface(data.fixed_mask, step_mm=surface_step_mm)
     scenes = {}
     if data.keypoints_mm is not None:
-        scenes["keypoints"] = pointclouds.keypoint_scene(data.keypoints_mm, data.keypoint_displacements_mm,
-                                                         surface)
+        keep = _subset(len(data.keypoints_mm), max_points)
+        points, disp = data.keypoints_mm[keep], data.keypoint_displacements_mm[keep]
+        scenes["keypoints"] = _thinned(pointclouds.keypoint_scene(points, disp, surface), len(keep),
+                                       len(data.keypoints_mm))
         if data.keypoint_uncertainty_mm is not None:
-            scenes["uncertainty"] = pointclouds.uncertainty_scene(data.keypoints_mm,
-                                                                  data.keypoint_uncertainty_mm, surface)
+            scenes["uncertainty"] = _thinned(
+                pointclouds.uncertainty_scene(points, data.keypoint_uncertainty_mm[keep], surface), len(keep),
+                len(data.keypoints_mm))
     if data.fixed_landmarks_mm is not None and data.moving_landmarks_mm is not None:
-        scenes["landmarks"] = pointclouds.landmark_scene(data.fixed_landmarks_mm, data.moving_landmarks_mm,
-                                                         data.moved_landmarks_mm, surface)
+        keep = _subset(len(data.fixed_landmarks_mm), max_points)
+        moved = None if data.moved_landmarks_mm is None else data.moved_landmarks_mm[keep]
+        scenes["landmarks"] = _thinned(
+            pointclouds.landmark_scene(data.fixed_landmarks_mm[keep], data.moving_landmarks_mm[keep], moved, surface),
+            len(keep), len(data.fixed_landmarks_mm))
     return scenes
+
+
+def _subset(count: int, cap: int) -> np.ndarray:
+    """Sorted indices of an even random subset of at most ``cap`` of ``count`` items (seed 0)."""
+    if count <= cap:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, cap, replace=False))
+
+
+def _thinned(scene, shown: int, total: int):
+    if shown < total:
+        scene.title = f"{scene.title} (drawn: {shown} of {total})"
+    return scene
 
 
 def make_figures(data: ResultData, out_dir, slices: Optional[dict] = None, dpi: int = 100) -> dict[str, Path]:
@@ -335,14 +356,25 @@ def make_figures(data: ResultData, out_dir, slices: Optional[dict] = None, dpi: 
 
 
 def render_scenes(scenes: dict, out_dir, size=(960, 720), views=("anterior", "left"),
-                  backend: str = "auto") -> dict[str, Path]:
-    """Render every scene from every view as ``out_dir/scene_<name>_<view>.png``."""
-    from .pointclouds import render_scene
+                  backend: str = "auto") -> tuple[dict[str, Path], dict[str, float]]:
+    """Render every scene from every view as ``out_dir/scene_<name>_<view>.png``.
+
+    Returns:
+        ``({"<name>_<view>": PNG path}, {name: seconds to render all views of that scene})``.
+    """
+    import time
+
+    from .pointclouds import render_views
 
     out = Path(out_dir)
-    return {f"{name}_{view}": render_scene(scene, out / f"scene_{name}_{view}.png", size=size, view=view,
-                                           backend=backend)
-            for name, scene in scenes.items() for view in views}
+    paths, seconds = {}, {}
+    for name, scene in scenes.items():
+        start = time.perf_counter()
+        written = render_views(scene, {view: out / f"scene_{name}_{view}.png" for view in views}, size=size,
+                               backend=backend)
+        seconds[name] = time.perf_counter() - start
+        paths.update({f"{name}_{view}": path for view, path in zip(views, written)})
+    return paths, seconds
 
 
 # ---------------------------------------------------------------------- numbers
@@ -373,7 +405,8 @@ def summary_tables(data: ResultData) -> dict[str, dict]:
     report = data.report
     tables: dict[str, dict] = {}
     overview = {"method": report.get("method"), "graphreg version": report.get("graphreg_version"),
-                "seconds total": report.get("seconds_total"), "result folder": str(data.result_dir),
+                "wall time of the command (s)": report.get("seconds_wall"),
+                "registration pipeline (s)": report.get("seconds_total"), "result folder": str(data.result_dir),
                 "field grid": data.field.grid.describe()}
     tables["Overview"] = {k: v for k, v in overview.items() if v is not None}
     if data.tre_before_mm is not None:
@@ -398,7 +431,7 @@ def summary_tables(data: ResultData) -> dict[str, dict]:
     if isinstance(report.get("prealign"), dict):
         tables["Pre-alignment"] = report["prealign"]
     if isinstance(report.get("timings_s"), dict):
-        tables["Timings (s)"] = report["timings_s"]
+        tables["Timings (s)"] = stage_timings(report)
     if isinstance(report.get("keypoint_uncertainty_mm"), dict):
         tables["Keypoint uncertainty (mm)"] = report["keypoint_uncertainty_mm"]
     if data.keypoints_mm is not None:
@@ -407,13 +440,44 @@ def summary_tables(data: ResultData) -> dict[str, dict]:
                                "max |u| (mm)": float(magnitude.max())}
     if isinstance(report.get("config"), dict):
         tables["Parameters (config)"] = _flatten(report["config"])
-    shown = {"method", "graphreg_version", "seconds_total", "jacobian", "timings_s",
+    shown = {"method", "graphreg_version", "seconds_total", "seconds_wall", "jacobian", "timings_s",
              "keypoint_uncertainty_mm", "config", "quality", "prealign"}
     other = {key: value for key, value in report.items() if key not in shown}
     if other:
         tables["Other entries of report.json"] = _flatten(other)
     tables["Sources"] = dict(data.sources)
     return tables
+
+
+#: what each key of ``report.json["timings_s"]`` measured, in words
+STAGE_LABELS = {
+    "read": "reading the images",
+    "preprocess": "preprocessing (resampling, lung masks, crop)",
+    "keypoints": "keypoints (Förstner)",
+    "mind": "MIND-SSC features",
+    "search_1": "correlation search, coarse level",
+    "search_2": "correlation search, fine level",
+    "densify": "densification (dense field from the keypoints)",
+    "warp": "warping the moving features",
+    "mind_io": "MIND features for instance optimisation",
+    "instance_opt": "instance optimisation (half resolution)",
+    "instance_opt_refine": "instance optimisation (full resolution)",
+    "optimise": "optimisation",
+    "network": "network inference",
+    "total": "registration pipeline, total",
+    "checks": "quality checks",
+    "write": "writing the outputs",
+}
+
+
+def stage_timings(report: dict) -> dict:
+    """``report.json``'s ``timings_s`` with each stage named in words (:data:`STAGE_LABELS`; an
+    unknown key is shown with spaces for underscores), in the order recorded, then the wall time
+    of the whole command (``seconds_wall``) when known."""
+    rows = {STAGE_LABELS.get(key, key.replace("_", " ")): value for key, value in report["timings_s"].items()}
+    if report.get("seconds_wall") is not None:
+        rows["whole command (reading, registering, writing)"] = report["seconds_wall"]
+    return rows
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -474,6 +538,18 @@ def _table(rows: dict) -> str:
     return f"<table>{body}</table>"
 
 
+def _keypoint_view(data: ResultData, scenes: dict) -> Optional[str]:
+    """The interactive view of the keypoints (:mod:`.webview`), with the lung surface of the
+    keypoint scene when there is one; None without keypoints."""
+    from .webview import keypoint_view
+
+    if data.keypoints_mm is None:
+        return None
+    surface = next((item.geometry for scene in scenes.values() for item in scene.items
+                    if item.name == "lung_surface"), None)
+    return keypoint_view(data.keypoints_mm, data.keypoint_displacements_mm, data.keypoint_uncertainty_mm, surface)
+
+
 def _image_tag(path: Path, page_dir: Path, embed: bool, alt: str) -> str:
     if embed:
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -484,8 +560,8 @@ def _image_tag(path: Path, page_dir: Path, embed: bool, alt: str) -> str:
 
 
 def write_report(result_dir, out_dir=None, *, data: Optional[ResultData] = None,
-                 scenes: Optional[dict] = None, figures: Optional[dict] = None, embed: bool = True,
-                 render_3d: bool = True,
+                 scenes: Optional[dict] = None, figures: Optional[dict] = None,
+                 rendered: Optional[dict] = None, embed: bool = True, render_3d: bool = True,
                  scene_size=(960, 720), views=("anterior", "left"), backend: str = "auto",
                  slices: Optional[dict] = None, dpi: int = 100, **inputs) -> Path:
     """Write ``report.html`` for a result folder, with its figures.
@@ -497,6 +573,8 @@ def write_report(result_dir, out_dir=None, *, data: Optional[ResultData] = None,
         scenes: already built scenes (else :func:`result_scenes`).
         figures: already written slice figures ``{name: PNG path}`` with names as
             :func:`make_figures` returns them (else :func:`make_figures` writes them).
+        rendered: already rendered scenes ``{"<scene>_<view>": PNG path}`` as
+            :func:`render_scenes` returns them (else it renders them when ``render_3d``).
         embed: put the PNGs into the page as base64 (one self-contained file); otherwise the
             page links the PNGs next to it by relative paths.
         render_3d: render the 3D scenes (Open3D off screen, see :mod:`.pointclouds`).
@@ -522,11 +600,10 @@ def write_report(result_dir, out_dir=None, *, data: Optional[ResultData] = None,
     unknown = set(figures) - set(_CAPTIONS)
     if unknown:
         raise GraphregError(f"figures: expected names from {sorted(_CAPTIONS)}, got {sorted(unknown)}")
-    rendered = {}
-    if render_3d:
-        if scenes is None:
-            scenes = result_scenes(data)
-        rendered = render_scenes(scenes, out / "figures", scene_size, views, backend)
+    if scenes is None and render_3d:
+        scenes = result_scenes(data)
+    if rendered is None:
+        rendered = render_scenes(scenes, out / "figures", scene_size, views, backend)[0] if render_3d else {}
     parts = [f"<h1>Registration report: {html.escape(str(data.report.get('method', 'result')))} "
              f"&mdash; {html.escape(result_dir.name)}</h1>"]
     tables = summary_tables(data)
@@ -550,6 +627,11 @@ def write_report(result_dir, out_dir=None, *, data: Optional[ResultData] = None,
                      f"{html.escape(', '.join(views))} with the head at the top.</p>")
     elif render_3d:
         parts.append("<h2>3D scenes</h2><p>No keypoints or landmark pairs to draw.</p>")
+    view = _keypoint_view(data, scenes or {})
+    if view is not None:
+        parts.append("<h2>Interactive 3D view</h2><p>Fixed keypoints (colour: displacement magnitude or "
+                     "uncertainty; lines: displacement fixed &rarr; moving) and the fixed lung surface, world mm. "
+                     "Works offline; the data are in this page.</p>" + view)
     for title in ("Parameters (config)", "Other entries of report.json", "Sources"):
         if title in tables:
             parts.append(f"<h2>{html.escape(title)}</h2>{_table(tables[title])}")
