@@ -4,6 +4,7 @@ Usage::
 
     graphreg bench make --out bench_data/native            # the generated POPI-based pairs
     graphreg bench run --pairs bench_data/native --methods identity,elastix --json bench.json
+    graphreg bench run --pairs bench_data/mm2b --methods corrfield --directions both
     graphreg bench contention --json contention.json       # default threads vs fixed counts, busy host
     python -m graphreg.bench.commands run --help            # the same without the main CLI
 
@@ -23,6 +24,8 @@ from ..errors import GraphregError
 #: Where ``bench make`` writes and ``bench run`` reads by default.
 DEFAULT_PAIRS = Path("bench_data") / "native"
 DEFAULT_METHODS = "identity,corrfield,elastix,convexadam"
+#: ``--directions`` values and the directions each registers
+DIRECTION_CHOICES = {"forward": ("forward",), "reverse": ("reverse",), "both": ("forward", "reverse")}
 
 bench_app = typer.Typer(
     name="bench",
@@ -50,6 +53,8 @@ def run(
                                             "stopped and recorded as failed."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a TRE box plot per method and a "
                                         "runtime-vs-TRE scatter (PNG) into this folder."),
+    directions: str = typer.Option("forward", help="forward (fixed -> moving as stored), reverse (swapped: "
+                                   "images, masks and landmarks) or both."),
     threads: Optional[str] = threads_option(),
 ) -> None:
     """Run methods on every pair and print TRE, Jacobian, Dice, time and memory per pair and method."""
@@ -64,6 +69,8 @@ def run(
         hint = (f"; make it with `graphreg bench make --out {pairs}` (add --spacing 2 for the standard 2 mm set, --low-res for a quick 4 mm one)"
                 if pairs == DEFAULT_PAIRS else "")
         fail(f"--pairs: folder {pairs} not found{hint}")
+    if directions not in DIRECTION_CHOICES:
+        fail(f"--directions: expected one of {', '.join(DIRECTION_CHOICES)}, got {directions!r}")
     try:
         refs = open_pairs(pairs, layout=layout, split=split)[:limit]
         names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -75,14 +82,15 @@ def run(
             tre = (row.get("tre") or {}).get("mean_mm")
             tre_text = f", TRE {tre:.2f} mm" if tre is not None else ""
             seconds = row.get("seconds_total")
-            typer.echo(f"  {row['method']} on {row['pair']}: {status}{tre_text}"
+            direction = "" if row.get("direction", "forward") == "forward" else f" ({row['direction']})"
+            typer.echo(f"  {row['method']} on {row['pair']}{direction}: {status}{tre_text}"
                        f"{f', {seconds:.1f} s' if seconds is not None else ''}")
 
         with command_threads(threads) as count:
             if threads is not None:  # the isolated runs are child processes
                 os.environ[ENV_VAR] = str(count)
             rows = run_benchmark(refs, names, device=device, json_path=json_file, isolate=isolate,
-                                 timeout_s=timeout, progress=report)
+                                 timeout_s=timeout, progress=report, directions=DIRECTION_CHOICES[directions])
     except GraphregError as error:
         fail(str(error))
     typer.echo("")
