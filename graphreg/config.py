@@ -120,6 +120,9 @@ class InstanceOptConfig:
     #: the field may fall off steeply there, as breathing motion does at the pleura. 0.1 beat 1
     #: (uniform) on the 2 mm benchmark
     outside_diffusion: float = 0.1
+    #: weight of the folding penalty (pipeline.instance_opt.fold_loss) in both stages; 0 turns it off.
+    #: 10 removed the exhale -> inhale folds of the demo pair (docs/directions.md)
+    fold_penalty: float = 10.0
     refine: RefineConfig = field(default_factory=RefineConfig)  #: full-resolution second stage
 
     def runs(self) -> bool:
@@ -185,7 +188,7 @@ RULES: dict[type, dict[str, Rule]] = {
     InstanceOptConfig: {"iterations": _at_least(0), "lr": _POSITIVE, "lambda_diffusion": _at_least(0),
                         "grid_factor": _at_least(1), "smoothing_passes": _at_least(0),
                         "similarity_factor": _at_least(1), "sample_fraction": _FRACTION, "mind_dilation": _at_least(1),
-                        "outside_diffusion": _WEIGHT},
+                        "outside_diffusion": _WEIGHT, "fold_penalty": _at_least(0)},
     RegistrationConfig: {"seed": _at_least(0)},
 }
 
