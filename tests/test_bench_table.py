@@ -49,6 +49,16 @@ def test_a_peers_package_import_is_left_out_of_the_ratio():
     assert compute_seconds({"seconds_total": None}) is None
 
 
+def test_reverse_rows_are_compared_with_the_peers_reverse_rows():
+    reverse = [{**r, "direction": "reverse", "seconds_total": 2 * r["seconds_total"]} for r in ROWS]
+    summary = summarize(ROWS + reverse)
+    assert summary["corrfield (reverse)"]["direction"] == "reverse"
+    assert summary["corrfield (reverse)"]["n_pairs"] == 2
+    ratio = summary["corrfield (reverse)"]["vs_peers"]["elastix"]["time_ratio"]
+    assert ratio == pytest.approx(peer_ratios(ROWS)["corrfield"]["elastix"]["time_ratio"])
+    assert set(peer_ratios(ROWS + reverse)) == {"corrfield", "corrfield (reverse)"}
+
+
 def test_no_peers_no_ratios():
     rows = [r for r in ROWS if r["method"] in ("identity", "corrfield")]
     assert peer_ratios(rows) == {}

@@ -389,7 +389,8 @@ def group_name(row: dict) -> str:
 
 def summarize(rows: Sequence[dict]) -> dict[str, dict]:
     """Per method and direction (keys :func:`group_name`): ``direction``, ``n_pairs``, ``n_ok``,
-    ``n_failed``, ``median`` and ``mean`` of every :data:`SUMMARY_METRICS` entry over the pairs that succeeded (``None`` when none has it), and
+    ``n_failed``, ``median`` and ``mean`` of every :data:`SUMMARY_METRICS` entry over the pairs
+    that succeeded (``None`` when none has it), and
     ``stages_median``: the median seconds of every stage."""
     summary: dict[str, dict] = {}
     for method in dict.fromkeys(group_name(row) for row in rows):
@@ -458,7 +459,8 @@ def peer_ratios(rows: Sequence[dict], peers: Sequence[str] = PEER_METHODS) -> di
             if not times:
                 continue
             ratio = float(np.median([a / b for a, b in times]))
-            tre = [(scalar_metrics(by_key[(method, p)])["tre_mean_mm"], scalar_metrics(by_key[(peer_key, p)])["tre_mean_mm"])
+            tre = [(scalar_metrics(by_key[(method, p)])["tre_mean_mm"],
+                    scalar_metrics(by_key[(peer_key, p)])["tre_mean_mm"])
                    for p in common]
             tre = [(a, b) for a, b in tre if a is not None and b is not None]
             memory = [(by_key[(method, p)]["peak_rss_mb"], by_key[(peer_key, p)]["peak_rss_mb"]) for p in common]

@@ -329,5 +329,6 @@ def load_learn2reg_pair(name: str, root: Path, fixed_image: Path, moving_image: 
     return PairData(name, fixed, moving, masks[0], masks[1], points[0], points[1], meta)
 
 
-__all__ = ["DIRECTIONS", "L2R_SPLITS", "LAYOUTS", "PairRef", "in_direction", "pair_direction", "reverse_pair", "detect_layout", "load_dirlab_pair",
+__all__ = ["DIRECTIONS", "L2R_SPLITS", "LAYOUTS", "PairRef", "in_direction", "pair_direction", "reverse_pair",
+           "detect_layout", "load_dirlab_pair",
            "load_learn2reg_pair", "open_pairs"]

@@ -1,8 +1,8 @@
 """Plain-text table of benchmark rows (see :mod:`graphreg.bench.runner` for the row keys).
 
 One line per (method, pair, direction: ``fwd`` as stored, ``rev`` swapped), then per method and
-direction a ``median`` and a ``mean`` line over the pairs that succeeded, then (when peers ran) graphreg's time as a ratio to each peer's
-(:func:`~graphreg.bench.runner.peer_ratios`). Units: TRE in mm, folding in percent of lung voxels,
+direction a ``median`` and a ``mean`` line over the pairs that succeeded, then (when peers ran)
+graphreg's time as a ratio to each peer's (:func:`~graphreg.bench.runner.peer_ratios`). Units: TRE in mm, folding in percent of lung voxels,
 time in seconds, memory in MiB. For keypoint methods on pairs with a ground truth, ``kp err`` is
 the mean error of the graph stage's keypoint displacements (mm) and ``rho_u`` the rank correlation
 of the per-keypoint uncertainty with that error (see
@@ -19,8 +19,8 @@ from .runner import scalar_metrics, summarize
 _DIRECTION_CELLS = {"forward": "fwd", "reverse": "rev"}
 
 _COLUMNS = (  # header, width, alignment
-    ("method", 23, "<"), ("pair", 12, "<"), ("dir", 3, "<"), ("TRE0", 6, ">"), ("TRE", 6, ">"), ("±std", 5, ">"),
-    ("p75", 6, ">"), ("max", 6, ">"), ("SDlogJ", 6, ">"), ("fold%", 6, ">"), ("Dice", 5, ">"),
+    ("method", 23, "<"), ("pair", 12, "<"), ("dir", 3, "<"), ("TRE0", 6, ">"), ("TRE", 6, ">"),
+    ("±std", 5, ">"), ("p75", 6, ">"), ("max", 6, ">"), ("SDlogJ", 6, ">"), ("fold%", 6, ">"), ("Dice", 5, ">"),
     ("kp err", 6, ">"), ("rho_u", 5, ">"), ("total s", 8, ">"), ("peak MB", 8, ">"), ("stages s", 0, "<"),
 )
 

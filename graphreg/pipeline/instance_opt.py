@@ -32,7 +32,8 @@ from .mind import mind_ssc
 if TYPE_CHECKING:
     from ..config import InstanceOptConfig
 
-__all__ = ["FOLD_FLOOR", "InstanceOptResult", "fold_loss", "instance_features", "instance_optimise", "optimise_with_config", "smooth_field"]
+__all__ = ["FOLD_FLOOR", "InstanceOptResult", "fold_loss", "instance_features", "instance_optimise",
+           "optimise_with_config", "smooth_field"]
 
 
 class InstanceOptResult(NamedTuple):
