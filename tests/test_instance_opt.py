@@ -213,3 +213,18 @@ def test_fold_penalty_keeps_a_converging_motion_fold_free():
     kept = instance_optimise(fixed, moving, torch.zeros(1, 3, *SHAPE), fold_penalty=30.0, **options).displacement
     assert float((jacobian_determinant(free) <= 0).float().mean()) > 0.01
     assert float(jacobian_determinant(kept).min()) > 0.0
+
+
+def test_fold_loss_on_the_box_of_low_voxels_equals_the_whole_grid():
+    torch.manual_seed(0)
+    field = 0.05 * torch.randn(1, 3, 12, 10, 11)
+    field[..., 3:6, 0:3, 5:8] = 3.0 * torch.randn(1, 3, 3, 3, 3)  # folds touching the border
+    mine = field.clone().requires_grad_()
+    whole = field.clone().requires_grad_()
+    loss = fold_loss(mine)
+    reference = torch.relu(FOLD_FLOOR - jacobian_determinant(whole)).square().mean()
+    loss.backward()
+    reference.backward()
+    assert float(reference.detach()) > 0
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(mine.grad, whole.grad)

@@ -183,10 +183,24 @@ def fold_loss(displacement: torch.Tensor, floor: float = FOLD_FLOOR) -> torch.Te
     ``x + u(x)`` (:func:`graphreg.metrics.jacobian_determinant`, the central differences the
     folding metric uses). Zero wherever the field is at least ``floor`` away from folding.
 
+    Only the box around the voxels below ``floor`` (plus the one-voxel halo the differences need) is
+    differentiated: the same value and gradient as the whole grid, at a fraction of the cost when
+    few voxels come near folding, and none when no voxel does.
+
     Shapes:
         displacement: ``(1, 3, D, H, W)`` voxels of its own grid; returns ``()``, dimensionless.
     """
-    return torch.relu(floor - jacobian_determinant(displacement)).square().mean()
+    with torch.no_grad():
+        below = (jacobian_determinant(displacement.detach()) < floor)[0].nonzero()  # (K, 3) voxels
+    if not len(below):
+        return displacement.new_zeros(())
+    shape = torch.tensor(displacement.shape[2:], device=below.device)
+    first, last = below.min(0).values, below.max(0).values + 1  # the box of the voxels below
+    start, stop = (first - 1).clamp(min=0), torch.minimum(last + 1, shape)  # with the halo
+    box = displacement[(...,) + tuple(slice(int(a), int(b)) for a, b in zip(start, stop))]
+    inner = tuple(slice(int(a), int(a + n)) for a, n in zip(first - start, last - first))
+    determinant = jacobian_determinant(box)[(slice(None),) + inner]
+    return torch.relu(floor - determinant).square().sum() / float(shape.prod())
 
 
 def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tensor,
