@@ -125,6 +125,10 @@ class InstanceOptConfig:
     #: the field may fall off steeply there, as breathing motion does at the pleura. 0.1 beat 1
     #: (uniform) on the 2 mm benchmark
     outside_diffusion: float = 0.1
+    #: weight of the folding penalty (pipeline.instance_opt.fold_loss) in both stages; 0 (off) by
+    #: default for now: 10 removed the exhale -> inhale folds of the demo pair but cost ~1.9x its
+    #: time and hid a failed registration from the folding check (docs/directions.md)
+    fold_penalty: float = 0.0
     refine: RefineConfig = field(default_factory=RefineConfig)  #: full-resolution second stage
 
     def runs(self) -> bool:
@@ -190,7 +194,7 @@ RULES: dict[type, dict[str, Rule]] = {
     InstanceOptConfig: {"iterations": _at_least(0), "lr": _POSITIVE, "lambda_diffusion": _at_least(0),
                         "grid_factor": _at_least(1), "smoothing_passes": _at_least(0),
                         "similarity_factor": _at_least(1), "sample_fraction": _FRACTION, "mind_dilation": _at_least(1),
-                        "outside_diffusion": _WEIGHT},
+                        "outside_diffusion": _WEIGHT, "fold_penalty": _at_least(0)},
     RegistrationConfig: {"seed": _at_least(0)},
 }
 

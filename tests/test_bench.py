@@ -32,7 +32,7 @@ SHIFT_MM = np.array([5.0, -2.5, 5.0])  # world (x, y, z); whole voxels of SPACIN
 SPACING = (2.5, 2.5, 2.5)
 SHAPE = (20, 24, 22)
 ORIGIN = (-27.5, -30.0, -25.0)
-ROW_KEYS = {"method", "pair", "status", "error", "device", "n_landmarks", "tre_before", "tre",
+ROW_KEYS = {"method", "pair", "direction", "status", "error", "device", "n_landmarks", "tre_before", "tre",
             "jacobian", "dice_before", "dice", "timings", "seconds_total", "peak_rss_mb",
             "baseline_rss_mb", "peak_gpu_mb", "memory_measure", "extras"}
 
@@ -224,10 +224,46 @@ def test_table_has_rows_summary_and_failures(pair_dir):
     rows = run_benchmark(open_pairs(pair_dir), ["identity", ("raises", failing_method)], isolate=False)
     text = format_table(rows)
     lines = text.splitlines()
-    assert lines[0].split()[:4] == ["method", "pair", "TRE0", "TRE"]
+    assert lines[0].split()[:5] == ["method", "pair", "dir", "TRE0", "TRE"]
     assert any(l.startswith("identity") and "pair_01" in l and "7.50" in l for l in lines)
     assert any("FAILED: RuntimeError: boom" in l for l in lines)
     assert any(l.startswith("identity") and "median n=1/1" in l for l in lines)
+
+
+def test_reverse_direction_swaps_the_pair_and_its_landmarks(pair_dir):
+    back = ("back", functools.partial(translation_method, shift_mm=tuple(-SHIFT_MM)))
+    rows = run_benchmark(open_pairs(pair_dir), ["identity", ORACLE, back], isolate=False,
+                         directions=("forward", "reverse"))
+    by_key = {(r["method"], r["direction"]): r for r in rows}
+    assert [(r["method"], r["direction"]) for r in rows] == [
+        (m, d) for d in ("forward", "reverse") for m in ("identity", "oracle", "back")]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    distance = float(np.linalg.norm(SHIFT_MM))
+    # reverse: fixed = the stored moving image, landmarks swapped: the pull field is -SHIFT
+    assert by_key[("back", "reverse")]["tre"]["max_mm"] < 1e-4
+    assert by_key[("oracle", "reverse")]["tre"]["mean_mm"] == pytest.approx(2 * distance, abs=1e-4)
+    assert by_key[("oracle", "forward")]["tre"]["max_mm"] < 1e-4
+    assert by_key[("identity", "reverse")]["tre_before"]["mean_mm"] == pytest.approx(distance)
+    assert by_key[("back", "reverse")]["dice"] == pytest.approx(1.0)
+    summary = summarize(rows)
+    assert summary["identity (reverse)"]["direction"] == "reverse"
+    assert summary["back (reverse)"]["median"]["tre_mean_mm"] < 1e-4
+    assert summary["oracle"]["direction"] == "forward"
+    text = format_table(rows)
+    assert any(l.startswith("back") and "pair_01" in l and " rev " in l for l in text.splitlines())
+    with pytest.raises(ConfigError, match="directions"):
+        run_benchmark(open_pairs(pair_dir), ["identity"], isolate=False, directions=("sideways",))
+
+
+def test_reverse_pair_has_no_ground_truth():
+    from graphreg.bench.sources import in_direction, pair_direction, reverse_pair
+
+    pair = translation_pair()
+    swapped = reverse_pair(pair)
+    assert swapped.fixed is pair.moving and swapped.moving_mask is pair.fixed_mask
+    np.testing.assert_array_equal(swapped.fixed_landmarks_mm, pair.moving_landmarks_mm)
+    assert not swapped.has_ground_truth and pair_direction(swapped) == "reverse"
+    assert in_direction(swapped, "reverse") is swapped and pair_direction(pair) == "forward"
 
 
 # ---------------------------------------------------------------------- sources
@@ -316,6 +352,12 @@ def test_command_run_and_missing_default(pair_dir, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "identity on pair_01: ok, TRE 7.50 mm" in result.output and "median n=1/1" in result.output
     assert json.loads(out.read_text())["rows"][0]["status"] == "ok"
+    result = runner.invoke(bench_app, ["run", "--pairs", str(pair_dir), "--methods", "identity",
+                                       "--no-isolate", "--directions", "both"])
+    assert result.exit_code == 0, result.output
+    assert "identity on pair_01 (reverse): ok, TRE 7.50 mm" in result.output
+    result = runner.invoke(bench_app, ["run", "--pairs", str(pair_dir), "--directions", "up"])
+    assert result.exit_code == 2 and "--directions" in result.output
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(bench_app, ["run", "--methods", "identity"])
     assert result.exit_code == 2

@@ -49,6 +49,16 @@ def test_a_peers_package_import_is_left_out_of_the_ratio():
     assert compute_seconds({"seconds_total": None}) is None
 
 
+def test_reverse_rows_are_compared_with_the_peers_reverse_rows():
+    reverse = [{**r, "direction": "reverse", "seconds_total": 2 * r["seconds_total"]} for r in ROWS]
+    summary = summarize(ROWS + reverse)
+    assert summary["corrfield (reverse)"]["direction"] == "reverse"
+    assert summary["corrfield (reverse)"]["n_pairs"] == 2
+    ratio = summary["corrfield (reverse)"]["vs_peers"]["elastix"]["time_ratio"]
+    assert ratio == pytest.approx(peer_ratios(ROWS)["corrfield"]["elastix"]["time_ratio"])
+    assert set(peer_ratios(ROWS + reverse)) == {"corrfield", "corrfield (reverse)"}
+
+
 def test_no_peers_no_ratios():
     rows = [r for r in ROWS if r["method"] in ("identity", "corrfield")]
     assert peer_ratios(rows) == {}
@@ -106,3 +116,13 @@ def test_summary_command_replaces_the_marked_block(tmp_path, run_cli):
     assert code == 2 and "expected exactly one" in err and readme.read_text() == "no markers here\n"
     code, _, err = run_cli(["bench", "summary", tmp_path / "missing.json"])
     assert code == 2 and "missing.json" in err
+
+
+def test_markdown_summary_has_a_row_per_direction():
+    from graphreg.bench.markdown import method_rows
+
+    reverse = [dict(r, direction="reverse", tre=dict(r["tre"], mean_mm=r["tre"]["mean_mm"] + 1.0)) for r in ROWS]
+    by_method = {r["method"]: r for r in method_rows(ROWS + reverse)}
+    assert by_method["corrfield"]["tre_mean_mm"] == pytest.approx(1.1)
+    assert by_method["corrfield (reverse)"]["tre_mean_mm"] == pytest.approx(2.1)
+    assert by_method["corrfield (reverse)"]["n_pairs"] == 2

@@ -6,7 +6,9 @@ import torch.nn.functional as F
 
 from graphreg.errors import GraphregError, ShapeError
 from graphreg.config import InstanceOptConfig, RefineConfig
-from graphreg.pipeline.instance_opt import _diffusion_weight, instance_optimise, optimise_with_config, smooth_field
+from graphreg.metrics import jacobian_determinant
+from graphreg.pipeline.instance_opt import (FOLD_FLOOR, _diffusion_weight, fold_loss, instance_optimise,
+                                            optimise_with_config, smooth_field)
 from graphreg.spatial import identity_grid, resize_field, warp
 
 SHAPE = (20, 20, 20)
@@ -133,6 +135,9 @@ def test_exceptions():
     for fraction in (0.0, 1.5, float("nan")):
         with pytest.raises(GraphregError, match="sample_fraction"):
             instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), sample_fraction=fraction)
+    for penalty in (-1.0, float("nan")):
+        with pytest.raises(GraphregError, match="fold_penalty"):
+            instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), fold_penalty=penalty)
     for outside in (-0.1, 1.5, float("nan")):
         with pytest.raises(GraphregError, match="outside_diffusion"):
             instance_optimise(fixed, fixed, torch.zeros(1, 3, 8, 8, 8), mask=torch.ones(1, 1, 8, 8, 8),
@@ -182,3 +187,44 @@ def test_instance_features_reuse_the_search_features_only_at_the_same_dilation()
     assert not torch.allclose(finer[0], search[0])
     with pytest.raises(ConfigError, match="instance_opt.mind_dilation"):
         instance_features(fixed, moving, 1, InstanceOptConfig(mind_dilation=0))
+
+
+def test_fold_loss_is_zero_above_the_floor_and_grows_below():
+    ramp = identity_grid((8, 8, 8))
+    assert float(fold_loss(torch.zeros(1, 3, 8, 8, 8))) == 0.0
+    assert float(fold_loss(-0.5 * ramp)) == 0.0  # J = 0.125 > FOLD_FLOOR
+    flipped = -2.0 * ramp  # J = -1 everywhere
+    assert float(fold_loss(flipped)) == pytest.approx((FOLD_FLOOR + 1.0) ** 2, rel=1e-5)
+    assert float(fold_loss(-1.5 * ramp)) < float(fold_loss(flipped))
+
+
+def test_fold_penalty_keeps_a_converging_motion_fold_free():
+    """Content converging on a plane (``u_z = +2`` before it, ``-2`` after): matching it exactly
+    folds the pull field, as the exhale -> inhale direction did at the lung base; the fold penalty
+    keeps every Jacobian determinant positive."""
+    torch.manual_seed(0)
+    moving = blobs(seed=1, channels=4)
+    z = identity_grid(SHAPE)[0, 0]
+    truth = torch.zeros(1, 3, *SHAPE)
+    truth[0, 0] = torch.where(z < 10, 2.0, -2.0)
+    fixed = warp(moving, truth)
+    options = dict(iterations=40, lr=0.5, lambda_diffusion=0.01, grid_factor=1, smoothing_passes=1)
+    free = instance_optimise(fixed, moving, torch.zeros(1, 3, *SHAPE), **options).displacement
+    kept = instance_optimise(fixed, moving, torch.zeros(1, 3, *SHAPE), fold_penalty=30.0, **options).displacement
+    assert float((jacobian_determinant(free) <= 0).float().mean()) > 0.01
+    assert float(jacobian_determinant(kept).min()) > 0.0
+
+
+def test_fold_loss_on_the_box_of_low_voxels_equals_the_whole_grid():
+    torch.manual_seed(0)
+    field = 0.05 * torch.randn(1, 3, 12, 10, 11)
+    field[..., 3:6, 0:3, 5:8] = 3.0 * torch.randn(1, 3, 3, 3, 3)  # folds touching the border
+    mine = field.clone().requires_grad_()
+    whole = field.clone().requires_grad_()
+    loss = fold_loss(mine)
+    reference = torch.relu(FOLD_FLOOR - jacobian_determinant(whole)).square().mean()
+    loss.backward()
+    reference.backward()
+    assert float(reference.detach()) > 0
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(mine.grad, whole.grad)

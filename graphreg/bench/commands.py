@@ -5,6 +5,7 @@ Usage::
     graphreg bench make                                    # the realistic 2 mm pairs in bench_data/realistic
     graphreg bench make --set easy --out bench_data/native # the POPI CT warped, native grid
     graphreg bench run --methods identity,corrfield,elastix --json bench.json   # on bench_data/realistic
+    graphreg bench run --pairs bench_data/realistic --methods corrfield --directions both   # + exhale->inhale
     graphreg bench contention --json contention.json       # default threads vs fixed counts, busy host
     graphreg bench summary bench.json --into README.md     # the run as the README's Markdown table
     python -m graphreg.bench.commands run --help            # the same without the main CLI
@@ -25,6 +26,8 @@ from ..errors import GraphregError
 #: Where ``bench make`` writes and ``bench run`` reads by default.
 DEFAULT_PAIRS = Path("bench_data") / "realistic"
 DEFAULT_METHODS = "identity,corrfield,elastix,convexadam"
+#: ``--directions`` values and the directions each registers
+DIRECTION_CHOICES = {"forward": ("forward",), "reverse": ("reverse",), "both": ("forward", "reverse")}
 
 bench_app = typer.Typer(
     name="bench",
@@ -52,6 +55,8 @@ def run(
                                             "stopped and recorded as failed."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a TRE box plot per method and a "
                                         "runtime-vs-TRE scatter (PNG) into this folder."),
+    directions: str = typer.Option("forward", help="forward (fixed -> moving as stored), reverse (swapped: "
+                                   "images, masks and landmarks) or both."),
     threads: Optional[str] = threads_option(),
 ) -> None:
     """Run methods on every pair and print TRE, Jacobian, Dice, time and memory per pair and method."""
@@ -67,6 +72,8 @@ def run(
                 f"the warped-CT set)"
                 if pairs == DEFAULT_PAIRS else "")
         fail(f"--pairs: folder {pairs} not found{hint}")
+    if directions not in DIRECTION_CHOICES:
+        fail(f"--directions: expected one of {', '.join(DIRECTION_CHOICES)}, got {directions!r}")
     try:
         refs = open_pairs(pairs, layout=layout, split=split)[:limit]
         names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -78,14 +85,15 @@ def run(
             tre = (row.get("tre") or {}).get("mean_mm")
             tre_text = f", TRE {tre:.2f} mm" if tre is not None else ""
             seconds = row.get("seconds_total")
-            typer.echo(f"  {row['method']} on {row['pair']}: {status}{tre_text}"
+            direction = "" if row.get("direction", "forward") == "forward" else f" ({row['direction']})"
+            typer.echo(f"  {row['method']} on {row['pair']}{direction}: {status}{tre_text}"
                        f"{f', {seconds:.1f} s' if seconds is not None else ''}")
 
         with command_threads(threads) as count:
             if threads is not None:  # the isolated runs are child processes
                 os.environ[ENV_VAR] = str(count)
             rows = run_benchmark(refs, names, device=device, json_path=json_file, isolate=isolate,
-                                 timeout_s=timeout, progress=report)
+                                 timeout_s=timeout, progress=report, directions=DIRECTION_CHOICES[directions])
     except GraphregError as error:
         fail(str(error))
     typer.echo("")

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import GraphregError
-from .runner import compute_seconds, scalar_metrics, summarize
+from .runner import compute_seconds, group_name, scalar_metrics, summarize
 
 BEGIN, END = "<!-- benchmark-summary: begin -->", "<!-- benchmark-summary: end -->"
 
@@ -33,14 +33,14 @@ def _provenance(document: dict, pairs: list[str]) -> str:
 
 
 def method_rows(rows: list[dict]) -> list[dict]:
-    """Per method (in run order): ``method``, ``n_ok``, ``n_pairs``, ``tre_mean_mm`` (mean of the
+    """Per method and direction (:func:`~graphreg.bench.runner.group_name`, in run order): ``method``, ``n_ok``, ``n_pairs``, ``tre_mean_mm`` (mean of the
     per-pair means), ``tre_p75_mm`` (median of the per-pair p75), ``worst_pair_mm`` (largest per-pair
     mean), ``tre_max_mm`` (largest landmark error), ``folding_percent`` (mean), ``std_log_jacobian``
     (median) and ``seconds`` (median wall seconds of the method call, without a peer's package
     import: :func:`~graphreg.bench.runner.compute_seconds`)."""
     table = []
-    for method in dict.fromkeys(row["method"] for row in rows):
-        ok = [row for row in rows if row["method"] == method and row["status"] == "ok"]
+    for method in dict.fromkeys(group_name(row) for row in rows):
+        ok = [row for row in rows if group_name(row) == method and row["status"] == "ok"]
         metrics = [scalar_metrics(row) for row in ok]
 
         def values(key):
@@ -51,7 +51,7 @@ def method_rows(rows: list[dict]) -> list[dict]:
             return float(fn(found)) if found else None
 
         seconds = [s for s in (compute_seconds(row) for row in ok) if s is not None]
-        table.append({"method": method, "n_ok": len(ok), "n_pairs": sum(r["method"] == method for r in rows),
+        table.append({"method": method, "n_ok": len(ok), "n_pairs": sum(group_name(r) == method for r in rows),
                       "tre_mean_mm": stat(np.mean, "tre_mean_mm"), "tre_p75_mm": stat(np.median, "tre_p75_mm"),
                       "worst_pair_mm": stat(np.max, "tre_mean_mm"), "tre_max_mm": stat(np.max, "tre_max_mm"),
                       "folding_percent": stat(np.mean, "folding_percent"),

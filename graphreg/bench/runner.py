@@ -6,6 +6,8 @@ Every (method, pair) run yields one *row* (a JSON-ready dict):
 key                    value
 =====================  ==========================================================================
 ``method``, ``pair``   names
+``direction``          ``"forward"`` (fixed -> moving as stored) or ``"reverse"`` (swapped: images,
+                       masks and landmarks; see :func:`~graphreg.bench.sources.reverse_pair`)
 ``status``             ``"ok"`` or ``"failed"``
 ``error``              ``None``, or ``"Type: message"`` of the failure (not installed, exception,
                        worker crash or time-out)
@@ -30,8 +32,9 @@ key                    value
 =====================  ==========================================================================
 
 Metrics are computed after the memory is read, so they do not count against the method.
-:func:`summarize` aggregates rows per method (median and mean over the pairs that succeeded) and,
-for graphreg's methods, their time as a ratio to each peer's on the same pairs (:func:`peer_ratios`).
+:func:`summarize` aggregates rows per method and direction (:func:`group_name`; median and mean
+over the pairs that succeeded) and, for graphreg's methods, their time as a ratio to each peer's
+on the same pairs and direction (:func:`peer_ratios`).
 
 With ``isolate=True`` each run happens in a fresh ``spawn``-ed process: memory numbers are clean
 (the kernel's ``ru_maxrss`` of that process) and a crash, a segfault in a native library or a
@@ -58,7 +61,7 @@ import numpy as np
 from ..jsonable import to_jsonable
 from ..errors import ConfigError, GraphregError
 from .methods import MethodUnavailableError, get_method, needs_ground_truth
-from .sources import PairRef
+from .sources import DIRECTIONS, PairRef, in_direction, pair_direction
 
 #: Scalar metrics of a row that :func:`summarize` aggregates and tables show.
 SUMMARY_METRICS = ("tre_before_mean_mm", "tre_mean_mm", "tre_std_mm", "tre_p75_mm", "tre_max_mm",
@@ -113,8 +116,9 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _base_row(method: str, pair_name: str, device: str) -> dict:
-    return {"method": method, "pair": pair_name, "status": "ok", "error": None, "device": device,
+def _base_row(method: str, pair, device: str) -> dict:
+    return {"method": method, "pair": getattr(pair, "name", "?"), "direction": pair_direction(pair),
+            "status": "ok", "error": None, "device": device,
             "n_landmarks": 0, "tre_before": None, "tre": None, "jacobian": None,
             "dice_before": None, "dice": None, "timings": {}, "seconds_total": None,
             "peak_rss_mb": None, "baseline_rss_mb": None, "peak_gpu_mb": None,
@@ -132,7 +136,7 @@ def evaluate_run(method_name: str, fn: Callable, pair, device: str, isolated: bo
 
     Exceptions of the method or the metrics are caught and recorded in the row.
     """
-    row = _base_row(method_name, getattr(pair, "name", "?"), device)
+    row = _base_row(method_name, pair, device)
     try:
         if isinstance(pair, PairRef):
             pair = pair.load()
@@ -274,7 +278,7 @@ def run_isolated(method_name: str, fn: Callable, pair, device: str,
             process.kill()
     process.join()
     if row is None:
-        row = to_jsonable(_base_row(method_name, getattr(pair, "name", "?"), device))
+        row = to_jsonable(_base_row(method_name, pair, device))
         row["status"] = "failed"
         row["error"] = (f"TimeoutError: no result after {timeout_s:g} s; worker terminated" if timed_out
                         else _exit_reason(process.exitcode))
@@ -286,8 +290,9 @@ def run_isolated(method_name: str, fn: Callable, pair, device: str,
 def run_benchmark(pairs: Iterable, methods: Sequence[Union[str, tuple[str, Callable]]],
                   device: str = "cpu", json_path: Union[str, os.PathLike, None] = None,
                   isolate: bool = True, timeout_s: Optional[float] = None,
-                  progress: Optional[Callable[[dict], None]] = None) -> list[dict]:
-    """Run every method on every pair.
+                  progress: Optional[Callable[[dict], None]] = None,
+                  directions: Sequence[str] = ("forward",)) -> list[dict]:
+    """Run every method on every pair, in every direction asked for.
 
     Args:
         pairs: :class:`~graphreg.bench.sources.PairRef` (loaded in the worker) or
@@ -301,20 +306,26 @@ def run_benchmark(pairs: Iterable, methods: Sequence[Union[str, tuple[str, Calla
         isolate: run each (method, pair) in a fresh process (clean memory numbers, crash safety).
         timeout_s: with ``isolate``, a run taking longer is terminated and recorded as failed.
         progress: called with each finished row.
+        directions: any of :data:`~graphreg.bench.sources.DIRECTIONS`; ``"reverse"`` registers
+            the pair swapped (moving -> fixed), scored with the same landmark pairs swapped.
 
     Returns:
-        The rows (see the module docstring), pair-major: all methods of pair 1, then pair 2, ...
+        The rows (see the module docstring), pair-major: all methods and directions of pair 1,
+        then pair 2, ...
 
     Raises:
-        ConfigError: ``methods`` is empty or names an unknown method.
+        ConfigError: ``methods`` is empty or names an unknown method, or ``directions`` is empty
+            or names an unknown direction.
     """
     resolved = _resolve_methods(methods)
+    directions = list(dict.fromkeys(directions))
+    if not directions or any(d not in DIRECTIONS for d in directions):
+        raise ConfigError(f"directions: expected one or more of {DIRECTIONS}, got {directions!r}")
     rows: list[dict] = []
-    for pair in pairs:
-        pair_name = getattr(pair, "name", "?")
-        for name, fn in resolved:
+    for stored in pairs:
+        for pair, (name, fn) in ((in_direction(stored, d), entry) for d in directions for entry in resolved):
             if isinstance(fn, MethodUnavailableError):
-                row = to_jsonable(_base_row(name, pair_name, device))
+                row = to_jsonable(_base_row(name, pair, device))
                 row.update(status="failed", error=_error_text(fn))
             elif isolate:
                 row = run_isolated(name, fn, pair, device, timeout_s)
@@ -370,18 +381,26 @@ def scalar_metrics(row: dict) -> dict[str, Optional[float]]:
     }
 
 
+def group_name(row: dict) -> str:
+    """The summary entry of a row: its method, with `` (reverse)`` appended for the reverse direction."""
+    direction = row.get("direction", "forward")
+    return row["method"] if direction == "forward" else f"{row['method']} ({direction})"
+
+
 def summarize(rows: Sequence[dict]) -> dict[str, dict]:
-    """Per method: ``n_pairs``, ``n_ok``, ``n_failed``, ``median`` and ``mean`` of every
-    :data:`SUMMARY_METRICS` entry over the pairs that succeeded (``None`` when none has it), and
+    """Per method and direction (keys :func:`group_name`): ``direction``, ``n_pairs``, ``n_ok``,
+    ``n_failed``, ``median`` and ``mean`` of every :data:`SUMMARY_METRICS` entry over the pairs
+    that succeeded (``None`` when none has it), and
     ``stages_median``: the median seconds of every stage."""
     summary: dict[str, dict] = {}
-    for method in dict.fromkeys(row["method"] for row in rows):
-        mine = [row for row in rows if row["method"] == method]
+    for method in dict.fromkeys(group_name(row) for row in rows):
+        mine = [row for row in rows if group_name(row) == method]
         ok = [row for row in mine if row["status"] == "ok"]
         values = {key: [v for v in (scalar_metrics(r)[key] for r in ok) if v is not None]
                   for key in SUMMARY_METRICS}
         stages = list(dict.fromkeys(stage for r in ok for stage in r.get("timings", {})))
         summary[method] = {
+            "direction": mine[0].get("direction", "forward"),
             "n_pairs": len(mine),
             "n_ok": len(ok),
             "n_failed": len(mine) - len(ok),
@@ -411,7 +430,9 @@ def peer_ratios(rows: Sequence[dict], peers: Sequence[str] = PEER_METHODS) -> di
     """graphreg's wall time as a ratio to each peer's, on the pairs both finished.
 
     Every method that is not a peer and not in :data:`REFERENCE_METHODS` counts as a graphreg
-    method. For each (graphreg method, peer) with at least one common successful pair:
+    method. Rows of the reverse direction are compared with the peer's reverse rows, under the
+    names of :func:`group_name` (``corrfield (reverse)``: ``{"elastix": ...}``). For each
+    (graphreg method, peer) with at least one common successful pair:
 
     - ``n_pairs``: pairs both finished;
     - ``time_ratio``: median over those pairs of ``seconds(method) / seconds(peer)``
@@ -425,22 +446,24 @@ def peer_ratios(rows: Sequence[dict], peers: Sequence[str] = PEER_METHODS) -> di
     Returns:
         ``{method: {peer: {...}}}``; methods without a common pair with any peer are left out.
     """
-    by_key = {(row["method"], row["pair"]): row for row in rows if row["status"] == "ok"}
-    methods = [m for m in dict.fromkeys(row["method"] for row in rows)
-               if m not in peers and m not in REFERENCE_METHODS]
+    by_key = {(group_name(row), row["pair"]): row for row in rows if row["status"] == "ok"}
+    methods = {group_name(row): row for row in rows
+               if row["method"] not in peers and row["method"] not in REFERENCE_METHODS}
     result: dict[str, dict] = {}
-    for method in methods:
+    for method, example in methods.items():
         for peer in peers:
-            common = [pair for (name, pair) in by_key if name == method and (peer, pair) in by_key]
-            times = [(compute_seconds(by_key[(method, p)]), compute_seconds(by_key[(peer, p)])) for p in common]
+            peer_key = group_name({**example, "method": peer})
+            common = [pair for (name, pair) in by_key if name == method and (peer_key, pair) in by_key]
+            times = [(compute_seconds(by_key[(method, p)]), compute_seconds(by_key[(peer_key, p)])) for p in common]
             times = [(a, b) for a, b in times if a is not None and b]
             if not times:
                 continue
             ratio = float(np.median([a / b for a, b in times]))
-            tre = [(scalar_metrics(by_key[(method, p)])["tre_mean_mm"], scalar_metrics(by_key[(peer, p)])["tre_mean_mm"])
+            tre = [(scalar_metrics(by_key[(method, p)])["tre_mean_mm"],
+                    scalar_metrics(by_key[(peer_key, p)])["tre_mean_mm"])
                    for p in common]
             tre = [(a, b) for a, b in tre if a is not None and b is not None]
-            memory = [(by_key[(method, p)]["peak_rss_mb"], by_key[(peer, p)]["peak_rss_mb"]) for p in common]
+            memory = [(by_key[(method, p)]["peak_rss_mb"], by_key[(peer_key, p)]["peak_rss_mb"]) for p in common]
             memory = [a / b for a, b in memory if a is not None and b]
             result.setdefault(method, {})[peer] = {
                 "n_pairs": len(times),
@@ -475,5 +498,6 @@ def write_json(rows: Sequence[dict], path: Union[str, os.PathLike]) -> Path:
     return path
 
 
-__all__ = ["PEER_METHODS", "REFERENCE_METHODS", "SUMMARY_METRICS", "compute_seconds", "evaluate_run", "peer_ratios", "run_benchmark",
+__all__ = ["PEER_METHODS", "REFERENCE_METHODS", "SUMMARY_METRICS", "compute_seconds", "evaluate_run", "group_name",
+           "peer_ratios", "run_benchmark",
            "run_isolated", "scalar_metrics", "summarize", "write_json"]

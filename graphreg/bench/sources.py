@@ -32,6 +32,7 @@ Convention:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -46,6 +47,8 @@ from ..errors import ConfigError, InputFileError
 
 #: The layouts :func:`open_pairs` understands.
 LAYOUTS = ("generated", "dirlab", "learn2reg")
+#: Registration directions of a pair: as stored (fixed -> moving) and swapped (moving -> fixed).
+DIRECTIONS = ("forward", "reverse")
 #: Learn2Reg JSON keys of the pair lists, by split name.
 L2R_SPLITS = {"val": "registration_val", "test": "registration_test", "train": "training_paired_images"}
 
@@ -70,15 +73,64 @@ class PairRef:
         layout: one of :data:`LAYOUTS`.
         loader: picklable zero-argument callable returning the
             :class:`~graphreg.datasets.pairs.PairData`.
+        direction: one of :data:`DIRECTIONS`; ``"reverse"`` loads the pair swapped
+            (:func:`reverse_pair`).
     """
 
     name: str
     layout: str
     loader: Callable[[], object]
+    direction: str = "forward"
 
     def load(self):
-        """Read the pair (images, masks, landmarks)."""
-        return self.loader()
+        """Read the pair (images, masks, landmarks), swapped when :attr:`direction` is ``"reverse"``."""
+        pair = self.loader()
+        return reverse_pair(pair) if self.direction == "reverse" else pair
+
+    def in_direction(self, direction: str) -> "PairRef":
+        """This pair registered in ``direction`` (one of :data:`DIRECTIONS`).
+
+        Raises:
+            ConfigError: unknown ``direction``.
+        """
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
+        return dataclasses.replace(self, direction=direction)
+
+
+def pair_direction(pair) -> str:
+    """The direction (one of :data:`DIRECTIONS`) of a :class:`PairRef` or a loaded pair."""
+    if isinstance(pair, PairRef):
+        return pair.direction
+    return str((getattr(pair, "meta", None) or {}).get("direction", "forward"))
+
+
+def in_direction(pair, direction: str):
+    """A :class:`PairRef` or loaded pair registered in ``direction`` (one of :data:`DIRECTIONS`).
+
+    Raises:
+        ConfigError: unknown ``direction``.
+    """
+    if isinstance(pair, PairRef):
+        return pair.in_direction(direction)
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
+    return reverse_pair(pair) if direction != pair_direction(pair) else pair
+
+
+def reverse_pair(pair):
+    """``pair`` with fixed and moving swapped: images, lung masks and landmarks (rows stay paired).
+
+    The ground-truth field (fixed -> moving of the stored direction) does not describe the swapped
+    pair, so the result has none; ``meta["direction"]`` is ``"reverse"``.
+
+    Shapes:
+        pair: :class:`~graphreg.datasets.pairs.PairData`; returns a new one.
+    """
+    from ..datasets.pairs import PairData
+
+    return PairData(pair.name, pair.moving, pair.fixed, pair.moving_mask, pair.fixed_mask,
+                    pair.moving_landmarks_mm, pair.fixed_landmarks_mm, {**pair.meta, "direction": "reverse"})
 
 
 # ---------------------------------------------------------------------- detection
@@ -277,5 +329,6 @@ def load_learn2reg_pair(name: str, root: Path, fixed_image: Path, moving_image: 
     return PairData(name, fixed, moving, masks[0], masks[1], points[0], points[1], meta)
 
 
-__all__ = ["L2R_SPLITS", "LAYOUTS", "PairRef", "detect_layout", "load_dirlab_pair",
+__all__ = ["DIRECTIONS", "L2R_SPLITS", "LAYOUTS", "PairRef", "in_direction", "pair_direction", "reverse_pair",
+           "detect_layout", "load_dirlab_pair",
            "load_learn2reg_pair", "open_pairs"]

@@ -1,8 +1,8 @@
 """Plain-text table of benchmark rows (see :mod:`graphreg.bench.runner` for the row keys).
 
-One line per (method, pair), then per method a ``median`` and a ``mean`` line over the pairs
-that succeeded, then (when peers ran) graphreg's time as a ratio to each peer's
-(:func:`~graphreg.bench.runner.peer_ratios`). Units: TRE in mm, folding in percent of lung voxels,
+One line per (method, pair, direction: ``fwd`` as stored, ``rev`` swapped), then per method and
+direction a ``median`` and a ``mean`` line over the pairs that succeeded, then (when peers ran)
+graphreg's time as a ratio to each peer's (:func:`~graphreg.bench.runner.peer_ratios`). Units: TRE in mm, folding in percent of lung voxels,
 time in seconds, memory in MiB. For keypoint methods on pairs with a ground truth, ``kp err`` is
 the mean error of the graph stage's keypoint displacements (mm) and ``rho_u`` the rank correlation
 of the per-keypoint uncertainty with that error (see
@@ -16,9 +16,11 @@ from typing import Optional, Sequence
 
 from .runner import scalar_metrics, summarize
 
+_DIRECTION_CELLS = {"forward": "fwd", "reverse": "rev"}
+
 _COLUMNS = (  # header, width, alignment
-    ("method", 23, "<"), ("pair", 12, "<"), ("TRE0", 6, ">"), ("TRE", 6, ">"), ("±std", 5, ">"),
-    ("p75", 6, ">"), ("max", 6, ">"), ("SDlogJ", 6, ">"), ("fold%", 6, ">"), ("Dice", 5, ">"),
+    ("method", 23, "<"), ("pair", 12, "<"), ("dir", 3, "<"), ("TRE0", 6, ">"), ("TRE", 6, ">"),
+    ("±std", 5, ">"), ("p75", 6, ">"), ("max", 6, ">"), ("SDlogJ", 6, ">"), ("fold%", 6, ">"), ("Dice", 5, ">"),
     ("kp err", 6, ">"), ("rho_u", 5, ">"), ("total s", 8, ">"), ("peak MB", 8, ">"), ("stages s", 0, "<"),
 )
 
@@ -52,7 +54,7 @@ def format_table(rows: Sequence[dict], summary: Optional[dict] = None) -> str:
     header = _line([c[0] for c in _COLUMNS])
     lines = [header, "-" * len(header)]
     for row in rows:
-        name = [row["method"], str(row["pair"])[:12]]
+        name = [row["method"], str(row["pair"])[:12], _DIRECTION_CELLS.get(row.get("direction", "forward"), "?")]
         if row["status"] != "ok":
             lines.append(_line(name + ["FAILED: " + str(row.get("error"))[:100]]).rstrip())
             continue
@@ -63,7 +65,8 @@ def format_table(rows: Sequence[dict], summary: Optional[dict] = None) -> str:
         label = f"n={entry['n_ok']}/{entry['n_pairs']}"
         for statistic in ("median", "mean"):
             stages = entry.get("stages_median", {}) if statistic == "median" else {}
-            lines.append(_line([method, f"{statistic} {label}"[:12]]
+            direction = _DIRECTION_CELLS.get(entry.get("direction", "forward"), "?")
+            lines.append(_line([method, f"{statistic} {label}"[:12], direction]
                                + _metric_cells(entry[statistic]) + [_stages(stages)]))
     ratios = format_peer_ratios(summary)
     return "\n".join(lines + ([""] + ratios.splitlines() if ratios else []))

@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..bench.runner import group_name
 from ..errors import GraphregError, InputFileError
 
 REQUIRED_KEYS = ("method", "pair", "tre_mean_mm", "seconds_total")
@@ -86,7 +87,7 @@ def check_rows(rows: Sequence[dict]) -> list[dict]:
             tre_mm = np.asarray(row["tre_mm"], dtype=np.float64).ravel()
             if tre_mm.size == 0 or not np.isfinite(tre_mm).all():
                 raise GraphregError(f"rows[{i}].tre_mm: expected a non-empty list of finite mm values")
-        clean.append({"method": str(row["method"]), "pair": str(row["pair"]), **numbers, "tre_mm": tre_mm})
+        clean.append({"method": str(group_name(row)), "pair": str(row["pair"]), **numbers, "tre_mm": tre_mm})
     if not clean:
         raise GraphregError(f"rows: expected at least one successful benchmark row, got {len(rows)} rows "
                             "and none with status 'ok'")
