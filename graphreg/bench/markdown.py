@@ -33,9 +33,10 @@ def _provenance(document: dict, pairs: list[str]) -> str:
 
 
 def method_rows(rows: list[dict]) -> list[dict]:
-    """Per method and direction (:func:`~graphreg.bench.runner.group_name`, in run order): ``method``, ``n_ok``, ``n_pairs``, ``tre_mean_mm`` (mean of the
-    per-pair means), ``tre_p75_mm`` (median of the per-pair p75), ``worst_pair_mm`` (largest per-pair
-    mean), ``tre_max_mm`` (largest landmark error), ``folding_percent`` (mean), ``std_log_jacobian``
+    """Per method and direction (:func:`~graphreg.bench.runner.group_name`, in run order):
+    ``method``, ``n_ok``, ``n_pairs``, ``tre_mean_mm`` (mean of the per-pair means),
+    ``tre_p75_mm`` (median of the per-pair p75), ``worst_pair_mm`` (largest per-pair mean),
+    ``tre_max_mm`` (largest landmark error), ``folding_percent`` (mean), ``std_log_jacobian``
     (median) and ``seconds`` (median wall seconds of the method call, without a peer's package
     import: :func:`~graphreg.bench.runner.compute_seconds`)."""
     table = []
