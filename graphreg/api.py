@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Optional
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from .allocator import reusing_freed_memory
-from .config import RegistrationConfig, config_label, load_config
+from .config import RegionConfig, RegistrationConfig, config_label, load_config, validate_config
 from .device import resolve_device
 from .errors import GraphregError
 from .field import DisplacementField
@@ -28,7 +29,8 @@ DIAGNOSTIC_METHODS = ("oracle",)
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
              progress: Optional[Callable[[str], None]] = None, model: Any = None,
-             memory_budget_gb: Optional[float] = None, threads: Optional[int] = None) -> Registration:
+             memory_budget_gb: Optional[float] = None, threads: Optional[int] = None,
+             region: Optional[str] = None) -> Registration:
     """Register a moving lung CT to a fixed one.
 
     Args:
@@ -62,6 +64,12 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             (:func:`graphreg.threads.resolve_threads`). Recorded in the report with the OpenMP wait
             policy; import graphreg before torch so that idle threads sleep (``docs/threads.md``).
             The field is bit-identical for the same thread count (``docs/reproducibility.md``).
+        region: where the field is registered and trusted (:mod:`graphreg.region`), overriding the
+            config's ``region.mode``: ``"lungs"`` (default: the registered field within
+            ``region.margin_mm`` of the fixed lungs, decaying beyond to the translation of the
+            body's centre of mass) or ``"body"`` (keypoint methods: a second registration of the body outside
+            the lungs, joined with sliding at the lung boundary, for dose warping). ``.valid_mask``
+            and ``extras["region"]`` say where the field is trustworthy.
 
     Returns:
         :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
@@ -72,18 +80,55 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         An automatic mask that fails its checks never stops the run: it is replaced and the
         fallback is reported.
     """
+    settings = region_config(config, region)
+    if settings.mode == "body" and method not in KEYPOINT_METHODS:
+        raise GraphregError(f"region: 'body' is available for the keypoint methods ({', '.join(KEYPOINT_METHODS)}), "
+                            f"got method {method!r}; use region 'lungs'")
     with use_threads(threads) as count:
         result = _register(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
-                           memory_budget_gb)
+                           memory_budget_gb, settings)
+        if settings.mode == "lungs":
+            with_lung_region(result, settings)
     result.extras.update(thread_report(count))
+    return result
+
+
+def region_config(config: Any, region: Optional[str]) -> RegionConfig:
+    """The ``region`` section of ``config`` (a :func:`load_config` source), its mode replaced by
+    ``region`` when given, checked against :data:`graphreg.config.RULES`; the margin is capped at
+    ``preprocess.crop_margin_mm`` (the field is estimated only that far from the lungs)."""
+    cfg = load_config(config)
+    settings = dataclasses.replace(cfg.region)
+    if region is not None:
+        settings.mode = region
+    validate_config(settings, "region.")
+    settings.margin_mm = min(settings.margin_mm, cfg.preprocess.crop_margin_mm)
+    return settings
+
+
+def with_lung_region(result: Registration, settings: RegionConfig) -> Registration:
+    """Region ``"lungs"`` applied to a finished registration (:func:`graphreg.region.lung_region_field`):
+    its working field replaced by the blended one, ``valid_mask`` and ``extras["region"]`` set."""
+    from .region import lung_region_field, region_report
+
+    shift = np.asarray(result.extras["body_translation_mm"], dtype=np.float64)
+    lungs = result.fixed_lungs
+    if lungs is None or not lungs.grid.same_as(result.working_field.grid):
+        raise GraphregError("region: 'lungs' needs the fixed lung mask on the working grid, which this result lacks")
+    start = time.perf_counter()
+    result.working_field, result.valid_mask, decay = lung_region_field(result.working_field, lungs.array, shift,
+                                                                       result.fixed_grid, settings)
+    result.timings["region"] = time.perf_counter() - start
+    result.extras["region"] = region_report(settings, shift, decay)
     return result
 
 
 def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method: str, config: Any,
               device: Optional[str], progress: Optional[Callable[[str], None]], model: Any,
-              memory_budget_gb: Optional[float]) -> Registration:
+              memory_budget_gb: Optional[float], settings: RegionConfig) -> Registration:
     """:func:`register` in the thread setting it chose."""
     from .pipeline.driver import check_learned_level, run_keypoint_pipeline
+    from .region import body_translation_mm
     from .workflow import prepare_pair, read_inputs
 
     if method not in DIAGNOSTIC_METHODS:
@@ -110,6 +155,7 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
         return register_cnn(fixed, moving, fixed_mask, moving_mask, config=config, device=device, progress=progress,
                             model=default_weights(method) if model is None else model, architecture=method)
     cfg: RegistrationConfig = load_config(config)
+    cfg.region = settings
     if progress:
         progress(f"settings: {config_label(config)}")
     torch_device = resolve_device(device)
@@ -166,8 +212,24 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
     quality = checked.quality(output.displacement, torch.as_tensor(spread),
                               coarse.radius * coarse.step * cfg.preprocess.spacing_mm)
     timings["checks"] = checked.seconds + time.perf_counter() - checks_start
+    working_field, valid = output.field(pair), None
+    if settings.mode == "body":
+        from .region import region_report, register_outside, sliding_join
+
+        body_start = time.perf_counter()
+        outside_pair, outside, valid = register_outside(fixed_volume, moving_volume, inputs.masks.fixed,
+                                                        inputs.masks.moving, cfg, torch_device, progress)
+        working_field = sliding_join(working_field, pair.fixed_mask[0, 0].cpu().numpy(), outside.field(outside_pair))
+        outside_grid = outside_pair.grid
+        keypoints_mm = np.concatenate([keypoints_mm, outside_grid.voxel_to_world(outside.keypoints.double().cpu().numpy())])
+        keypoint_disp_mm = np.concatenate([keypoint_disp_mm, outside_grid.voxel_vectors_to_mm(
+            outside.keypoint_displacements.double().cpu().numpy()) + outside_pair.translation_mm])
+        spread = np.concatenate([spread, outside.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm])
+        extras["region"] = region_report(settings)
+        timings["body"] = time.perf_counter() - body_start
+        timings["total"] = time.perf_counter() - start
     return Registration(
-        working_field=output.field(pair),
+        working_field=working_field,
         fixed_grid=fixed_volume.grid,
         moving=moving_volume,
         method=method,
@@ -178,6 +240,8 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
         keypoint_uncertainty_mm=spread,
         extras={**extras, "settings": config_label(config), "device": str(torch_device), "seed": cfg.seed,
                 "n_keypoints": int(len(keypoints_mm)), "prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
+                "body_translation_mm": np.round(body_translation_mm(fixed_volume, moving_volume), 3).tolist(),
                 **checked.extras(), "quality": quality},
         fixed_lungs=working_lungs(pair),
+        valid_mask=valid,
     )
