@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from .allocator import reusing_freed_memory
+from .config import RegionConfig, load_config, validate_config
 from .errors import GraphregError
 from .methods import method_info, method_names
 from .registration import Registration
@@ -16,7 +21,8 @@ KEYPOINT_METHODS = method_names("keypoint")
 def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any = None,
              method: str = "corrfield", config: Any = None, device: Optional[str] = None,
              progress: Optional[Callable[[str], None]] = None, model: Any = None,
-             memory_budget_gb: Optional[float] = None, threads: Optional[int] = None) -> Registration:
+             memory_budget_gb: Optional[float] = None, threads: Optional[int] = None,
+             region: Optional[str] = None) -> Registration:
     """Register a moving lung CT to a fixed one.
 
     Args:
@@ -47,6 +53,12 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             (:func:`graphreg.threads.resolve_threads`). Recorded in the report with the OpenMP wait
             policy; import graphreg before torch so that idle threads sleep (``docs/threads.md``).
             The field is bit-identical for the same thread count (``docs/reproducibility.md``).
+        region: where the field is registered and trusted (:mod:`graphreg.region`), overriding the
+            config's ``region.mode``: ``"lungs"`` (default: the registered field within
+            ``region.margin_mm`` of the fixed lungs, decaying beyond to the translation of the
+            body's centre of mass) or ``"body"`` (keypoint methods: a second registration of the body outside
+            the lungs, joined with sliding at the lung boundary, for dose warping). ``.valid_mask``
+            and ``extras["region"]`` say where the field is trustworthy.
 
     Returns:
         :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
@@ -57,8 +69,17 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         An automatic mask that fails its checks never stops the run: it is replaced and the
         fallback is reported.
     """
-    return run_registration(lambda: _register(fixed, moving, fixed_mask, moving_mask, method, config, device,
-                                              progress, model, memory_budget_gb), threads)
+    settings = region_config(config, region)
+    if settings.mode == "body" and method not in KEYPOINT_METHODS:
+        raise GraphregError(f"region: 'body' is available for the keypoint methods ({', '.join(KEYPOINT_METHODS)}), "
+                            f"got method {method!r}; use region 'lungs'")
+
+    def run() -> Registration:
+        result = _register(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
+                           memory_budget_gb, settings)
+        return with_lung_region(result, settings) if settings.mode == "lungs" else result
+
+    return run_registration(run, threads)
 
 
 def run_registration(run: Callable[[], Registration], threads: Optional[int] = None) -> Registration:
@@ -71,9 +92,39 @@ def run_registration(run: Callable[[], Registration], threads: Optional[int] = N
     return result
 
 
+def region_config(config: Any, region: Optional[str]) -> RegionConfig:
+    """The ``region`` section of ``config`` (a :func:`load_config` source), its mode replaced by
+    ``region`` when given, checked against :data:`graphreg.config.RULES`; the margin is capped at
+    ``preprocess.crop_margin_mm`` (the field is estimated only that far from the lungs)."""
+    cfg = load_config(config)
+    settings = dataclasses.replace(cfg.region)
+    if region is not None:
+        settings.mode = region
+    validate_config(settings, "region.")
+    settings.margin_mm = min(settings.margin_mm, cfg.preprocess.crop_margin_mm)
+    return settings
+
+
+def with_lung_region(result: Registration, settings: RegionConfig) -> Registration:
+    """Region ``"lungs"`` applied to a finished registration (:func:`graphreg.region.lung_region_field`):
+    its working field replaced by the blended one, ``valid_mask`` and ``extras["region"]`` set."""
+    from .region import lung_region_field, region_report
+
+    shift = np.asarray(result.extras["body_translation_mm"], dtype=np.float64)
+    lungs = result.fixed_lungs
+    if lungs is None or not lungs.grid.same_as(result.working_field.grid):
+        raise GraphregError("region: 'lungs' needs the fixed lung mask on the working grid, which this result lacks")
+    start = time.perf_counter()
+    result.working_field, result.valid_mask, decay = lung_region_field(result.working_field, lungs.array, shift,
+                                                                       result.fixed_grid, settings)
+    result.timings["region"] = time.perf_counter() - start
+    result.extras["region"] = region_report(settings, shift, decay)
+    return result
+
+
 def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method: str, config: Any,
               device: Optional[str], progress: Optional[Callable[[str], None]], model: Any,
-              memory_budget_gb: Optional[float]) -> Registration:
+              memory_budget_gb: Optional[float], settings: RegionConfig) -> Registration:
     """:func:`register` in the thread setting it chose: the method's family runs it
     (:mod:`graphreg.methods`), each through :mod:`graphreg.workflow`'s prepare and wrap steps."""
     family = method_info(method).family  # an unknown name is an error that lists the methods
@@ -98,4 +149,4 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
     from .keypoint import register_keypoint
 
     return register_keypoint(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
-                             memory_budget_gb)
+                             memory_budget_gb, region=settings)

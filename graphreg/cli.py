@@ -123,6 +123,7 @@ def register(
                                                   help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
     threads: Optional[str] = threads_option(),
     outputs: Optional[str] = typer.Option(None, help=outputs_help()),
+    region: Optional[str] = typer.Option(None, help="Where the field is registered and trusted: 'lungs' (default: the registered field within region.margin_mm of the fixed lungs, decaying beyond to the body's translation) or 'body' (keypoint methods: the body outside the lungs registered too, sliding at the lung boundary, for dose warping). valid_mask.nii.gz marks the trusted part."),
 ) -> None:
     """Register MOVING to FIXED; write the chosen outputs (default: field.nii.gz in ITK mm, transform.h5,
     warped.nii.gz, keypoints.csv) and report.json.
@@ -146,7 +147,7 @@ def register(
     with command_threads(threads) as count:
         result = run_registration(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
                                   device=device, progress=lambda line: typer.echo(line, err=True), model=model,
-                                  memory_budget_gb=memory_budget, threads=count)
+                                  memory_budget_gb=memory_budget, threads=count, region=region)
         inputs = {"fixed": str(fixed), "moving": str(moving), "fixed_mask": fixed_mask and str(fixed_mask),
                   "moving_mask": moving_mask and str(moving_mask)}
         checksums = {name: file_checksum(path) for name, path in inputs.items() if path}
@@ -157,6 +158,8 @@ def register(
             from .viz.commands import viz_command
 
             viz_command(out, echo=typer.echo, warn=lambda line: typer.echo(line, err=True))
+    if "region" in result.extras:
+        typer.echo(result.extras["region"]["summary"])
     status = f"; status {result.status}" if result.status else ""
     typer.echo(f"wrote {out}: pipeline {result.timings['total']:.1f} s, total {time.perf_counter() - STARTED:.1f} s"
                f"{status}")

@@ -137,6 +137,20 @@ class InstanceOptConfig:
 
 
 @dataclass
+class RegionConfig:
+    """Where the field is registered and trusted (:mod:`graphreg.region`, ``docs/region.md``)."""
+
+    #: ``"lungs"``: the registered field within ``margin_mm`` of the fixed lungs, decaying beyond it
+    #: to the translation of the body's centre of mass; ``"body"``: a second registration of the body outside the
+    #: lungs, joined to the lung field at the lung boundary (sliding allowed there), for dose warping
+    mode: str = "lungs"
+    #: ``"lungs"``: distance from the fixed lungs within which the field is kept (at most
+    #: ``preprocess.crop_margin_mm`` is used: the field is estimated only that far)
+    margin_mm: float = 10.0
+    decay_mm: float = 30.0  #: ``"lungs"``: width of the raised-cosine decay to the global motion beyond it
+
+
+@dataclass
 class RegistrationConfig:
     """Everything ``graphreg.register`` needs besides the images."""
 
@@ -147,6 +161,7 @@ class RegistrationConfig:
     regulariser: RegulariserConfig = field(default_factory=RegulariserConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     instance_opt: InstanceOptConfig = field(default_factory=InstanceOptConfig)
+    region: RegionConfig = field(default_factory=RegionConfig)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -195,6 +210,7 @@ RULES: dict[type, dict[str, Rule]] = {
                         "grid_factor": _at_least(1), "smoothing_passes": _at_least(0),
                         "similarity_factor": _at_least(1), "sample_fraction": _FRACTION, "mind_dilation": _at_least(1),
                         "outside_diffusion": _WEIGHT, "fold_penalty": _at_least(0)},
+    RegionConfig: {"mode": _one_of("lungs", "body"), "margin_mm": _at_least(0), "decay_mm": _POSITIVE},
     RegistrationConfig: {"seed": _at_least(0)},
 }
 
@@ -338,6 +354,6 @@ def load_config(source: Union[None, str, Path, Mapping[str, Any], RegistrationCo
 
 __all__ = [
     "PreprocessConfig", "KeypointConfig", "MindConfig", "SearchLevel", "RegulariserConfig",
-    "DensifyConfig", "InstanceOptConfig", "RegistrationConfig", "RULES", "config_label", "load_config", "validate_config", "read_yaml",
+    "DensifyConfig", "InstanceOptConfig", "RegionConfig", "RegistrationConfig", "RULES", "config_label", "load_config", "validate_config", "read_yaml",
     "from_mapping",
 ]

@@ -186,8 +186,10 @@ def _refined_from(fixed: Volume, moving: Volume, lungs: Volume, neighbour: Regis
 
     The neighbour's working field (pre-alignment included) becomes this pair's starting
     displacement after subtracting this pair's own pre-alignment (:mod:`graphreg.workflow`);
-    :func:`graphreg.workflow.wrap_registration` adds it back and runs the quality checks.
+    :func:`graphreg.workflow.wrap_registration` adds it back and runs the quality checks; region
+    ``"lungs"`` is then applied as :func:`graphreg.register` applies it.
     """
+    from .api import region_config, with_lung_region
     from .config import load_config
     from .device import resolve_device
     from .pipeline.instance_opt import instance_features, optimise_with_config
@@ -211,9 +213,10 @@ def _refined_from(fixed: Volume, moving: Volume, lungs: Volume, neighbour: Regis
     dense, stages = optimise_with_config(*features, initial, pair.fixed_mask, cfg.instance_opt, cfg.seed)
     timings.update(stages)
     timings["total"] = time.perf_counter() - start
-    return wrap_registration(prepared, dense.detach(), method, cfg.to_dict(), timings, extras={
+    result = wrap_registration(prepared, dense.detach(), method, cfg.to_dict(), timings, extras={
         "warm_start": {"from_phase": neighbour_name,
                        "stages": "instance optimisation only, started from the neighbour's field"}})
+    return with_lung_region(result, region_config(config, None))
 
 
 # ---------------------------------------------------------------------- the 4D registration
@@ -297,6 +300,9 @@ def register_4d(phases: Sequence[Any], reference: int = 0, lungs: Any = None, me
     if warm and method not in KEYPOINT_METHODS:
         raise GraphregError(f"warm: the warm start runs the keypoint methods' instance optimisation "
                             f"({', '.join(KEYPOINT_METHODS)}), not {method!r}; register cold (warm=False, --cold)")
+    if warm and load_config(config).region.mode == "body":
+        raise GraphregError("warm: the warm start registers the lungs only (region 'lungs'); register with "
+                            "region 'body' cold (warm=False, --cold)")
     if warm and not load_config(config).instance_opt.runs():
         raise GraphregError("warm: the warm start is the instance optimisation, which the config switches off "
                             "(instance_opt); register cold (warm=False, --cold)")

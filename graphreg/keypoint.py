@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .config import RegistrationConfig, config_label, load_config
+from .config import RegionConfig, RegistrationConfig, config_label, load_config
 from .device import resolve_device
 from .errors import GraphregError
 from .methods import method_info
@@ -31,10 +31,15 @@ def register_keypoint(fixed: Any, moving: Any, fixed_mask: Any = None, moving_ma
                       method: str = "corrfield", config: Any = None, device: Optional[str] = None,
                       progress: Optional[Callable[[str], None]] = None, model: Any = None,
                       memory_budget_gb: Optional[float] = None,
-                      given: Optional[GivenDisplacements] = None) -> Registration:
+                      given: Optional[GivenDisplacements] = None,
+                      region: Optional[RegionConfig] = None) -> Registration:
     """A keypoint method (arguments as :func:`graphreg.api.register`).
 
     Args:
+        region: replaces the config's ``region`` section (:func:`graphreg.api.region_config`);
+            mode ``"body"`` adds the registration of the body outside the lungs
+            (:func:`graphreg.region.register_outside`), joined to the lung field with sliding at
+            the fixed lung boundary. Mode ``"lungs"`` is applied by the caller to every method.
         given: for diagnostics (the benchmark's ``oracle``): displacements at the keypoints that
             replace every search level and regulariser (see :data:`GivenDisplacements`); ``method``
             is then only the name recorded in the result. None: ``method`` must be a keypoint method
@@ -45,6 +50,8 @@ def register_keypoint(fixed: Any, moving: Any, fixed_mask: Any = None, moving_ma
     if given is None and method_info(method).family != "keypoint":
         raise GraphregError(f"method: expected a keypoint method, got {method!r}")
     cfg: RegistrationConfig = load_config(config)
+    if region is not None:
+        cfg.region = region
     if progress:
         progress(f"settings: {config_label(config)}")
     torch_device = resolve_device(device)
@@ -88,7 +95,38 @@ def register_keypoint(fixed: Any, moving: Any, fixed_mask: Any = None, moving_ma
     registration = wrap_registration(prepared, output.displacement, method, cfg.to_dict(), timings, extras,
                                      sparse=sparse)
     registration.timings["checks"] = prepared.checked.seconds + time.perf_counter() - checks_start
+    if cfg.region.mode == "body":
+        _add_body(registration, inputs, prepared, cfg, torch_device, progress)
+        registration.timings["total"] = time.perf_counter() - start
     return registration
+
+
+def _add_body(registration: Registration, inputs, prepared, cfg: RegistrationConfig, device, progress) -> None:
+    """Region ``"body"``: register the body outside the lungs and join it to the lung field
+    (sliding at the fixed lung boundary); its keypoints are appended, the fixed body becomes the
+    valid mask (:mod:`graphreg.region`)."""
+    import numpy as np
+
+    from .region import region_report, register_outside, sliding_join
+
+    start = time.perf_counter()
+    pair = prepared.pair
+    outside_pair, outside, body = register_outside(inputs.fixed, inputs.moving, inputs.masks.fixed,
+                                                   inputs.masks.moving, cfg, device, progress)
+    registration.working_field = sliding_join(registration.working_field, pair.fixed_mask[0, 0].cpu().numpy(),
+                                              outside.field(outside_pair))
+    grid = outside_pair.grid
+    registration.keypoints_mm = np.concatenate(
+        [registration.keypoints_mm, grid.voxel_to_world(outside.keypoints.double().cpu().numpy())])
+    registration.keypoint_displacements_mm = np.concatenate(
+        [registration.keypoint_displacements_mm,
+         grid.voxel_vectors_to_mm(outside.keypoint_displacements.double().cpu().numpy()) + outside_pair.translation_mm])
+    registration.keypoint_uncertainty_mm = np.concatenate(
+        [registration.keypoint_uncertainty_mm,
+         outside.keypoint_spread.double().cpu().numpy() * cfg.preprocess.spacing_mm])
+    registration.valid_mask = body
+    registration.extras["region"] = region_report(cfg.region)
+    registration.timings["body"] = time.perf_counter() - start
 
 
 def _check_memory(inputs, cfg: RegistrationConfig, budget_gb: float) -> None:

@@ -83,6 +83,16 @@ def _jacobian(result: "Registration", folder: Path, suffix: str) -> dict:
     return {"jacobian": result.working_jacobian_stats()}
 
 
+def _write_valid_mask(result: "Registration", folder: Path, suffix: str) -> dict:
+    from .io.images import write_image
+    from .volume import Volume
+
+    if result.valid_mask is not None:  # nearest neighbour; 0 beyond the mask's own grid
+        valid = result.valid_mask.resampled(result.fixed_grid, "nearest", default=0).array > 0
+        write_image(Volume(valid.astype(np.uint8), result.fixed_grid), folder / f"valid_mask{suffix}")
+    return {}
+
+
 def _write_keypoints(result: "Registration", folder: Path, suffix: str) -> dict:
     if result.keypoints_mm is not None:
         result.write_keypoints(folder / "keypoints.csv")
@@ -103,6 +113,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
                _write_l2r),
     OutputKind("jacobian", True, "Jacobian determinant statistics of the field (working grid) in report.json",
                _jacobian),
+    OutputKind("valid_mask", True, "valid_mask.nii.gz: where the field is trustworthy (uint8 on the fixed grid; "
+               "report.json's region says why)", _write_valid_mask),
     OutputKind("keypoints", True, "keypoints.csv: keypoints, their displacements and uncertainty (mm)",
                _write_keypoints),
 )}

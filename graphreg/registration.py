@@ -146,6 +146,8 @@ class Registration(TwoWayMapping):
         extras: anything else worth reporting (device, seed, inputs' checksums ...).
         fixed_lungs: the fixed lung mask (any grid) where the inverse's round-trip error is
             measured, or None (then over the working grid).
+        valid_mask: where the field is trustworthy (uint8, any grid; :mod:`graphreg.region`), or
+            None when not stated.
     """
 
     working_field: DisplacementField
@@ -159,6 +161,7 @@ class Registration(TwoWayMapping):
     keypoint_uncertainty_mm: Optional[np.ndarray] = None
     extras: dict = dataclass_field(default_factory=dict)
     fixed_lungs: Optional[Volume] = None
+    valid_mask: Optional[Volume] = None
 
     @property
     def status(self) -> Optional[str]:

@@ -120,7 +120,10 @@ def wrap_registration(prepared: PreparedPair, displacement: torch.Tensor, method
     pair = prepared.pair
     shift = pair.grid.mm_vectors_to_voxel(torch.as_tensor(pair.translation_mm, dtype=torch.float64))
     total = displacement.detach().float() + shift.to(displacement.device, torch.float32).view(1, 3, 1, 1, 1)
+    from .region import body_translation_mm
+
     info = {"prealign_translation_mm": np.round(pair.translation_mm, 3).tolist(),
+            "body_translation_mm": np.round(body_translation_mm(prepared.fixed, prepared.moving), 3).tolist(),
             "working_size_xyz": list(pair.grid.size_xyz)}
     keypoint_outputs = {}
     if sparse is not None:

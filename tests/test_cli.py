@@ -89,8 +89,10 @@ def test_register_writes_the_documented_outputs(run_cli, tmp_path, monkeypatch, 
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].endswith("status ok")
     assert sorted(p.name for p in out.iterdir()) == ["field.nii.gz", "keypoints.csv", "landmarks_moved.csv",
-                                                    "report.json", "transform.h5", "warped.nii.gz"]
+                                                    "report.json", "transform.h5", "valid_mask.nii.gz",
+                                                    "warped.nii.gz"]
     report = json.loads((out / "report.json").read_text())
+    assert report["region"]["mode"] == "lungs" and report["region"]["summary"] in result.stdout
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(rf"wrote {re.escape(str(out))}: pipeline [0-9.]+ s, total [0-9.]+ s; status (ok|suspect|failed)", last), last
     assert report["seconds_wall"] > report["seconds_total"] >= report["timings_s"]["read"] > 0
@@ -114,6 +116,7 @@ def test_register_exit_code_follows_the_quality_status(tmp_path, monkeypatch):
 
     class Result:  # what graphreg.api.register returns, reduced to what the command reads
         timings = {"total": 1.0}
+        extras: dict = {}
 
         def __init__(self, status):
             self.status = status

@@ -234,13 +234,14 @@ def oracle_method(instance_optimisation: bool, fixed: Volume, moving: Volume, fi
         truth: the pair's ground-truth :class:`~graphreg.field.DisplacementField`; the runner
             passes it to methods for which :func:`needs_ground_truth` holds.
     """
-    from ..api import run_registration
+    from ..api import region_config, run_registration, with_lung_region
     from ..keypoint import register_keypoint
 
     given = truth_at_keypoints(truth)
     config = None if instance_optimisation else {"instance_opt": {"enabled": False}}
-    return _from_registration(run_registration(lambda: register_keypoint(
-        fixed, moving, fixed_mask, moving_mask, "oracle", config, device, given=given)))
+    region = region_config(config, None)  # the default region 'lungs', as graphreg.register applies it
+    return _from_registration(run_registration(lambda: with_lung_region(register_keypoint(
+        fixed, moving, fixed_mask, moving_mask, "oracle", config, device, given=given), region)))
 
 
 def needs_ground_truth(fn: Method) -> bool:
