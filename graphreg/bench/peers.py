@@ -344,8 +344,9 @@ class AntsSettings:
         grad_step: SyN gradient step (``grad_step``).
         flow_sigma: smoothing of the update field (voxels, ``flow_sigma``).
         total_sigma: smoothing of the total field (voxels, ``total_sigma``).
-        seed: seed of the affine stage's random metric sampling (unseeded, two runs on one pair
-            can end millimetres apart).
+        affine_sampling: share of voxels the affine stage's metric samples at random (ANTs'
+            default 0.2: two runs on one pair can end millimetres apart, and antspyx offers no
+            per-call seed; 1: every voxel, repeatable).
     """
 
     transform: str = "SyN"
@@ -356,7 +357,7 @@ class AntsSettings:
     grad_step: float = 0.2
     flow_sigma: float = 3.0
     total_sigma: float = 0.0
-    seed: int = 0
+    affine_sampling: float = 0.2
 
 
 def _to_ants(volume: Volume):
@@ -403,18 +404,13 @@ def ants_register(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume] = 
     fixed_ants, moving_ants = _to_ants(fixed), _to_ants(moving)
     timings["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
-    unseeded = ants.config._random_seed  # antspyx's only per-call seed (set_ants_deterministic also forces 1 thread)
-    ants.config._random_seed = settings.seed
     with tempfile.TemporaryDirectory(prefix="graphreg_ants_") as folder:  # ANTs writes its transforms here
-        try:
-            result = ants.registration(fixed_ants, moving_ants, type_of_transform=settings.transform,
-                                       outprefix=f"{folder}/",
-                                       syn_metric=settings.metric, syn_sampling=settings.metric_radius,
-                                       reg_iterations=settings.iterations, grad_step=settings.grad_step,
-                                       flow_sigma=settings.flow_sigma, total_sigma=settings.total_sigma,
-                                       verbose=False, **kwargs)
-        finally:
-            ants.config._random_seed = unseeded
+        result = ants.registration(fixed_ants, moving_ants, type_of_transform=settings.transform,
+                                   outprefix=f"{folder}/", aff_random_sampling_rate=settings.affine_sampling,
+                                   syn_metric=settings.metric, syn_sampling=settings.metric_radius,
+                                   reg_iterations=settings.iterations, grad_step=settings.grad_step,
+                                   flow_sigma=settings.flow_sigma, total_sigma=settings.total_sigma,
+                                   verbose=False, **kwargs)
         timings["register"] = time.perf_counter() - start
         start = time.perf_counter()
         field_mm = ants_field_mm(result["fwdtransforms"], fixed.grid)
@@ -436,5 +432,6 @@ def ants_method(fixed: Volume, moving: Volume, fixed_mask: Optional[Volume],
     extras = {"transform": settings.transform, "metric": settings.metric, "metric_radius": settings.metric_radius,
               "iterations": list(settings.iterations), "mask_dilation_mm": settings.mask_dilation_mm,
               "grad_step": settings.grad_step, "flow_sigma": settings.flow_sigma,
-              "total_sigma": settings.total_sigma, "antspyx": ants.__version__}
+              "total_sigma": settings.total_sigma, "affine_sampling": settings.affine_sampling,
+              "antspyx": ants.__version__}
     return MethodResult(field, timings, extras)
