@@ -138,16 +138,20 @@ def make_benchmark(out_dir: str | os.PathLike, low_res: bool = False, seed: int 
         pair.meta["low_res"] = spacing_mm is not None
         pair.meta["spacing_mm"] = spacing_mm
         write_pair(pair, out / pair.name)
-        tre = pair.meta["initial_tre_mm"]
-        row = {"name": pair.name, "case": int(case), "tre_mean_mm": tre["mean_mm"],
-               "tre_p75_mm": tre["p75_mm"], "tre_max_mm": tre["max_mm"],
-               "jacobian_min": pair.meta["jacobian_min"],
-               "inverse_residual_mm": pair.meta["inverse_residual_mm"]["lung_max"],
-               "seconds": time.perf_counter() - start}
+        row = _pair_row(pair, int(case), pair.meta["jacobian_min"], start)
         rows.append(row)
         if progress is not None:
             progress(row)
     return rows
+
+
+def _pair_row(pair, case, jacobian_min: float, started: float) -> dict:
+    """The summary row of a written pair (see :func:`make_benchmark`)."""
+    tre = pair.meta["initial_tre_mm"]
+    return {"name": pair.name, "case": case, "tre_mean_mm": tre["mean_mm"], "tre_p75_mm": tre["p75_mm"],
+            "tre_max_mm": tre["max_mm"], "jacobian_min": jacobian_min,
+            "inverse_residual_mm": pair.meta["inverse_residual_mm"]["lung_max"],
+            "seconds": time.perf_counter() - started}
 
 
 def make_realistic_benchmark(out_dir: str | os.PathLike, spacing_mm: float = STANDARD_SPACING_MM,
@@ -185,12 +189,7 @@ def make_realistic_benchmark(out_dir: str | os.PathLike, spacing_mm: float = STA
                               meta={"source": f"dirlab-{set_name}", "motion": "dirlab-sliding",
                                     "fixed_ct": Path(ct_path).name, "spacing_mm": float(spacing_mm)})
         write_pair(pair, out / pair.name)
-        tre = pair.meta["initial_tre_mm"]
-        row = {"name": pair.name, "case": set_name, "tre_mean_mm": tre["mean_mm"],
-               "tre_p75_mm": tre["p75_mm"], "tre_max_mm": tre["max_mm"],
-               "jacobian_min": pair.meta["jacobian_lung_min"],
-               "inverse_residual_mm": pair.meta["inverse_residual_mm"]["lung_max"],
-               "seconds": time.perf_counter() - start}
+        row = _pair_row(pair, set_name, pair.meta["jacobian_lung_min"], start)
         rows.append(row)
         if progress is not None:
             progress(row)
