@@ -5,9 +5,10 @@ with mass-preserving density change, so its ground-truth field gives the true Ja
 the true ventilation ``1/J - 1`` (fixed = inhale); the HU formula is exact for it up to noise and
 interpolation. Compared, inside the fixed lungs (all of them, and the lungs eroded by 2 voxels):
 the maps of the result folder's field and the same maps from the ground-truth field (the floor of
-each method on this pair). Voxel-wise Spearman and mean absolute error.
+each method on this pair), and, with ``--peer NAME``, the maps of a benchmark method's field on the
+same pair (e.g. ``elastix``). Voxel-wise Spearman and mean absolute error.
 
-    python tools/validate_ventilation.py RESULT_DIR [--pair PAIR_DIR] [--json OUT.json] [--figure OUT.png]
+    python tools/validate_ventilation.py RESULT_DIR [--pair PAIR_DIR] [--peer elastix] [--json OUT.json] [--figure OUT.png]
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result_dir")
     parser.add_argument("--pair", default=str(DEMO_PAIR))
+    parser.add_argument("--peer", action="append", default=[], help="a `graphreg bench methods` name whose "
+                        "field on the pair is compared too (repeatable)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--figure", default=None, help="PNG: the true map, graphreg's Jacobian and HU maps")
     args = parser.parse_args(argv)
@@ -43,6 +46,10 @@ def main(argv=None) -> dict:
     truth = ventilation_from_jacobian(true_jac, fixed_is_inhale=True)
     eroded = ndimage.binary_erosion(lungs.array > 0, iterations=2)
     fields = {"graphreg": load_result(args.result_dir).field, "ground truth field": truth_field}
+    for name in args.peer:
+        from graphreg.bench.methods import get_method
+
+        fields[name] = get_method(name)(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, "cpu").field
     out = {"pair": args.pair, "result_dir": args.result_dir,
            "true_ventilation_mean": float(np.mean(truth[lungs.array > 0])), "fields": {}}
     for name, field in fields.items():
