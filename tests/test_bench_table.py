@@ -104,10 +104,10 @@ def test_summary_command_replaces_the_marked_block(tmp_path, run_cli):
     bench.write_text(json.dumps({"created": "2026-12-06", "graphreg_version": "0.4.0", "commit": None,
                                  "machine": {}, "rows": ROWS}))
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
+    readme.write_text(f"# x → y\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n", encoding="utf-8")
     code, out, _ = run_cli(["bench", "summary", bench, "--into", readme])
     assert code in (0, None) and "updated" in out
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     assert "old table" not in text and "| corrfield | 2/2 |" in text and text.endswith(f"{END}\nafter\n")
     assert "no commit recorded" in text
     readme.write_text("no markers here\n")

@@ -342,7 +342,7 @@ def test_viz_command_writes_a_report_whose_links_exist(result_dir, viz_out):
     for link in links:
         assert not link.startswith(("data:", "http:", "https:", "/"))
         assert (page.parent / link).is_file(), link
-    text = page.read_text()
+    text = page.read_text(encoding="utf-8")
     tre_after = report.load_result(result_dir).tre_after_mm.mean()
     assert f"{tre_after:.4g}" in text and "tps.lambda" in text
     assert "Status: suspect</b> &mdash; folding 2 (limit &lt;= 1)" in text and "outcome.folding_percent" in text

@@ -230,12 +230,12 @@ def summary(
     from .markdown import markdown_summary, replace_block
 
     try:
-        document = json.loads(json_file.read_text())
+        document = json.loads(json_file.read_text(encoding="utf-8"))
         block = markdown_summary(document)
         if into is None:
             typer.echo(block)
             return
-        atomic_write_text(into, replace_block(into.read_text(), block))
+        atomic_write_text(into, replace_block(into.read_text(encoding="utf-8"), block))
     except (OSError, ValueError) as error:
         fail(f"{json_file if into is None else into}: {error}")
     except GraphregError as error:
