@@ -69,10 +69,7 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
         An automatic mask that fails its checks never stops the run: it is replaced and the
         fallback is reported.
     """
-    settings = region_config(config, region)
-    if settings.mode == "body" and method not in KEYPOINT_METHODS:
-        raise GraphregError(f"region: 'body' is available for the keypoint methods ({', '.join(KEYPOINT_METHODS)}), "
-                            f"got method {method!r}; use region 'lungs'")
+    settings = region_config(config, region, method)
 
     def run() -> Registration:
         result = _register(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
@@ -92,15 +89,19 @@ def run_registration(run: Callable[[], Registration], threads: Optional[int] = N
     return result
 
 
-def region_config(config: Any, region: Optional[str]) -> RegionConfig:
+def region_config(config: Any, region: Optional[str], method: Optional[str] = None) -> RegionConfig:
     """The ``region`` section of ``config`` (a :func:`load_config` source), its mode replaced by
-    ``region`` when given, checked against :data:`graphreg.config.RULES`; the margin is capped at
+    ``region`` when given, checked against :data:`graphreg.config.RULES` and, when ``method`` is
+    given, against it (mode ``"body"`` needs a keypoint method); the margin is capped at
     ``preprocess.crop_margin_mm`` (the field is estimated only that far from the lungs)."""
     cfg = load_config(config)
     settings = dataclasses.replace(cfg.region)
     if region is not None:
         settings.mode = region
     validate_config(settings, "region.")
+    if method is not None and settings.mode == "body" and method not in KEYPOINT_METHODS:
+        raise GraphregError(f"region: 'body' is available for the keypoint methods ({', '.join(KEYPOINT_METHODS)}), "
+                            f"got method {method!r}; use region 'lungs'")
     settings.margin_mm = min(settings.margin_mm, cfg.preprocess.crop_margin_mm)
     return settings
 

@@ -401,7 +401,7 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
               config: Any = None, model: Union[str, os.PathLike, None] = None, device: Optional[str] = None,
               workers: int = 1, scheduler: Optional[str] = None, scheduler_address: Optional[str] = None,
               progress: Optional[Callable[[str], None]] = None, threads: Optional[int] = None,
-              outputs=None) -> BatchResult:
+              outputs=None, region: Optional[str] = None) -> BatchResult:
     """Register every pair of ``pairs_csv`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -422,6 +422,8 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
             the workers' own default.
         outputs: the outputs each pair writes (:func:`graphreg.outputs.parse_outputs`; None: the
             defaults); a finished pair is skipped whatever it holds.
+        region: ``"lungs"`` or ``"body"`` for every pair, as for :func:`graphreg.register` (None:
+            the config's ``region.mode``); checked before anything runs.
 
     Returns:
         :class:`BatchResult`; ``result.n_failed`` pairs failed (the others are done or skipped).
@@ -440,7 +442,11 @@ def run_batch(pairs_csv: Union[str, os.PathLike], out_dir: Union[str, os.PathLik
         threads = resolve_threads(threads, share=workers if scheduler == "processes" else 1)
     method_info(method)
     pairs = read_pairs_csv(pairs_csv)
-    settings = load_config(config).to_dict()
+    from .api import region_config
+
+    loaded = load_config(config)
+    loaded.region = region_config(loaded, region, method)
+    settings = loaded.to_dict()
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise GraphregError(f"out: {out_dir} exists and is not a folder")

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from .bench.commands import bench_app
-from .cli_common import command_threads, fail, process_age, threads_option
+from .cli_common import REGION_HELP, command_threads, fail, process_age, region_option, threads_option
 from .errors import GraphregError
 from .l2r.commands import l2r_app
 from .methods import DEFAULT_METHOD, methods_help
@@ -123,7 +123,7 @@ def register(
                                                   help="Refuse to run (exit 2, saying which config keys to change) when the estimated peak memory exceeds GB."),
     threads: Optional[str] = threads_option(),
     outputs: Optional[str] = typer.Option(None, help=outputs_help()),
-    region: Optional[str] = typer.Option(None, help="Where the field is registered and trusted: 'lungs' (default: the registered field within region.margin_mm of the fixed lungs, decaying beyond to the body's translation) or 'body' (keypoint methods: the body outside the lungs registered too, sliding at the lung boundary, for dose warping). valid_mask.nii.gz marks the trusted part."),
+    region: Optional[str] = region_option(),
 ) -> None:
     """Register MOVING to FIXED; write the chosen outputs (default: field.nii.gz in ITK mm, transform.h5,
     warped.nii.gz, keypoints.csv) and report.json.
@@ -304,14 +304,16 @@ def batch(pairs: Path = typer.Argument(..., help="CSV: fixed, moving[, fixed_mas
           threads: Optional[str] = threads_option(
               "CPU threads of each worker (default: $GRAPHREG_THREADS, else the cores this process may use "
               "divided among the local workers); recorded in each report.json."),
-          outputs: Optional[str] = typer.Option(None, help=outputs_help("Applies to every pair."))) -> None:
+          outputs: Optional[str] = typer.Option(None, help=outputs_help("Applies to every pair.")),
+          region: Optional[str] = region_option(REGION_HELP + " Applies to every pair.")) -> None:
     """Register every pair of a CSV table: resumable (finished pairs are skipped), failures isolated, summary.csv."""
     from .batch import run_batch
 
     kinds = checked_outputs(outputs)
     result = run_batch(pairs, out, method=method, config=config, model=model, device=device, workers=workers,
                        scheduler=scheduler, scheduler_address=scheduler_address,
-                       progress=lambda line: typer.echo(line, err=True), threads=threads, outputs=kinds)
+                       progress=lambda line: typer.echo(line, err=True), threads=threads, outputs=kinds,
+                       region=region)
     counts = result.counts
     typer.echo(f"{counts['ok']} registered, {counts['skipped']} skipped, {counts['failed']} failed; "
                f"wrote {result.summary_path}")

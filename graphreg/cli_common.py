@@ -35,6 +35,17 @@ THREADS_HELP = ("CPU threads (default: $GRAPHREG_THREADS, else the cores this pr
                 "the count is recorded in report.json.")
 
 
+REGION_HELP = ("Where the field is registered and trusted: 'lungs' (default: the registered field within "
+               "region.margin_mm of the fixed lungs, decaying beyond to the body's translation) or 'body' (keypoint "
+               "methods: the body outside the lungs registered too, sliding at the lung boundary, for dose warping). "
+               "valid_mask.nii.gz marks the trusted part.")
+
+
+def region_option(help: str = REGION_HELP):
+    """The ``--region lungs|body`` option of a command that registers (``help``: its text)."""
+    return typer.Option(None, "--region", metavar="lungs|body", help=help)
+
+
 def threads_option(help: str = THREADS_HELP):
     """The ``--threads N`` option of a command that computes (``help``: its text)."""
     return typer.Option(None, "--threads", metavar="N", help=help)

@@ -124,6 +124,17 @@ def test_exception_arguments(tmp_path):
             run_batch(table, tmp_path / "out", **kwargs)
 
 
+def test_region_is_checked_before_anything_runs(tmp_path, run_cli):
+    table = _write(tmp_path / "pairs.csv", "fixed,moving\na,b\n")
+    with pytest.raises(GraphregError, match="region: 'body' is available for the keypoint methods"):
+        run_batch(table, tmp_path / "out", method="demons", region="body")
+    with pytest.raises(GraphregError, match="region.mode"):
+        run_batch(table, tmp_path / "out", region="chest")
+    assert not (tmp_path / "out").exists()
+    code, out, _ = run_cli(["batch", "--help"])
+    assert code in (0, None) and "--region" in out
+
+
 def test_table_paths_and_default_ids(tmp_path):
     (tmp_path / "sub").mkdir()
     table = _write(tmp_path / "sub" / "pairs.csv", "fixed,moving,id\nimg/case_1.nii.gz,img/b.nii.gz,\n/abs/c d.mha,e.mha,mine\n")
