@@ -11,6 +11,8 @@ from graphreg.geometry import Grid
 from graphreg.spatial import sample_points, warp
 from graphreg.volume import Volume
 
+from conftest import grid_centred_on
+
 ROTATION = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
 
 
@@ -37,10 +39,7 @@ def _inside_points(grid: Grid, n: int, seed: int) -> np.ndarray:
 
 def _moving_grid_around(grid: Grid) -> Grid:
     """A larger moving grid (other spacing, origin and direction) centred on ``grid``."""
-    moving = Grid((12, 14, 16), spacing=(1.3, 0.9, 1.7), direction=(1, 0, 0, 0, 0, -1, 0, 1, 0))
-    fixed_centre = grid.voxel_to_world((np.array(grid.shape) - 1) / 2.0)
-    moving_centre = moving.voxel_to_world((np.array(moving.shape) - 1) / 2.0)
-    return Grid(moving.shape, moving.spacing, tuple(fixed_centre - moving_centre), moving.direction)
+    return grid_centred_on(grid, (12, 14, 16), (1.3, 0.9, 1.7), (1, 0, 0, 0, 0, -1, 0, 1, 0))
 
 
 # ---------------------------------------------------------------------- construction

@@ -17,7 +17,7 @@ from graphreg.io.landmarks import Landmarks
 from graphreg.registration import Registration
 from graphreg.volume import Volume
 
-from conftest import DEMO_PAIR
+from conftest import DEMO_PAIR, grid_centred_on
 
 ROTATION = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
 SHIFT_MM = np.array([2.0, -3.0, 4.0])
@@ -31,10 +31,7 @@ def fixed_grid() -> Grid:
 @pytest.fixture
 def moving_grid(fixed_grid) -> Grid:
     """Another spacing and direction, a bit larger, around the same centre."""
-    centre = fixed_grid.voxel_to_world((np.array(fixed_grid.shape) - 1) / 2.0)
-    grid = Grid((16, 20, 15), spacing=(1.6, 1.1, 2.1), direction=(1, 0, 0, 0, 0, -1, 0, 1, 0))
-    offset = centre - grid.voxel_to_world((np.array(grid.shape) - 1) / 2.0)
-    return Grid(grid.shape, grid.spacing, tuple(offset), grid.direction)
+    return grid_centred_on(fixed_grid, (16, 20, 15), (1.6, 1.1, 2.1), (1, 0, 0, 0, 0, -1, 0, 1, 0))
 
 
 def _image(grid: Grid, function) -> Volume:

@@ -9,6 +9,8 @@ from graphreg.field import DisplacementField
 from graphreg.geometry import Grid
 from graphreg.inverse import invert_field, round_trip_error_mm, solve3x3
 
+from conftest import grid_centred_on
+
 ROTATION = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
 
 
@@ -20,10 +22,7 @@ def fixed_grid() -> Grid:
 @pytest.fixture
 def moving_grid(fixed_grid) -> Grid:
     """Another spacing, direction and size, over about the same region."""
-    centre = fixed_grid.voxel_to_world((np.array(fixed_grid.shape) - 1) / 2.0)
-    grid = Grid((9, 15, 11), spacing=(1.7, 1.1, 1.9), direction=(1, 0, 0, 0, 0, -1, 0, 1, 0))
-    offset = centre - grid.voxel_to_world((np.array(grid.shape) - 1) / 2.0)
-    return Grid(grid.shape, grid.spacing, tuple(offset), grid.direction)
+    return grid_centred_on(fixed_grid, (9, 15, 11), (1.7, 1.1, 1.9), (1, 0, 0, 0, 0, -1, 0, 1, 0))
 
 
 def _voxel_points(grid: Grid) -> np.ndarray:

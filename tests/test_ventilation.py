@@ -17,6 +17,8 @@ from graphreg.ventilation import (MAP_FILES, agreement, jacobian_map, lung_regio
                                   ventilation_from_hu, ventilation_from_jacobian)
 from graphreg.volume import Volume
 
+from conftest import grid_centre_mm
+
 ROTATION = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
 
 
@@ -25,13 +27,9 @@ def grid() -> Grid:
     return Grid((24, 26, 28), spacing=(2.0, 1.8, 2.5), origin=(-20.0, 10.0, 5.0))
 
 
-def _centre(grid: Grid) -> np.ndarray:
-    return grid.voxel_to_world((np.array(grid.shape) - 1) / 2.0)
-
-
 def _scaling(grid: Grid, scale: float) -> DisplacementField:
     """``x -> c + scale (x - c)`` about the grid centre ``c``: ``J = scale**3`` everywhere."""
-    centre = _centre(grid)
+    centre = grid_centre_mm(grid)
     affine = np.eye(4)
     affine[:3, :3] *= scale
     affine[:3, 3] = centre * (1.0 - scale)
@@ -44,7 +42,7 @@ def _world(grid: Grid) -> np.ndarray:
 
 def _lungs(grid: Grid, separation_mm: float = 16.0, radius_mm: float = 9.0) -> Volume:
     """Two ellipsoids either side of the centre along world x (patient right at -x)."""
-    offset = _world(grid) - _centre(grid)
+    offset = _world(grid) - grid_centre_mm(grid)
     mask = np.zeros(grid.shape, np.uint8)
     for side in (-1, 1):
         d = offset - np.array([side * separation_mm / 2, 0.0, 0.0])
@@ -62,7 +60,7 @@ def _mass_preserving_pair(grid: Grid, scale: float) -> tuple[Registration, Volum
     density divided by ``J = s**3``: ``M(y) + 1000 = (F(phi^-1(y)) + 1000) / s**3``. Linear
     interpolation of the (linear) moving image is exact, so the HU map is exact too."""
     field = _scaling(grid, scale)
-    centre = _centre(grid)
+    centre = grid_centre_mm(grid)
     world = _world(grid)
     fixed = Volume(_linear_hu(world).astype(np.float32), grid)
     source = centre + (world - centre) / scale
@@ -170,7 +168,7 @@ def test_lung_regions_components_and_midline(grid):
     voxels = np.argwhere(labels > 0)
     world = voxels @ affine[:3, :3].T + affine[:3, 3]
     side = (labels[labels > 0] - 1) // 3  # 0 right (-x), 1 left (+x)
-    assert (world[side == 0, 0] < _centre(grid)[0]).all() and (world[side == 1, 0] > _centre(grid)[0]).all()
+    assert (world[side == 0, 0] < grid_centre_mm(grid)[0]).all() and (world[side == 1, 0] > grid_centre_mm(grid)[0]).all()
     third = (labels[labels > 0] - 1) % 3  # 0 upper (+z)
     assert world[third == 0, 2].min() > world[third == 2, 2].max()
     one, method = lung_regions(_lungs(grid, separation_mm=0.0))
