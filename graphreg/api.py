@@ -8,12 +8,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .allocator import reusing_freed_memory
-from .config import RegionConfig, load_config, validate_config
-from .errors import GraphregError
-from .methods import method_info, method_names
-from .registration import Registration
-from .threads import thread_report, use_threads
+from graphreg.runtime.allocator import reusing_freed_memory
+from graphreg.core.config import RegionConfig, load_config, validate_config
+from graphreg.errors import GraphregError
+from graphreg.methods.registry import method_info, method_names
+from graphreg.result.registration import Registration
+from graphreg.runtime.threads import thread_report, use_threads
 
 KEYPOINT_METHODS = method_names("keypoint")
 
@@ -27,7 +27,7 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
 
     Args:
         fixed, moving: path (NIfTI, MHA/MHD, NRRD, DICOM folder, DIR-Lab ``.img`` with a known
-            name), ``SimpleITK.Image``, :class:`~graphreg.volume.Volume` or ``(array (z, y, x),
+            name), ``SimpleITK.Image``, :class:`~graphreg.core.volume.Volume` or ``(array (z, y, x),
             Grid)``; intensities in Hounsfield units.
         fixed_mask, moving_mask: lung masks in the same forms (computed when None; a mask on
             another grid than its image is resampled with a warning).
@@ -37,8 +37,8 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             ``"demons"`` / ``"bspline-ffd"`` (SimpleITK), or a dense CNN baseline
             (``"voxelmorph"``, ``"bspline-cnn"``, ``"linear-deformable"``; network + instance
             optimisation unless ``config`` sets ``instance_opt.enabled: false``); the table of
-            :mod:`graphreg.methods`.
-        config: a :class:`~graphreg.config.RegistrationConfig`, a YAML path or a mapping of
+            :mod:`graphreg.methods.registry`.
+        config: a :class:`~graphreg.core.config.RegistrationConfig`, a YAML path or a mapping of
             overrides (unknown keys are rejected).
         device: ``"cpu"``, ``"cuda"`` or None (GPU when present).
         progress: optional callback receiving one line per stage.
@@ -46,14 +46,14 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             ``assets/<name>/model.pt``); ignored by the others.
         memory_budget_gb: refuse to run (:class:`~graphreg.errors.ResourceError`, raised after
             reading the images and masks, before resampling and the pipeline) when the peak
-            memory estimated by :func:`graphreg.memory.estimate_memory` exceeds this many GB;
+            memory estimated by :func:`graphreg.methods.keypoint.memory.estimate_memory` exceeds this many GB;
             the message names the config keys that lower it. Keypoint methods only; None: no check.
         threads: CPU threads of this call (torch and SimpleITK, restored afterwards), an integer
             >= 1; None: ``$GRAPHREG_THREADS``, else the cores this process may use
-            (:func:`graphreg.threads.resolve_threads`). Recorded in the report with the OpenMP wait
+            (:func:`graphreg.runtime.threads.resolve_threads`). Recorded in the report with the OpenMP wait
             policy; import graphreg before torch so that idle threads sleep (``docs/threads.md``).
             The field is bit-identical for the same thread count (``docs/reproducibility.md``).
-        region: where the field is registered and trusted (:mod:`graphreg.region`), overriding the
+        region: where the field is registered and trusted (:mod:`graphreg.methods.region`), overriding the
             config's ``region.mode``: ``"lungs"`` (default: the registered field within
             ``region.margin_mm`` of the fixed lungs, decaying beyond to the translation of the
             body's centre of mass) or ``"body"`` (keypoint methods: a second registration of the body outside
@@ -61,7 +61,7 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
             and ``extras["region"]`` say where the field is trustworthy.
 
     Returns:
-        :class:`~graphreg.registration.Registration` with ``.field`` (on the fixed grid, mm
+        :class:`~graphreg.result.registration.Registration` with ``.field`` (on the fixed grid, mm
         exportable), ``.transform_points``, ``.warp``, ``.save`` and ``.timings``. Keypoint
         methods also give ``.status`` (``"ok"``, ``"suspect"`` or ``"failed"``, from the checks of
         :mod:`graphreg.checks`; ``extras["quality"]`` holds the reasons), and record the lung
@@ -81,8 +81,8 @@ def register(fixed: Any, moving: Any, fixed_mask: Any = None, moving_mask: Any =
 
 def run_registration(run: Callable[[], Registration], threads: Optional[int] = None) -> Registration:
     """``run()`` as :func:`register` runs every method (and the benchmark its diagnostics): with
-    ``threads`` CPU threads (:func:`graphreg.threads.use_threads`, recorded in the result's
-    ``extras``) and freed memory kept for reuse (:func:`graphreg.allocator.reusing_freed_memory`)."""
+    ``threads`` CPU threads (:func:`graphreg.runtime.threads.use_threads`, recorded in the result's
+    ``extras``) and freed memory kept for reuse (:func:`graphreg.runtime.allocator.reusing_freed_memory`)."""
     with reusing_freed_memory(), use_threads(threads) as count:
         result = run()
     result.extras.update(thread_report(count))
@@ -91,7 +91,7 @@ def run_registration(run: Callable[[], Registration], threads: Optional[int] = N
 
 def region_config(config: Any, region: Optional[str], method: Optional[str] = None) -> RegionConfig:
     """The ``region`` section of ``config`` (a :func:`load_config` source), its mode replaced by
-    ``region`` when given, checked against :data:`graphreg.config.RULES` and, when ``method`` is
+    ``region`` when given, checked against :data:`graphreg.core.config.RULES` and, when ``method`` is
     given, against it (mode ``"body"`` needs a keypoint method); the margin is capped at
     ``preprocess.crop_margin_mm`` (the field is estimated only that far from the lungs)."""
     cfg = load_config(config)
@@ -107,9 +107,9 @@ def region_config(config: Any, region: Optional[str], method: Optional[str] = No
 
 
 def with_lung_region(result: Registration, settings: RegionConfig) -> Registration:
-    """Region ``"lungs"`` applied to a finished registration (:func:`graphreg.region.lung_region_field`):
+    """Region ``"lungs"`` applied to a finished registration (:func:`graphreg.methods.region.lung_region_field`):
     its working field replaced by the blended one, ``valid_mask`` and ``extras["region"]`` set."""
-    from .region import lung_region_field, region_report
+    from graphreg.methods.region import lung_region_field, region_report
 
     shift = np.asarray(result.extras["body_translation_mm"], dtype=np.float64)
     lungs = result.fixed_lungs
@@ -127,27 +127,27 @@ def _register(fixed: Any, moving: Any, fixed_mask: Any, moving_mask: Any, method
               device: Optional[str], progress: Optional[Callable[[str], None]], model: Any,
               memory_budget_gb: Optional[float], settings: RegionConfig) -> Registration:
     """:func:`register` in the thread setting it chose: the method's family runs it
-    (:mod:`graphreg.methods`), each through :mod:`graphreg.workflow`'s prepare and wrap steps."""
+    (:mod:`graphreg.methods.registry`), each through :mod:`graphreg.methods.workflow`'s prepare and wrap steps."""
     family = method_info(method).family  # an unknown name is an error that lists the methods
     if memory_budget_gb is not None:
-        from .memory import validate_memory_budget
+        from graphreg.methods.keypoint.memory import validate_memory_budget
 
         validate_memory_budget(memory_budget_gb)
         if family != "keypoint":
             raise GraphregError(f"memory_budget_gb: the memory estimate covers the keypoint methods "
                                 f"({', '.join(KEYPOINT_METHODS)}), not {method!r}; leave it unset for this method")
     if family == "classical":
-        from .classical import register_classical
+        from graphreg.methods.classical import register_classical
 
         return register_classical(fixed, moving, fixed_mask, moving_mask, method=method, config=config,
                                   progress=progress)
     if family == "cnn":
-        from .cnn.register import register_cnn
-        from .training.checkpoint import default_weights
+        from graphreg.methods.cnn.register import register_cnn
+        from graphreg.training.checkpoint import default_weights
 
         return register_cnn(fixed, moving, fixed_mask, moving_mask, config=config, device=device, progress=progress,
                             model=default_weights(method) if model is None else model, architecture=method)
-    from .keypoint import register_keypoint
+    from graphreg.methods.keypoint.register import register_keypoint
 
     return register_keypoint(fixed, moving, fixed_mask, moving_mask, method, config, device, progress, model,
                              memory_budget_gb, region=settings)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import graphreg  # noqa: F401  (before any test imports torch: idle OpenMP threads sleep, docs/threads.md)
-from graphreg.geometry import Grid
+from graphreg.core.geometry import Grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -39,7 +39,7 @@ def run_cli(monkeypatch, capsys):
     returns a function ``args -> (exit code, stdout, stderr)``."""
     import sys
 
-    from graphreg.cli import main
+    from graphreg.apps.cli import main
 
     def run(args):
         monkeypatch.setattr(sys, "argv", ["graphreg", *map(str, args)])

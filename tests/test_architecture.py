@@ -82,3 +82,50 @@ def test_no_import_cycles():
 
 def test_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+LAYERS = ("core", "ops", "io", "result", "runtime", "methods", "training", "checks", "datasets", "analysis", "apps")
+# What each layer may import besides itself and graphreg.errors; apps and the package face import anything.
+MAY_IMPORT = {
+    "core": {"ops", "io"},
+    "ops": {"core"},
+    "io": {"core", "ops"},
+    "runtime": {"core", "io", "ops"},
+}
+NEVER_IMPORTED_BELOW = "apps"
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""
+
+
+def test_every_module_lives_in_a_layer_folder():
+    top_level = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert top_level == ["__init__", "api", "errors"]
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert folders == sorted(LAYERS)
+
+
+def test_layers_import_only_downwards():
+    modules = module_files()
+    wrong = []
+    for name, path in modules.items():
+        layer = layer_of(name)
+        for target in imported_modules(name, path, modules):
+            target_layer = layer_of(target)
+            if target_layer in ("", layer):
+                continue
+            if target_layer == NEVER_IMPORTED_BELOW and layer != NEVER_IMPORTED_BELOW:
+                wrong.append(f"{name} -> {target}")
+            elif layer in MAY_IMPORT and target_layer not in MAY_IMPORT[layer]:
+                wrong.append(f"{name} -> {target}")
+    assert wrong == []
+
+
+def test_tests_mirror_the_package():
+    tests = Path(__file__).resolve().parent
+    folders = {p.relative_to(tests) for p in tests.rglob("*") if p.is_dir() and p.name != "__pycache__"
+               and any(p.glob("test_*.py"))}
+    missing = [str(f) for f in folders if not (PACKAGE / f / "__init__.py").exists()]
+    assert missing == []

@@ -24,15 +24,15 @@ import torch
 import yaml
 
 from graphreg.api import register
-from graphreg.cli import main
+from graphreg.apps.cli import main
 from graphreg.datasets.pairs import read_pair
-from graphreg.demo import DEMO_PAIR
+from graphreg.apps.demo import DEMO_PAIR
 from graphreg.errors import ConfigError, GeometryError, GraphregError, InputFileError, ShapeError
-from graphreg.geometry import Grid
+from graphreg.core.geometry import Grid
 from graphreg.io.fields import read_itk_field, write_itk_field
 from graphreg.io.images import nifti_can_store, write_image
-from graphreg.metrics import landmark_errors
-from graphreg.volume import Volume
+from graphreg.ops.metrics import landmark_errors
+from graphreg.core.volume import Volume
 
 FAST = {"preprocess": {"spacing_mm": 3.0}, "keypoints": {"num_points": 300, "nms_size": 3},
         "levels": [{"radius": 4, "step": 2.0}], "instance_opt": {"enabled": False}}
@@ -238,7 +238,7 @@ def test_exception_points_outside_the_image(pair, reference, tmp_path):
 
 
 def test_checkpoint_versions(tmp_path):
-    from graphreg.cnn import VoxelMorph
+    from graphreg.methods.cnn import VoxelMorph
     from graphreg.training import load_model, save_checkpoint
 
     path = save_checkpoint(tmp_path / "vxm.pt", VoxelMorph(encoder=(4, 4), decoder=(4, 4, 4), integration_steps=0))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from graphreg.resources import asset_path, config_path, preset_names, preset_path
-from graphreg.config import load_config
+from graphreg.io.resources import asset_path, config_path, preset_names, preset_path
+from graphreg.core.config import load_config
 from graphreg.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ INSTALLED_ENV = {key: value for key, value in os.environ.items() if key != "PYTH
 API_EXAMPLE = """
 import graphreg
 from graphreg.datasets.pairs import read_pair
-from graphreg.resources import asset_path
+from graphreg.io.resources import asset_path
 pair = read_pair(asset_path("demo"))
 result = graphreg.register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, config="lowres_3mm")
 moved = result.transform_points(pair.fixed_landmarks_mm)

@@ -17,9 +17,9 @@ import SimpleITK as sitk
 from graphreg import __version__
 from graphreg.api import register
 from graphreg.datasets.pairs import read_pair
-from graphreg.demo import DEMO_PAIR
-from graphreg.metrics import landmark_errors
-from graphreg.registration import array_checksum
+from graphreg.apps.demo import DEMO_PAIR
+from graphreg.ops.metrics import landmark_errors
+from graphreg.result.registration import array_checksum
 
 CONFIG = {"preprocess": {"spacing_mm": 3.0}, "keypoints": {"num_points": 300, "nms_size": 3},
           "levels": [{"radius": 4, "step": 2.0}],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graphreg.datasets.pairs import read_pair
-from graphreg.demo import DEMO_PAIR
+from graphreg.apps.demo import DEMO_PAIR
 
 _SPEC = importlib.util.spec_from_file_location(
     "robustness_sweep", Path(__file__).resolve().parents[1] / "tools" / "robustness_sweep.py")

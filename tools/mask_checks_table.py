@@ -10,9 +10,9 @@ import numpy as np
 
 from graphreg.checks.masks import mask_checks, volume_ratio_check
 from graphreg.checks.prealign import coarse_to_fine_search
-from graphreg.datasets.lungmask import lung_mask
+from graphreg.ops.lungmask import lung_mask
 from graphreg.io.images import read_image
-from graphreg.pipeline.preprocess import centre_of_mass_mm
+from graphreg.methods.keypoint.preprocess import centre_of_mass_mm
 
 
 def main(paths: list[str]) -> None:

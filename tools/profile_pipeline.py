@@ -57,7 +57,7 @@ def run_once(pair, method: str = "corrfield", config=None) -> tuple[dict, object
 
 def tre_mm(registration, pair) -> dict:
     """TRE summary (mm) of the pair's landmarks mapped by ``registration``."""
-    from graphreg.metrics import landmark_errors, summarize_errors
+    from graphreg.ops.metrics import landmark_errors, summarize_errors
 
     mapped = registration.transform_points(pair.fixed_landmarks_mm)
     return summarize_errors(landmark_errors(mapped, pair.moving_landmarks_mm))

@@ -8,7 +8,7 @@ Usage::
 
 Writes ``DIR/scene_<scene>_<view>.png`` and ``DIR/ply/<scene>_<geometry>.ply`` (default
 ``DIR = RESULT_DIR/viz``). The fixed mask, landmarks and keypoints are found as
-:func:`graphreg.viz.report.load_result` finds them (``report.json``'s ``inputs`` or ``pair``).
+:func:`graphreg.apps.viz.report.load_result` finds them (``report.json``'s ``inputs`` or ``pair``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from graphreg.errors import GraphregError
-from graphreg.viz import pointclouds
-from graphreg.viz.report import load_result, result_scenes
+from graphreg.apps.viz import pointclouds
+from graphreg.apps.viz.report import load_result, result_scenes
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -42,9 +42,9 @@ import numpy as np
 
 from graphreg.datasets.pairs import PairData, read_pair
 from graphreg.errors import GraphregError
-from graphreg.geometry import Grid
-from graphreg.metrics import landmark_errors, summarize_errors
-from graphreg.volume import Volume
+from graphreg.core.geometry import Grid
+from graphreg.ops.metrics import landmark_errors, summarize_errors
+from graphreg.core.volume import Volume
 
 #: a case with more folding than this (percent of fixed lung voxels) fails
 MAX_FOLDING_PERCENT = 1.0

@@ -21,9 +21,9 @@ import numpy as np
 import graphreg  # noqa: F401  (before torch: the OpenMP wait policy)
 from graphreg.api import register
 from graphreg.datasets.pairs import read_pair
-from graphreg.demo import DEMO_PAIR
-from graphreg.metrics import landmark_errors
-from graphreg.registration import array_checksum
+from graphreg.apps.demo import DEMO_PAIR
+from graphreg.ops.metrics import landmark_errors
+from graphreg.result.registration import array_checksum
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import json
 
 import numpy as np
 
-from graphreg.bench.peers import AntsSettings, ants_method
-from graphreg.bench.runner import run_isolated, scalar_metrics
-from graphreg.bench.sources import open_pairs
+from graphreg.apps.bench.peers import AntsSettings, ants_method
+from graphreg.apps.bench.runner import run_isolated, scalar_metrics
+from graphreg.apps.bench.sources import open_pairs
 
 #: the settings tried, by label; "default" is :class:`AntsSettings` as the benchmark runs it
 CANDIDATES = {

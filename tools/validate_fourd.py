@@ -3,7 +3,7 @@
 The POPI end-inhale phase (``../shared/data/popi_light/phase_00.nii.gz``), cropped to the lungs
 plus 20 mm, is the reference; :func:`graphreg.datasets.breathing4d.breathing_sequence` makes the
 other phases (mass-preserving density, noise, hysteresis). Every phase is registered to phase 0
-cold and warm-started (:func:`graphreg.fourd.register_4d`); reported per phase: the trajectory
+cold and warm-started (:func:`graphreg.analysis.fourd.register_4d`); reported per phase: the trajectory
 error ``|T_i(p) - p_i|`` over the landmarks; over the cycle: wall time, the jitter of the error
 (RMS of its cyclic second difference over the phases: how unsmooth it is in time) and the error
 of the hysteresis (the vector between the positions at ``t`` and ``1 - t``, which share the
@@ -25,8 +25,8 @@ import numpy as np
 
 from graphreg.datasets.benchmark import low_resolution
 from graphreg.datasets.breathing4d import breathing_sequence
-from graphreg.datasets.lungmask import lung_mask
-from graphreg.fourd import register_4d
+from graphreg.ops.lungmask import lung_mask
+from graphreg.analysis.fourd import register_4d
 from graphreg.io.images import read_image
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "popi_light" / "phase_00.nii.gz"

@@ -25,9 +25,9 @@ def main(argv=None) -> dict:
     from scipy import ndimage
 
     from graphreg.datasets.pairs import read_pair
-    from graphreg.demo import DEMO_PAIR
-    from graphreg.result import load_result
-    from graphreg.ventilation import (HU_SMOOTHING_MM, agreement, jacobian_map, smooth_in_mask, tissue_mass,
+    from graphreg.apps.demo import DEMO_PAIR
+    from graphreg.result.loaded import load_result
+    from graphreg.analysis.ventilation import (HU_SMOOTHING_MM, agreement, jacobian_map, smooth_in_mask, tissue_mass,
                                       ventilation_from_jacobian, ventilation_maps)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
     eroded = ndimage.binary_erosion(lungs.array > 0, iterations=2)
     fields = {"graphreg": load_result(args.result_dir).field, "ground truth field": truth_field}
     for name in args.peer:
-        from graphreg.bench.methods import get_method
+        from graphreg.apps.bench.methods import get_method
 
         fields[name] = get_method(name)(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, "cpu").field
     out = {"pair": args.pair, "result_dir": args.result_dir,
@@ -77,8 +77,8 @@ def main(argv=None) -> dict:
         rows["inhale_detected"] = maps.summary["inhale"]  # the truth: fixed
         out["fields"][name] = rows
         if name == "graphreg" and args.figure:
-            from graphreg.viz.slices import plot_ventilation, save_figure
-            from graphreg.volume import Volume
+            from graphreg.apps.viz.slices import plot_ventilation, save_figure
+            from graphreg.core.volume import Volume
 
             inside = lungs.array > 0
             shown = {"truth: 1/J_true - 1": Volume(np.where(inside, truth, 0).astype(np.float32), lungs.grid),

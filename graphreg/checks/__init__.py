@@ -9,7 +9,7 @@ Every check gives a :class:`Check` (name, verdict, measured value, limit); the l
 - :mod:`graphreg.checks.outcome`: a finished registration judged without ground truth,
   giving its ``status`` (``ok`` / ``suspect`` / ``failed``).
 - :mod:`graphreg.checks.pair`: the three above wired around
-  :func:`graphreg.pipeline.preprocess.working_pair` for every method.
+  :func:`graphreg.methods.keypoint.preprocess.working_pair` for every method.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Lung masks checked before use, and the fallbacks when an automatic one fails.
 
 Convention:
-    Masks and images are :class:`~graphreg.volume.Volume` objects (``(z, y, x)``, HU); a mask is
+    Masks and images are :class:`~graphreg.core.volume.Volume` objects (``(z, y, x)``, HU); a mask is
     on its image's grid. World left-right is the grid's world ``x`` axis (LPS).
 """
 
@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..volume import Volume
-from . import Check, limits, lower_limit, upper_limit
+from graphreg.core.volume import Volume
+from graphreg.checks import Check, limits, lower_limit, upper_limit
 
 #: voxels of a mask looked at by the checks (a strided view keeps them cheap on native scans)
 _CHECK_VOXELS = 2_000_000
@@ -113,9 +113,9 @@ class CheckedMasks:
 
 
 def automatic_mask(image: Volume, name: str) -> tuple[Optional[Volume], Optional[str]]:
-    """:func:`graphreg.datasets.lungmask.lung_mask` of ``image``, or None and the reason it failed."""
-    from ..datasets.lungmask import lung_mask
-    from ..errors import GraphregError
+    """:func:`graphreg.ops.lungmask.lung_mask` of ``image``, or None and the reason it failed."""
+    from graphreg.ops.lungmask import lung_mask
+    from graphreg.errors import GraphregError
 
     try:
         mask = lung_mask(image)

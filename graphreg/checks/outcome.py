@@ -1,7 +1,7 @@
 """A finished keypoint registration judged without ground truth: its checks and ``status``.
 
 Convention:
-    Everything is measured on the working grid (:class:`~graphreg.pipeline.preprocess.WorkingPair`)
+    Everything is measured on the working grid (:class:`~graphreg.methods.keypoint.preprocess.WorkingPair`)
     with the pipeline's displacement (working voxels ``(z, y, x)``, fixed -> moving, without the
     pre-alignment, which the working moving image already has).
 """
@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..metrics import jacobian_stats
-from ..spatial import warp
-from . import Check, limits, lower_limit, upper_limit, worst
+from graphreg.ops.metrics import jacobian_stats
+from graphreg.core.spatial import warp
+from graphreg.checks import Check, limits, lower_limit, upper_limit, worst
 
 #: dilation (working voxels) of the fixed lungs for the similarity: the lung border carries much of it
 _REGION_DILATION = 2
@@ -41,7 +41,7 @@ def outcome_checks(pair, displacement: torch.Tensor, keypoint_spread_mm: Optiona
     """The outcome checks of one result.
 
     Args:
-        pair: the :class:`~graphreg.pipeline.preprocess.WorkingPair` registered.
+        pair: the :class:`~graphreg.methods.keypoint.preprocess.WorkingPair` registered.
         displacement: ``(1, 3, D, H, W)`` working voxels (the pipeline's output).
         keypoint_spread_mm: ``(N,)`` spread of the keypoints' displacement distributions (mm), or None.
         search_range_mm: half-range of the coarse search level (mm), the spread's scale.

@@ -1,7 +1,7 @@
 """The checked way from two images and optional masks to a working pair, and the result's quality.
 
 Shared by every method that registers on the working grid (:func:`graphreg.api.register`, the
-classical and CNN methods of :mod:`graphreg.cnn.register`).
+classical and CNN methods of :mod:`graphreg.methods.cnn.register`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import PreprocessConfig
-from ..pipeline.preprocess import WorkingPair, working_pair
-from ..volume import Volume
-from .masks import CheckedMasks
-from .outcome import outcome_checks, quality_report
-from .prealign import Prealignment, prealign
+from graphreg.core.config import PreprocessConfig
+from graphreg.methods.keypoint.preprocess import WorkingPair, working_pair
+from graphreg.core.volume import Volume
+from graphreg.checks.masks import CheckedMasks
+from graphreg.checks.outcome import outcome_checks, quality_report
+from graphreg.checks.prealign import Prealignment, prealign
 
 
 def warner(progress: Optional[Callable[[str], None]]) -> Callable[[str], None]:
@@ -33,7 +33,7 @@ class CheckedPair:
     """A working pair with the mask checks and pre-alignment that made it.
 
     Attributes:
-        pair: the :class:`~graphreg.pipeline.preprocess.WorkingPair`.
+        pair: the :class:`~graphreg.methods.keypoint.preprocess.WorkingPair`.
         masks: the lung masks used, their checks and fallbacks.
         prealignment: the pre-alignment chosen and its check.
         seconds: time of the translation search (the masks are part of the preprocessing).
@@ -66,7 +66,7 @@ class CheckedPair:
 def checked_working_pair(fixed: Volume, moving: Volume, masks: CheckedMasks, config: PreprocessConfig,
                          device=None, warn: Callable[[str], None] = warner(None)) -> CheckedPair:
     """The checked pre-alignment (:func:`graphreg.checks.prealign.prealign`, which also replaces a
-    missing fixed mask) and the working pair (:func:`graphreg.pipeline.preprocess.working_pair`).
+    missing fixed mask) and the working pair (:func:`graphreg.methods.keypoint.preprocess.working_pair`).
 
     Args:
         masks: from :func:`graphreg.checks.masks.checked_masks`.

@@ -8,7 +8,7 @@ inside its (dilated) lungs and the moving image, computed for every shift at onc
 
 Convention:
     Translations are world ``(x, y, z)`` mm, fixed -> moving: the moving image is sampled at
-    ``x + t`` for the fixed point ``x`` (as :func:`graphreg.pipeline.preprocess.working_pair`).
+    ``x + t`` for the fixed point ``x`` (as :func:`graphreg.methods.keypoint.preprocess.working_pair`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.fft import irfftn, next_fast_len, rfftn
 
-from ..config import PreprocessConfig
-from ..geometry import Grid
-from ..pipeline.preprocess import centre_of_mass_mm
-from ..volume import Volume, bounding_box
-from . import Check, limits
-from .masks import CheckedMasks, body_mask
+from graphreg.core.config import PreprocessConfig
+from graphreg.core.geometry import Grid
+from graphreg.methods.keypoint.preprocess import centre_of_mass_mm
+from graphreg.core.volume import Volume, bounding_box
+from graphreg.checks import Check, limits
+from graphreg.checks.masks import CheckedMasks, body_mask
 
 #: intensities compared by the search (HU window) and the value marking "no image here"
 _HU_WINDOW = (-1000.0, 300.0)

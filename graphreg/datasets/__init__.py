@@ -1,6 +1,6 @@
 """Registration pairs with exact ground truth, made from one real CT.
 
-- :mod:`~graphreg.datasets.lungmask`: lung segmentation by thresholding and components.
+- :mod:`~graphreg.ops.lungmask`: lung segmentation by thresholding and components.
 - :mod:`~graphreg.datasets.breathing`: breathing motion models (DIR-Lab landmark motion,
   parametric) and the synthesis of the exhale image by exact inverse warping.
 - :mod:`~graphreg.datasets.anatomy`: new patients from the one CT, motion from every DIR-Lab set.
@@ -11,12 +11,12 @@
 - :mod:`~graphreg.datasets.training`: random training pairs on the fly.
 """
 
-from .benchmark import make_benchmark, make_benchmark_command
-from .breathing import (dirlab_motion, invert_field, parametric_motion, sliding_weight,
+from graphreg.datasets.benchmark import make_benchmark, make_benchmark_command
+from graphreg.datasets.breathing import (dirlab_motion, invert_field, parametric_motion, sliding_weight,
                         synthesize_pair, vessel_landmarks)
-from .lungmask import lung_mask
-from .pairs import PairData, dense_field, read_pair, write_pair
-from .training import TrainingPairSampler
+from graphreg.ops.lungmask import lung_mask
+from graphreg.datasets.pairs import PairData, dense_field, read_pair, write_pair
+from graphreg.datasets.training import TrainingPairSampler
 
 __all__ = [
     "PairData",

@@ -38,18 +38,18 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..errors import GeometryError, GraphregError
-from ..field import DisplacementField
-from ..geometry import Grid
-from ..io.images import read_image
-from ..metrics import landmark_errors, summarize_errors
-from ..spatial import sample_points
-from ..volume import Volume, bounding_box
-from .anatomy import Anatomy, MotionPattern, check_invertible
-from .breathing import MIN_JACOBIAN, _lps_axes_check, _support, sliding_weight, vessel_landmarks
-from .lungmask import lung_mask
-from .pairs import PairData
-from .paths import POPI_CT
+from graphreg.errors import GeometryError, GraphregError
+from graphreg.core.field import DisplacementField
+from graphreg.core.geometry import Grid
+from graphreg.io.images import read_image
+from graphreg.ops.metrics import landmark_errors, summarize_errors
+from graphreg.core.spatial import sample_points
+from graphreg.core.volume import Volume, bounding_box
+from graphreg.datasets.anatomy import Anatomy, MotionPattern, check_invertible
+from graphreg.datasets.breathing import MIN_JACOBIAN, _lps_axes_check, _support, sliding_weight, vessel_landmarks
+from graphreg.ops.lungmask import lung_mask
+from graphreg.datasets.pairs import PairData
+from graphreg.datasets.paths import POPI_CT
 
 _HU_AIR = -1000.0
 _CHUNK = 1 << 19

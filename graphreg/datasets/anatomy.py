@@ -25,10 +25,10 @@ import numpy as np
 from scipy.interpolate import RBFInterpolator
 from scipy.spatial.transform import Rotation
 
-from ..errors import GraphregError
-from ..io.dirlab import dirlab_case
-from ..io.landmarks import read_landmarks
-from .paths import reference_data_dir
+from graphreg.errors import GraphregError
+from graphreg.io.dirlab import dirlab_case
+from graphreg.io.landmarks import read_landmarks
+from graphreg.datasets.paths import reference_data_dir
 
 #: Anatomy ids of benchmark pairs (half-open range).
 BENCHMARK_ANATOMIES = range(0, 1000)

@@ -31,14 +31,14 @@ from typing import Optional
 
 import numpy as np
 
-from ..io.images import read_image
-from ..volume import Volume, bounding_box
-from .acquisition import Acquisition, SourceCT, realistic_pair
-from .anatomy import BENCHMARK_ANATOMIES, MOTION_SETS, Anatomy, MotionPattern
-from .breathing import dirlab_motion, synthesize_pair
-from .lungmask import lung_mask
-from .pairs import write_pair
-from .paths import POPI_CT
+from graphreg.io.images import read_image
+from graphreg.core.volume import Volume, bounding_box
+from graphreg.datasets.acquisition import Acquisition, SourceCT, realistic_pair
+from graphreg.datasets.anatomy import BENCHMARK_ANATOMIES, MOTION_SETS, Anatomy, MotionPattern
+from graphreg.datasets.breathing import dirlab_motion, synthesize_pair
+from graphreg.ops.lungmask import lung_mask
+from graphreg.datasets.pairs import write_pair
+from graphreg.datasets.paths import POPI_CT
 
 #: DIR-Lab 4DCT cases, one pair each.
 CASES = tuple(range(1, 11))
@@ -171,7 +171,7 @@ def make_realistic_benchmark(out_dir: str | os.PathLike, spacing_mm: float = STA
     Raises:
         GraphregError: ``count`` exceeds the benchmark anatomy range.
     """
-    from ..errors import GraphregError
+    from graphreg.errors import GraphregError
 
     if not 1 <= count <= len(BENCHMARK_ANATOMIES):
         raise GraphregError(f"count: expected 1..{len(BENCHMARK_ANATOMIES)} pairs, got {count}")

@@ -16,7 +16,7 @@ distance from the lungs, longer along the body axis so that the liver follows th
 which mimics sliding at the pleura while keeping the field continuous and invertible.
 
 Convention:
-    - Fields are :class:`~graphreg.field.DisplacementField` objects on the fixed grid (voxels,
+    - Fields are :class:`~graphreg.core.field.DisplacementField` objects on the fixed grid (voxels,
       components ``(z, y, x)``, fixed -> moving). Internally motions are built in world mm
       ``(x, y, z)`` (LPS: ``+z`` points to the head, ``+y`` to the back, ``+x`` to the patient's
       left), sampled on a coarse control grid and upsampled trilinearly.
@@ -42,18 +42,18 @@ import torch
 from scipy import ndimage
 from scipy.interpolate import RBFInterpolator
 
-from ..errors import GeometryError, GraphregError
-from ..field import DisplacementField
-from ..geometry import Grid
-from ..inverse import solve3x3
-from ..io.dirlab import dirlab_case
-from ..io.landmarks import read_landmarks
-from ..metrics import jacobian_determinant, landmark_errors, summarize_errors
-from ..pipeline.keypoints import farthest_point_sampling
-from ..spatial import identity_grid, resize_field, warp
-from ..volume import Volume, bounding_box
-from .pairs import PairData, dense_field
-from .paths import DIRLAB_4DCT_DIR
+from graphreg.errors import GeometryError, GraphregError
+from graphreg.core.field import DisplacementField
+from graphreg.core.geometry import Grid
+from graphreg.ops.inverse import solve3x3
+from graphreg.io.dirlab import dirlab_case
+from graphreg.io.landmarks import read_landmarks
+from graphreg.ops.metrics import jacobian_determinant, landmark_errors, summarize_errors
+from graphreg.methods.keypoint.keypoints import farthest_point_sampling
+from graphreg.core.spatial import identity_grid, resize_field, warp
+from graphreg.core.volume import Volume, bounding_box
+from graphreg.datasets.pairs import PairData, dense_field
+from graphreg.datasets.paths import DIRLAB_4DCT_DIR
 
 #: Smallest Jacobian determinant a motion model may produce before it is smoothed further.
 MIN_JACOBIAN = 0.2
@@ -151,7 +151,7 @@ def _assemble(grid: Grid, lung: Volume, lung_motion_mm: Callable[[np.ndarray], n
 
 # ---------------------------------------------------------------------- Jacobian, slab by slab
 def _jacobian_slabs(disp: torch.Tensor, spacing_zyx, slab: int = 24):
-    """Yield ``(z0, z1, J)`` of :func:`graphreg.metrics.jacobian_determinant` slab by slab.
+    """Yield ``(z0, z1, J)`` of :func:`graphreg.ops.metrics.jacobian_determinant` slab by slab.
 
     Each slab is computed with a one-slice halo, so the values equal the whole-volume result.
     """
@@ -186,7 +186,7 @@ def _min_jacobian(disp: torch.Tensor, spacing_zyx) -> float:
 def jacobian_volume(field: DisplacementField) -> np.ndarray:
     """Jacobian determinant of ``x + u(x)`` on the field's grid, float32 ``(D, H, W)``.
 
-    Same values as :func:`graphreg.metrics.jacobian_determinant`, computed slab by slab on the
+    Same values as :func:`graphreg.ops.metrics.jacobian_determinant`, computed slab by slab on the
     region where the field moves (1 elsewhere) to bound time and memory on full CT grids.
     """
     out = np.ones(field.shape, dtype=np.float32)
@@ -249,7 +249,7 @@ def dirlab_motion(case: int, fixed: Volume, lung: Volume, amplitude: float = 1.0
     Args:
         case: DIR-Lab 4DCT case 1..10.
         fixed: the end-inhale CT (HU); only its grid is used.
-        lung: lung mask of ``fixed`` (e.g. :func:`graphreg.datasets.lungmask.lung_mask`).
+        lung: lung mask of ``fixed`` (e.g. :func:`graphreg.ops.lungmask.lung_mask`).
         amplitude: factor on the displacements (1 = the case's own breathing depth).
         smoothing: TPS smoothing (``RBFInterpolator(smoothing=...)``, kernel ``r^2 log r`` of mm).
         jitter_mm: standard deviation of random changes of each landmark displacement (needs
@@ -260,7 +260,7 @@ def dirlab_motion(case: int, fixed: Volume, lung: Volume, amplitude: float = 1.0
         data_dir: folder holding ``caseN/CaseN_300_T00_xyz.txt`` and ``..._T50_xyz.txt``.
 
     Returns:
-        :class:`~graphreg.field.DisplacementField` on ``fixed.grid`` (fixed = inhale -> moving =
+        :class:`~graphreg.core.field.DisplacementField` on ``fixed.grid`` (fixed = inhale -> moving =
         exhale), with the diaphragm moving cranially.
 
     Raises:

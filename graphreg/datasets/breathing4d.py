@@ -23,17 +23,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import GraphregError
-from ..field import DisplacementField
-from ..volume import Volume
-from .breathing import (
+from graphreg.errors import GraphregError
+from graphreg.core.field import DisplacementField
+from graphreg.core.volume import Volume
+from graphreg.datasets.breathing import (
     ParametricBreathing,
     jacobian_volume,
     parametric_motion,
     synthesize_pair,
     vessel_landmarks,
 )
-from .pairs import dense_field
+from graphreg.datasets.pairs import dense_field
 
 
 @dataclass

@@ -16,7 +16,7 @@ Layout of a pair folder::
 
 Convention:
     Landmarks are ``(N, 3)`` float64 world mm ``(x, y, z)``; ``gt_field`` maps each fixed
-    landmark onto its moving landmark (:meth:`~graphreg.field.DisplacementField.transform_points`).
+    landmark onto its moving landmark (:meth:`~graphreg.core.field.DisplacementField.transform_points`).
     Every file is written atomically (:mod:`graphreg.io.atomic`).
 """
 
@@ -31,16 +31,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..jsonable import to_jsonable
-from ..errors import GraphregError, InputFileError
-from ..field import DisplacementField
-from ..io.atomic import atomic_write_text
-from ..io.fields import read_itk_field, write_itk_field
-from ..io.images import read_image, write_image
-from ..io.landmarks import Landmarks, check_pairs, read_landmarks, write_landmarks
-from ..geometry import Grid
-from ..spatial import sample_points
-from ..volume import Volume
+from graphreg.io.jsonable import to_jsonable
+from graphreg.errors import GraphregError, InputFileError
+from graphreg.core.field import DisplacementField
+from graphreg.io.atomic import atomic_write_text
+from graphreg.io.fields import read_itk_field, write_itk_field
+from graphreg.io.images import read_image, write_image
+from graphreg.io.landmarks import Landmarks, check_pairs, read_landmarks, write_landmarks
+from graphreg.core.geometry import Grid
+from graphreg.core.spatial import sample_points
+from graphreg.core.volume import Volume
 
 #: File names inside a pair folder.
 FILES = {

@@ -34,15 +34,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..io.images import read_image
-from ..volume import Volume
-from .acquisition import Acquisition, SourceCT, realistic_pair, sample_on
-from .anatomy import MOTION_SETS, TRAINING_ANATOMIES, Anatomy, MotionPattern
-from .benchmark import POPI_CT, low_resolution
-from .breathing import dirlab_motion, parametric_motion, synthesize_pair
-from .lungmask import lung_mask
-from .pairs import dense_field
+from graphreg.errors import ConfigError
+from graphreg.io.images import read_image
+from graphreg.core.volume import Volume
+from graphreg.datasets.acquisition import Acquisition, SourceCT, realistic_pair, sample_on
+from graphreg.datasets.anatomy import MOTION_SETS, TRAINING_ANATOMIES, Anatomy, MotionPattern
+from graphreg.datasets.benchmark import POPI_CT, low_resolution
+from graphreg.datasets.breathing import dirlab_motion, parametric_motion, synthesize_pair
+from graphreg.ops.lungmask import lung_mask
+from graphreg.datasets.pairs import dense_field
 
 #: Second seed component that separates the training stream from the benchmark's.
 TRAINING_STREAM = 7919
@@ -52,7 +52,7 @@ class TrainingPairSampler(torch.utils.data.Dataset):
     """A map-style dataset of random synthetic training pairs.
 
     Args:
-        source: the CT (path or :class:`~graphreg.volume.Volume`, HU).
+        source: the CT (path or :class:`~graphreg.core.volume.Volume`, HU).
         seed: base seed; sample ``i`` depends only on ``(seed, i)``.
         length: number of samples the dataset reports (``len``).
         spacing_mm: isotropic working resolution (the source is cropped to its lungs plus

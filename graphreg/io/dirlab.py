@@ -6,7 +6,7 @@ voxels without a header; their size and spacing are published per case and tabul
 
 Convention:
     - ``DirlabCase.dims_xyz`` and ``DirlabCase.spacing_xyz`` are in SimpleITK's ``(x, y, z)`` order
-      (voxels, mm); :attr:`DirlabCase.grid` is the matching :class:`~graphreg.geometry.Grid` with
+      (voxels, mm); :attr:`DirlabCase.grid` is the matching :class:`~graphreg.core.geometry.Grid` with
       origin 0 and identity direction, so that world mm = 0-based index * spacing, the geometry
       under which the published initial TRE values were computed.
     - DIR-Lab landmark files are read by :mod:`graphreg.io.landmarks`.
@@ -25,10 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import GraphregError, InputFileError
-from ..geometry import Grid
-from ..volume import Volume
-from .atomic import atomic_output
+from graphreg.errors import GraphregError, InputFileError
+from graphreg.core.geometry import Grid
+from graphreg.core.volume import Volume
+from graphreg.io.atomic import atomic_output
 
 #: On-disk voxel type of DIR-Lab images: little-endian signed 16-bit.
 DIRLAB_DTYPE = np.dtype("<i2")
@@ -165,7 +165,7 @@ def read_dirlab_raw(path: str | os.PathLike, case: str | DirlabCase | None = Non
 
     Shapes:
         file: ``prod(dims_xyz)`` little-endian ``int16`` values, x fastest, then y, then z.
-        returns: :class:`~graphreg.volume.Volume` with an ``int16`` array ``(z, y, x)``, origin
+        returns: :class:`~graphreg.core.volume.Volume` with an ``int16`` array ``(z, y, x)``, origin
         0 mm, identity direction.
 
     Raises:

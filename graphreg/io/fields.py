@@ -19,7 +19,7 @@ Formats:
 
 Convention:
     Every writer is atomic (:func:`graphreg.io.atomic.atomic_output`); every reader returns a
-    :class:`~graphreg.field.DisplacementField`.
+    :class:`~graphreg.core.field.DisplacementField`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import GeometryError, InputFileError
-from ..field import DisplacementField
-from ..geometry import Grid
-from .atomic import atomic_output
-from .images import SITK_SUFFIXES, scan_nifti, write_sitk_image
+from graphreg.errors import GeometryError, InputFileError
+from graphreg.core.field import DisplacementField
+from graphreg.core.geometry import Grid
+from graphreg.io.atomic import atomic_output
+from graphreg.io.images import SITK_SUFFIXES, scan_nifti, write_sitk_image
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _PRECISIONS = {"float64": np.float64, "float32": np.float32}
@@ -102,7 +102,7 @@ def read_itk_field(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     """Read an ITK displacement field (3-component vector image, world mm, LPS).
 
     Returns:
-        A :class:`~graphreg.field.DisplacementField` on the file's grid, in voxels. The file is
+        A :class:`~graphreg.core.field.DisplacementField` on the file's grid, in voxels. The file is
         read in ``dtype``'s precision (a float64 file read for a float32 field is cast on reading,
         so memory stays about three times the float32 field).
 

@@ -5,7 +5,7 @@ Formats: NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mha``, ``.mhd``), NRRD (``
 go through SimpleITK, so spacing, origin and direction are those ITK reports.
 
 Convention:
-    The returned :class:`~graphreg.volume.Volume` holds the voxels as ``(z, y, x)`` in the file's
+    The returned :class:`~graphreg.core.volume.Volume` holds the voxels as ``(z, y, x)`` in the file's
     own pixel type and the geometry in ``(x, y, z)`` order, world axes LPS (ITK). Every image that
     enters the library is checked here: 3D, scalar, at least two voxels along each axis, all values
     finite.
@@ -23,11 +23,11 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import GeometryError, InputFileError
-from ..geometry import Grid
-from ..volume import Volume
-from .atomic import atomic_output
-from .dirlab import DirlabCase, read_dirlab_raw, write_dirlab_raw
+from graphreg.errors import GeometryError, InputFileError
+from graphreg.core.geometry import Grid
+from graphreg.core.volume import Volume
+from graphreg.io.atomic import atomic_output
+from graphreg.io.dirlab import DirlabCase, read_dirlab_raw, write_dirlab_raw
 
 #: File name endings read and written through SimpleITK.
 SITK_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -145,7 +145,7 @@ def read_image(path: str | os.PathLike, *, dirlab_case: str | DirlabCase | None 
             the case is taken from the file name.
 
     Shapes:
-        returns: :class:`~graphreg.volume.Volume` with array ``(z, y, x)`` in the file's pixel type.
+        returns: :class:`~graphreg.core.volume.Volume` with array ``(z, y, x)`` in the file's pixel type.
 
     Raises:
         InputFileError: the path is missing, of an unknown format, unreadable, corrupt or

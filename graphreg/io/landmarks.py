@@ -5,7 +5,7 @@ Convention:
     ``(z, y, x)``, 0-based, voxel centres at integers, of some grid, or in **world** coordinates
     ``(x, y, z)`` mm (ITK LPS). :class:`Landmarks` keeps the points together with the name of their
     space; :meth:`Landmarks.to_world` / :meth:`Landmarks.to_voxel` convert with a
-    :class:`~graphreg.geometry.Grid`. The three file formats:
+    :class:`~graphreg.core.geometry.Grid`. The three file formats:
 
     ============  ==============================================  ===========================
     ``fmt``       file content                                    read into
@@ -32,9 +32,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import GraphregError, InputFileError, ShapeError
-from ..geometry import Grid
-from .atomic import atomic_write_text
+from graphreg.errors import GraphregError, InputFileError, ShapeError
+from graphreg.core.geometry import Grid
+from graphreg.io.atomic import atomic_write_text
 
 #: Names of the two coordinate spaces a :class:`Landmarks` set can be in.
 SPACES = ("voxel", "world")

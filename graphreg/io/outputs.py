@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import GraphregError
+from graphreg.errors import GraphregError
 
 
 class ResultDirectory:

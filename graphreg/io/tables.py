@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence, Union
 
-from .atomic import atomic_write_text
+from graphreg.io.atomic import atomic_write_text
 
 
 def write_csv_table(rows: Sequence[dict], columns: Sequence[str], path: Union[str, os.PathLike],

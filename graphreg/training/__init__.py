@@ -27,7 +27,7 @@ and writes every file.
 Convention:
     Pairs are cropped around the lungs and resampled to ``data.spacing_mm`` by the sampler;
     intensities are clipped to ``[hu_min, hu_max]`` and scaled to ``[0, 1]`` exactly as
-    :func:`graphreg.pipeline.preprocess.working_pair` does at inference. Networks return voxel
+    :func:`graphreg.methods.keypoint.preprocess.working_pair` does at inference. Networks return voxel
     displacements ``(B, 3, D, H, W)`` fixed -> moving; the loss compares ``fixed`` with
     ``warp(moving, u)``.
 """
@@ -42,16 +42,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError, is_int_at_least
-from ..io.atomic import atomic_output
-from .checkpoint import (LoadableModel, architectures, build_model, load_model, read_checkpoint,
+from graphreg.errors import ConfigError, is_int_at_least
+from graphreg.io.atomic import atomic_output
+from graphreg.training.checkpoint import (LoadableModel, architectures, build_model, load_model, read_checkpoint,
                          register_architecture, save_checkpoint)
-from .recipes import prepared, train_settings
-from .loop import TrainingResult, checkpoint_path, latest_checkpoint, train
+from graphreg.training.recipes import prepared, train_settings
+from graphreg.training.loop import TrainingResult, checkpoint_path, latest_checkpoint, train
 
 #: architectures :func:`train_from_config` trains with the dense image loss
 DENSE_ARCHITECTURES = ("voxelmorph", "bspline-cnn", "linear-deformable")
-#: architectures trained on keypoint graphs (:mod:`graphreg.graphregnet.train`)
+#: architectures trained on keypoint graphs (:mod:`graphreg.methods.graphregnet.train`)
 GRAPH_ARCHITECTURES = ("graphregnet",)
 _SECTIONS = {"architecture", "model", "data", "loss", "train", "gpu", "registration", "variants"}
 _TRAIN_KEYS = {"steps", "lr", "checkpoint_every", "keep_checkpoints", "validate_every", "seed", "device",
@@ -110,7 +110,7 @@ class DenseTrainingData:
 
     # ------------------------------------------------------------------ pool
     def _make_sampler(self):
-        from ..datasets.training import TrainingPairSampler
+        from graphreg.datasets.training import TrainingPairSampler
 
         options = dict(self.sampler)
         if self.source is not None:
@@ -177,9 +177,9 @@ class DenseTrainingData:
 
 def dense_loss_fn(loss, mask_similarity: bool = False):
     """``loss_fn(model, batch)`` for :func:`train`: warp the moving image by the network's output and
-    apply ``loss`` (a :class:`graphreg.losses.RegistrationLoss`); the similarity is restricted to the
+    apply ``loss`` (a :class:`graphreg.ops.losses.RegistrationLoss`); the similarity is restricted to the
     fixed lung mask when ``mask_similarity``."""
-    from ..spatial import warp
+    from graphreg.core.spatial import warp
 
     def loss_fn(model: torch.nn.Module, batch: dict):
         displacement = model(batch["fixed"], batch["moving"])
@@ -193,7 +193,7 @@ def dense_loss_fn(loss, mask_similarity: bool = False):
 def dense_validation(pairs: list[dict]):
     """``validate(model)`` for :func:`train`: mean landmark TRE (mm) and mean end-point error of the
     field inside the fixed lungs (mm) over held-out whole-volume pairs."""
-    from ..spatial import sample_points
+    from graphreg.core.spatial import sample_points
 
     def validate(model: torch.nn.Module) -> dict:
         device = next(model.parameters()).device
@@ -227,8 +227,8 @@ def read_recipe(path: Union[str, Path], variant: Optional[str] = None) -> dict:
     Raises:
         ConfigError: unreadable YAML, unknown sections, a missing or unknown ``architecture``.
     """
-    from ..config import read_yaml
-    from ..resources import TRAINING_RECIPES, shipped_or_path
+    from graphreg.core.config import read_yaml
+    from graphreg.io.resources import TRAINING_RECIPES, shipped_or_path
 
     path = Path(path)
     recipe = read_yaml(shipped_or_path(path, TRAINING_RECIPES, "training recipe"))
@@ -280,11 +280,11 @@ def train_from_config(path: Union[str, Path], out_dir: Union[str, Path], resume:
     Raises:
         ConfigError: a bad recipe (the key is named).
     """
-    from ..losses import RegistrationLoss
+    from graphreg.ops.losses import RegistrationLoss
 
     recipe = read_recipe(path, variant)
     if recipe["architecture"] in GRAPH_ARCHITECTURES:
-        from ..graphregnet.train import train_graphregnet
+        from graphreg.methods.graphregnet.train import train_graphregnet
 
         return train_graphregnet(recipe, out_dir, resume=resume, max_minutes=max_minutes, progress=progress)
     out_dir = Path(out_dir)

@@ -34,10 +34,10 @@ from typing import Any, ClassVar, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError, GraphregError, InputFileError, is_int_at_least
-from ..io.atomic import atomic_output
-from ..methods import METHODS
-from ..resources import asset_path
+from graphreg.errors import ConfigError, GraphregError, InputFileError, is_int_at_least
+from graphreg.io.atomic import atomic_output
+from graphreg.methods.registry import METHODS
+from graphreg.io.resources import asset_path
 
 #: value of the ``format`` key
 CHECKPOINT_FORMAT = "graphreg-checkpoint"
@@ -69,7 +69,7 @@ def default_weights(method: str) -> Path:
 
 
 #: modules that register architectures when imported; imported before a name is looked up
-ARCHITECTURE_MODULES = ["graphreg.cnn", "graphreg.graphregnet"]
+ARCHITECTURE_MODULES = ["graphreg.methods.cnn", "graphreg.methods.graphregnet"]
 
 
 class LoadableModel(nn.Module):
@@ -165,7 +165,7 @@ def save_checkpoint(path: Union[str, Path], model: LoadableModel, *, config: Opt
     Raises:
         GraphregError: ``model`` is not a registered :class:`LoadableModel`.
     """
-    from .. import __version__
+    from graphreg import __version__
 
     architecture = getattr(model, "architecture", "")
     if not isinstance(model, LoadableModel) or architecture not in _ARCHITECTURES:

@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, GraphregError
+from graphreg.errors import ConfigError, GraphregError
 
 
 def env_world_size() -> int:

@@ -33,11 +33,11 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..allocator import reusing_freed_memory
-from ..errors import ConfigError, GraphregError, is_int_at_least
-from ..io.atomic import atomic_write_text
-from .checkpoint import LoadableModel, read_checkpoint, save_checkpoint
-from .distributed import init_distributed
+from graphreg.runtime.allocator import reusing_freed_memory
+from graphreg.errors import ConfigError, GraphregError, is_int_at_least
+from graphreg.io.atomic import atomic_write_text
+from graphreg.training.checkpoint import LoadableModel, read_checkpoint, save_checkpoint
+from graphreg.training.distributed import init_distributed
 
 LossOutput = Union[torch.Tensor, tuple[torch.Tensor, dict]]
 LossFn = Callable[[torch.nn.Module, Any], LossOutput]
@@ -123,7 +123,7 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
           grad_clip: Optional[float] = None, progress: bool = True) -> TrainingResult:
     """Train ``model`` with Adam for ``steps`` steps, checkpointing and resuming.
 
-    Runs with :func:`graphreg.allocator.reusing_freed_memory` (freed memory is reused instead of
+    Runs with :func:`graphreg.runtime.allocator.reusing_freed_memory` (freed memory is reused instead of
     being faulted in again every step: 12 VoxelMorph steps on 80^3 volumes, 2-core CPU,
     27.9 s with ``GRAPHREG_REUSE_MEMORY=0``, 22.2 s by default).
 

@@ -9,8 +9,8 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..errors import ConfigError
-from .distributed import DistributedContext, init_distributed
+from graphreg.errors import ConfigError
+from graphreg.training.distributed import DistributedContext, init_distributed
 
 
 @dataclass

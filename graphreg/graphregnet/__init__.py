@@ -1,5 +1,0 @@
-"""GraphRegNet: the learned graph regulariser of keypoint displacements (model, data, training)."""
-
-from .model import GRAPH_VARIANTS, GraphRegNet
-
-__all__ = ["GRAPH_VARIANTS", "GraphRegNet"]

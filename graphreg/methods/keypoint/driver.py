@@ -1,0 +1,235 @@
+"""The keypoint registration pipeline on the working grid: stages in order, timed.
+
+keypoints -> MIND-SSC -> for each search level: correlation cost volume -> graph regulariser ->
+densification; then Adam instance optimisation. Every displacement here is in working-grid voxels
+``(z, y, x)``, fixed -> moving, *without* the pre-alignment translation (added by
+:meth:`PipelineOutput.field`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field as dataclass_field
+from typing import Callable, Optional
+
+import torch
+
+from graphreg.core.config import RegistrationConfig, SearchLevel
+from graphreg.errors import ConfigError, GeometryError
+from graphreg.core.field import DisplacementField
+from graphreg.core.spatial import sample_points, warp
+from graphreg.methods.keypoint.correlation import candidate_displacements, correlation_cost
+from graphreg.methods.keypoint.densify import densify
+from graphreg.methods.keypoint.graph import knn_graph
+from graphreg.methods.keypoint.instance_opt import instance_features, optimise_with_config
+from graphreg.methods.keypoint.keypoints import foerstner_keypoints
+from graphreg.ops.mind import mind_ssc
+from graphreg.methods.keypoint.preprocess import WorkingPair
+from graphreg.methods.keypoint.regularise import (combine_symmetric_marginals, distribution_moments, regularise_mst_bp,
+                         soft_displacements)
+
+#: fewest keypoints the graph stages can work with
+MIN_KEYPOINTS = 16
+
+
+@dataclass
+class PipelineOutput:
+    """What the pipeline found on the working grid.
+
+    Shapes:
+        displacement: ``(1, 3, D, H, W)`` working voxels.
+        keypoints: ``(N, 3)`` working voxels ``(z, y, x)``.
+        keypoint_displacements: ``(N, 3)`` working voxels (sparse estimate before densification).
+        keypoint_spread: ``(N,)`` standard deviation (working voxels) of each keypoint's
+            displacement distribution at the first search level.
+    """
+
+    displacement: torch.Tensor
+    keypoints: torch.Tensor
+    keypoint_displacements: torch.Tensor
+    keypoint_spread: torch.Tensor
+    timings: dict = dataclass_field(default_factory=dict)
+
+    def field(self, pair: WorkingPair) -> DisplacementField:
+        """The full fixed -> moving field on the working grid, pre-alignment translation included."""
+        shift = pair.grid.mm_vectors_to_voxel(torch.as_tensor(pair.translation_mm, dtype=torch.float64))
+        shift = shift.to(self.displacement).view(1, 3, 1, 1, 1)
+        return DisplacementField(self.displacement + shift, pair.grid)
+
+
+def displacement_spread(marginals: torch.Tensor, candidates: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Standard deviation of the soft correspondence distribution ``softmax(-gamma * marginals)``.
+
+    Shapes:
+        marginals: ``(N, L)``; candidates: ``(L, 3)`` voxels; returns ``(N,)`` voxels.
+    """
+    return distribution_moments(-gamma * marginals, candidates)[1]
+
+
+def _untimed(name: str, fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def keypoints_and_features(pair: WorkingPair, config: RegistrationConfig,
+                           timed=_untimed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Förstner keypoints in the fixed lungs and MIND-SSC features of both images.
+
+    Args:
+        timed: ``timed(stage_name, fn, *args)`` wrapper that records the stage's time.
+
+    Returns:
+        keypoints ``(N, 3)`` working voxels, fixed and moving features ``(1, 12, D, H, W)``.
+
+    Raises:
+        GeometryError: fewer than :data:`MIN_KEYPOINTS` keypoints.
+    """
+    kp_cfg = config.keypoints
+    keypoints = timed("keypoints", foerstner_keypoints, pair.fixed, pair.fixed_mask, sigma=kp_cfg.sigma,
+                      nms_size=kp_cfg.nms_size, num_points=kp_cfg.num_points, erode_mask=kp_cfg.erode_mask)
+    if len(keypoints) < MIN_KEYPOINTS:
+        raise GeometryError(f"fixed_mask: found only {len(keypoints)} keypoints inside the fixed lungs "
+                            f"(need {MIN_KEYPOINTS}); check the mask and the image contrast")
+    fixed_features = timed("mind", mind_ssc, pair.fixed, config.mind.radius, config.mind.dilation)
+    moving_features = timed("mind", mind_ssc, pair.moving, config.mind.radius, config.mind.dilation)
+    return keypoints, fixed_features, moving_features
+
+
+def level_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
+               level: SearchLevel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cost volume of one search level and its candidate displacements.
+
+    Returns:
+        cost ``(N, L)`` and candidates ``(L, 3)`` voxels, ``L = (2 radius + 1)^3``.
+    """
+    candidates = candidate_displacements(level.radius, level.step).to(keypoints)
+    cost = correlation_cost(fixed_features, moving_features, keypoints, level.radius, level.step)
+    return cost.reshape(len(keypoints), -1), candidates
+
+
+def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
+                       level: SearchLevel, k: int, symmetric: bool, inference: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level with the classical regulariser: cost volume, tree belief propagation, optional
+    symmetric combination.
+
+    Returns:
+        displacements ``(N, 3)`` and their spread ``(N,)`` (voxels, see :func:`displacement_spread`).
+    """
+    cost, candidates = level_cost(fixed_features, moving_features, keypoints, level)
+    options = {"k": k, "alpha": level.alpha, "gamma": level.gamma, "inference": inference}
+    forward, marginals = regularise_mst_bp(cost, candidates, keypoints, **options)
+    if symmetric:
+        moved = keypoints + forward
+        cost_back, _ = level_cost(moving_features, fixed_features, moved, level)
+        _, marginals_back = regularise_mst_bp(cost_back, candidates, moved, **options)
+        marginals = combine_symmetric_marginals(marginals, marginals_back, candidates)
+        forward = soft_displacements(marginals, candidates, level.gamma)
+    return forward, displacement_spread(marginals, candidates, level.gamma)
+
+
+def check_learned_level(model, level: SearchLevel) -> None:
+    """Raise :class:`~graphreg.errors.ConfigError` unless ``level`` has the search grid ``model`` was trained on."""
+    if level.radius != model.radius or float(level.step) != float(model.step):
+        raise ConfigError(f"levels[0]: the GraphRegNet weights expect radius {model.radius} and step "
+                          f"{model.step:g}, the config has radius {level.radius} and step {level.step:g}")
+
+
+def learned_search(model, fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
+                   level: SearchLevel) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level with GraphRegNet (:class:`graphreg.methods.graphregnet.GraphRegNet`) as the regulariser.
+
+    Returns:
+        displacements ``(N, 3)`` (soft-argmax) and their spread ``(N,)`` (voxels).
+
+    Raises:
+        ConfigError: the level's search grid is not the one the network was trained on.
+    """
+    check_learned_level(model, level)
+    cost, candidates = level_cost(fixed_features, moving_features, keypoints, level)
+    logits = model(cost, keypoints, knn_graph(keypoints, model.k))
+    return distribution_moments(logits, candidates)
+
+
+def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method: str = "corrfield",
+                          progress: Optional[Callable[[str], None]] = None, model=None,
+                          given: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> PipelineOutput:
+    """Run every stage on a preprocessed pair (see :func:`graphreg.methods.keypoint.preprocess.working_pair`).
+
+    Args:
+        method: ``"corrfield"`` (classical regulariser at every level) or ``"graphregnet"``
+            (``model`` regularises the first, coarse level; the finer levels stay classical).
+        model: a :class:`graphreg.methods.graphregnet.GraphRegNet` for ``method="graphregnet"``.
+        given: diagnostics (the benchmark's ``oracle``): ``given(keypoints)`` gives displacements
+            ``(N, 3)`` (working voxels, without the pre-alignment) at the keypoints ``(N, 3)``, which
+            replace every search level (spread 0; ``method`` is ignored). Densification and instance
+            optimisation are unchanged, so with the true displacements it shows the best any keypoint
+            regulariser could reach through them.
+    """
+    timings: dict = {}
+    say = progress or (lambda line: None)
+
+    def timed(name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    if given is None and method == "graphregnet" and model is None:
+        raise ConfigError("model: method 'graphregnet' needs a GraphRegNet (weights path or module)")
+    with torch.no_grad():
+        keypoints, fixed_features, moving_features = keypoints_and_features(pair, config, timed)
+        say(f"keypoints: {len(keypoints)} ({timings['keypoints']:.1f} s)")
+        say(f"mind: 2 x {tuple(fixed_features.shape[1:])} ({timings['mind']:.1f} s)")
+
+        shape = tuple(pair.fixed.shape[2:])
+        dense = torch.zeros((1, 3) + shape, dtype=fixed_features.dtype, device=fixed_features.device)
+        sparse = torch.zeros_like(keypoints)
+        spread = None
+        levels = config.levels[:1] if given is not None else config.levels  # given displacements need no refining
+        for index, level in enumerate(levels):
+            warped = moving_features if index == 0 else timed("warp", warp, moving_features, dense)
+            if given is not None:
+                delta = timed(f"search_{index + 1}", given, keypoints)
+                level_spread = torch.zeros_like(delta[:, 0])
+            elif method == "graphregnet" and index == 0:
+                delta, level_spread = timed(f"search_{index + 1}", learned_search, model, fixed_features, warped,
+                                            keypoints, level)
+            else:
+                delta, level_spread = timed(
+                    f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints, level,
+                    config.regulariser.k, config.regulariser.symmetric, config.regulariser.inference)
+            if spread is None:
+                spread = level_spread
+            previous = sample_points(dense, keypoints)[0].T if index else torch.zeros_like(keypoints)
+            sparse = previous + delta
+            dense = timed("densify", densify, keypoints, sparse, shape, method=config.densify.method,
+                          **densify_options(config))
+            say(f"level {index + 1}: ±{level.radius * level.step:g} voxels in steps of {level.step:g}, "
+                f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
+
+        io_cfg = config.instance_opt
+        if io_cfg.runs():
+            del warped  # the last level's warped features are not needed any more
+            fixed_features, moving_features = timed(
+                "mind_io", instance_features, pair.fixed, pair.moving, config.mind.radius, io_cfg,
+                config.mind.dilation, (fixed_features, moving_features))
+    dense, io_timings = optimise_with_config(fixed_features, moving_features, dense, pair.fixed_mask,
+                                             io_cfg, config.seed)
+    timings.update(io_timings)
+    if io_timings:
+        say(f"instance optimisation: {io_cfg.iterations} + {io_cfg.refine.iterations} (full resolution) "
+            f"Adam steps ({sum(io_timings.values()):.1f} s)")
+    return PipelineOutput(dense.detach(), keypoints, sparse, spread, timings)
+
+
+def densify_options(config: RegistrationConfig) -> dict:
+    """Keyword arguments of :func:`graphreg.methods.keypoint.densify.densify` for ``config.densify``.
+
+    The TPS smoothing is configured in mm (the unit of the spline's kernel ``|x - p|``) and
+    passed in working voxels, ``smoothing / spacing_mm``: the same spline in mm at any working
+    spacing. The B-spline smoothing is a weight of the control grid's bending energy and passes
+    as it is.
+    """
+    options = config.densify
+    if options.method == "tps":
+        return {"smoothing": options.smoothing / config.preprocess.spacing_mm, "grid_step": options.grid_step}
+    return {"smoothing": options.smoothing, "control_spacing": options.control_spacing}

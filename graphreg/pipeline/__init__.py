@@ -1,1 +1,0 @@
-"""Stages of the keypoint registration pipeline (one module per stage)."""

@@ -1,0 +1,2 @@
+"""How a run uses the machine: threads, device, memory reuse, optional dependencies.
+"""
