@@ -16,28 +16,9 @@ Convention:
     candidates of a search level of radius ``r``. The factors below were read off the code
     (tensors alive x 4 bytes, 8 where it uses float64) and then checked against measurements.
 
-Accuracy: peak resident set size (``VmHWM``, CPU, ``OMP_NUM_THREADS=1``, torch 2.13, Python
-3.11; per stage, with the actual keypoint count passed as ``num_keypoints``) against the estimate,
-in MiB:
-
-==================================================================  ========  ========  ======
-case (working grid)                                                 measured  estimate  error
-==================================================================  ========  ========  ======
-lowres pair_01 (66x69x87 at 4 mm), working spacing 4 mm (64x64x82)    591       642     +9 %
-lowres pair_01, default 2 mm working grid (127x128x164)               1527      1485     -3 %
-lowres pair_01, 787 keypoints, levels radius 14 / 6 (same grid)       1550      1507     -3 %
-mm2 pair_01 (132x138x173 at 2 mm), working spacing 1.5 mm (6.4 M)     2462      2635     +7 %
-native pair_01 (512x512x141), default, whole ``graphreg register``    3756      3796     +1 %
-==================================================================  ========  ========  ======
-
-so within about 10 % on these cases (the native row is ``/usr/bin/time -v graphreg register``,
-the others the largest stage of :func:`graphreg.api.register` plus ``Registration.save``).
-Before the pipeline runs the keypoint count is unknown and ``keypoints.num_points`` is assumed,
-which errs high for images that give far fewer keypoints (the 4 mm lowres case finds 19 of
-2000: the estimate is then 1.5x the measurement). Not modelled: memory that the allocator keeps
-after freeing (fragmentation), GPU memory, methods other than the keypoint pipeline, and an
-automatic lung mask computed because none was given. :data:`BASE_BYTES` is the interpreter with
-torch, SimpleITK and scipy loaded.
+With region ``"body"`` the second run's stages are added (``"body: ..."``). Its accuracy against
+measured peaks, and what it leaves out, are in ``docs/design.md`` ("Memory estimate").
+:data:`BASE_BYTES` is the interpreter with torch, SimpleITK and scipy loaded.
 """
 
 from __future__ import annotations
@@ -176,35 +157,11 @@ def _level_bytes(count: int, radius: int, step: float, symmetric: bool) -> int:
     return chunk + cost
 
 
-def estimate_memory(fixed_grid: Grid, moving_grid: Grid, config=None,
-                    working_shape: Optional[Sequence[int]] = None, input_itemsize: int = 2,
-                    include_outputs: bool = True, num_keypoints: Optional[int] = None) -> MemoryEstimate:
-    """Peak memory of registering images on ``fixed_grid`` / ``moving_grid`` with ``config``.
-
-    Args:
-        fixed_grid, moving_grid: the images' own grids.
-        config: :class:`~graphreg.core.config.RegistrationConfig`, mapping or YAML path (defaults
-            when None).
-        working_shape: ``(D, H, W)`` of the working grid (:func:`working_grid_shape`); default:
-            the whole fixed field of view at the working spacing (an upper bound).
-        input_itemsize: bytes per voxel of the images as read (2 for int16 CT, 4 for float32).
-        include_outputs: also count saving the result on the fixed grid (``graphreg register``).
-        num_keypoints: keypoints to assume; default ``keypoints.num_points`` (the most the
-            pipeline keeps; images with little structure give fewer, so this errs high).
-
-    Returns:
-        :class:`MemoryEstimate` (``peak_bytes``, ``peak_stage``, ``stages``).
-    """
-    cfg: RegistrationConfig = load_config(config)
-    if working_shape is None:
-        working_shape = working_grid_shape(fixed_grid, cfg.preprocess.spacing_mm, cfg.preprocess.crop_margin_mm)
-    working_shape = tuple(int(n) for n in working_shape)
-    n_f, n_m = math.prod(fixed_grid.shape), math.prod(moving_grid.shape)
-    n_w = math.prod(working_shape)
+def _pipeline_stages(cfg: RegistrationConfig, n_w: int, count: int, inputs: int, n_f: int, n_m: int,
+                     input_itemsize: int) -> dict:
+    """Bytes alive at the peak of each pipeline stage on a working grid of ``n_w`` voxels, with
+    ``inputs`` bytes held throughout (see :func:`estimate_memory`)."""
     per = {name: factor * n_w for name, factor in BYTES_PER_VOXEL.items()}
-    count = cfg.keypoints.num_points if num_keypoints is None else int(num_keypoints)
-    inputs = BASE_BYTES + (n_f + n_m) * (input_itemsize + 1)  # images and uint8 lung masks
-
     stages = {}
     # binary mask copies (bool + uint8) and one image copied into SimpleITK for resampling
     stages["preprocess"] = inputs + 3 * (n_f + n_m) + max(n_f, n_m) * input_itemsize + per["preprocess"]
@@ -228,9 +185,52 @@ def estimate_memory(fixed_grid: Grid, moving_grid: Grid, config=None,
         stages["instance optimisation (full resolution)"] = (
             alive + per["field"] + (INSTANCE_OPT_PARAMETER_BYTES + REFINE_FIXED_BYTES) * n_w
             + int(INSTANCE_OPT_SIMILARITY_BYTES * n_w * max(io.refine.sample_fraction, REFINE_MIN_SHARE)))
+    return stages
+
+
+def estimate_memory(fixed_grid: Grid, moving_grid: Grid, config=None,
+                    working_shape: Optional[Sequence[int]] = None, input_itemsize: int = 2,
+                    include_outputs: bool = True, num_keypoints: Optional[int] = None,
+                    body_shape: Optional[Sequence[int]] = None) -> MemoryEstimate:
+    """Peak memory of registering images on ``fixed_grid`` / ``moving_grid`` with ``config``.
+
+    Args:
+        fixed_grid, moving_grid: the images' own grids.
+        config: :class:`~graphreg.core.config.RegistrationConfig`, mapping or YAML path (defaults
+            when None).
+        working_shape: ``(D, H, W)`` of the working grid (:func:`working_grid_shape`); default:
+            the whole fixed field of view at the working spacing (an upper bound).
+        input_itemsize: bytes per voxel of the images as read (2 for int16 CT, 4 for float32).
+        include_outputs: also count saving the result on the fixed grid (``graphreg register``).
+        num_keypoints: keypoints to assume; default ``keypoints.num_points`` (the most the
+            pipeline keeps; images with little structure give fewer, so this errs high).
+        body_shape: with ``config.region.mode == "body"``, ``(D, H, W)`` of the second run's
+            working grid around the body (default: the whole fixed field of view at the working
+            spacing, an upper bound). Its stages are named ``"body: ..."`` and hold the lung run's
+            pair and field besides their own.
+
+    Returns:
+        :class:`MemoryEstimate` (``peak_bytes``, ``peak_stage``, ``stages``).
+    """
+    cfg: RegistrationConfig = load_config(config)
+    if working_shape is None:
+        working_shape = working_grid_shape(fixed_grid, cfg.preprocess.spacing_mm, cfg.preprocess.crop_margin_mm)
+    working_shape = tuple(int(n) for n in working_shape)
+    n_f, n_m = math.prod(fixed_grid.shape), math.prod(moving_grid.shape)
+    count = cfg.keypoints.num_points if num_keypoints is None else int(num_keypoints)
+    inputs = BASE_BYTES + (n_f + n_m) * (input_itemsize + 1)  # images and uint8 lung masks
+    stages = _pipeline_stages(cfg, math.prod(working_shape), count, inputs, n_f, n_m, input_itemsize)
+    lung_field = BYTES_PER_VOXEL["field"] * math.prod(working_shape)
+    if cfg.region.mode == "body":  # the second run, on the body, while the lung run's pair and field stay alive
+        if body_shape is None:
+            body_shape = fixed_grid.with_spacing((cfg.preprocess.spacing_mm,) * 3).shape
+        kept = (BYTES_PER_VOXEL["pair"] + BYTES_PER_VOXEL["field"]) * math.prod(working_shape)
+        body = _pipeline_stages(cfg, math.prod(body_shape), count, inputs + kept, n_f, n_m, input_itemsize)
+        stages.update({f"body: {name}": value for name, value in body.items()})
+        lung_field = BYTES_PER_VOXEL["field"] * math.prod(body_shape)  # the joined field lives on the body's grid
     if include_outputs:
         field = OUTPUT_FIELD_BYTES * n_f
-        stages["save result"] = inputs + per["field"] + field + max(OUTPUT_WRITE_BYTES * n_f,
+        stages["save result"] = inputs + lung_field + field + max(OUTPUT_WRITE_BYTES * n_f,
                                                                       OUTPUT_CHUNK_BYTES * min(n_f, OUTPUT_CHUNK_VOXELS))
     return MemoryEstimate({name: int(value) for name, value in stages.items()}, working_shape, count)
 
@@ -257,7 +257,7 @@ def check_memory_budget(estimate: MemoryEstimate, budget_gb: Optional[float]) ->
     validate_memory_budget(budget_gb)
     if estimate.peak_bytes <= budget_gb * 1e9:
         return
-    stage = estimate.peak_stage
+    stage = estimate.peak_stage.removeprefix("body: ")
     if stage == "save result":
         advice = ("the result on the fixed image's own grid dominates: resample the input images to a coarser "
                   "grid before registering, or raise the budget")
@@ -268,6 +268,8 @@ def check_memory_budget(estimate: MemoryEstimate, budget_gb: Optional[float]) ->
         advice = ("coarsen the working grid 'preprocess.spacing_mm' (memory falls with its cube), lower "
                   "'preprocess.crop_margin_mm', raise 'instance_opt.similarity_factor' / "
                   "'instance_opt.grid_factor', set 'instance_opt.refine.iterations' to 0, lower 'keypoints.num_points' or use fewer 'levels'")
+    if estimate.peak_stage.startswith("body: "):
+        advice += "; or use region 'lungs' (region 'body' registers the body outside the lungs in a second run)"
     raise ResourceError(f"memory_budget_gb: this registration needs an estimated {estimate.describe()}, "
                         f"more than the budget of {budget_gb:g} GB; to fit, {advice}")
 

@@ -141,3 +141,31 @@ def test_chunked_jacobian_stats_equal_whole_grid(monkeypatch, masked):
         assert chunked[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     with pytest.raises(GraphregError, match="mask"):
         registration.jacobian_stats_chunked(field, np.zeros(grid.shape, bool))
+
+
+def test_region_body_adds_the_second_run_on_the_body_grid():
+    lung_box = (100, 150, 170)
+    lungs = estimate_memory(CT, CT, None, lung_box)
+    body = estimate_memory(CT, CT, {"region": {"mode": "body"}}, lung_box)
+    whole = CT.with_spacing((2.0, 2.0, 2.0)).shape
+    assert set(lungs.stages) < set(body.stages)
+    assert {name for name in body.stages if name.startswith("body: ")} == {f"body: {name}" for name in lungs.stages
+                                                                           if name != "save result"}
+    kept = 22 * np.prod(lung_box)  # the lung run's pair (10 B/voxel) and field (12) stay alive
+    own = estimate_memory(CT, CT, None, whole)
+    assert body.stages["body: keypoints"] == own.stages["keypoints"] + kept
+    assert body.peak_bytes > lungs.peak_bytes
+    smaller = estimate_memory(CT, CT, {"region": {"mode": "body"}}, lung_box, body_shape=lung_box)
+    assert smaller.stages["body: keypoints"] == lungs.stages["keypoints"] + kept
+
+
+def test_budget_that_fits_the_lungs_refuses_region_body():
+    from graphreg.methods.keypoint.memory import check_memory_budget
+
+    lung_box = (100, 150, 170)
+    lungs = estimate_memory(CT, CT, None, lung_box)
+    body = estimate_memory(CT, CT, {"region": {"mode": "body"}}, lung_box)
+    budget = (lungs.peak_bytes + body.peak_bytes) / 2e9
+    check_memory_budget(lungs, budget)
+    with pytest.raises(ResourceError, match="body: .*region 'lungs'"):
+        check_memory_budget(body, budget)
