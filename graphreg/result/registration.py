@@ -24,6 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from graphreg.result.mapping import TwoWayMapping
+from graphreg.result.uncertainty import graph_error_report
 from graphreg.errors import GeometryError, GraphregError
 from graphreg.core.field import DisplacementField
 from graphreg.io.jsonable import to_jsonable
@@ -142,7 +143,9 @@ class Registration(TwoWayMapping):
         timings: seconds per stage (``"total"`` included).
         keypoints_mm: ``(N, 3)`` fixed keypoints, world mm, or None.
         keypoint_displacements_mm: ``(N, 3)`` their displacements, world mm, or None.
-        keypoint_uncertainty_mm: ``(N,)`` spread of each keypoint's displacement distribution, or None.
+        keypoint_uncertainty_mm: ``(N,)`` spread of each keypoint's displacement distribution, or None
+            (in mm of graph-stage error: :mod:`graphreg.result.uncertainty`, ``report.json``'s
+            ``keypoint_graph_error_mm``).
         extras: anything else worth reporting (device, seed, inputs' checksums ...).
         fixed_lungs: the fixed lung mask (any grid) where the inverse's round-trip error is
             measured, or None (then over the working grid).
@@ -283,6 +286,9 @@ class Registration(TwoWayMapping):
             spread = np.asarray(self.keypoint_uncertainty_mm)
             report["keypoint_uncertainty_mm"] = {
                 "mean": float(spread.mean()), "p50": float(np.median(spread)), "max": float(spread.max())}
+            calibrated = graph_error_report(self.method, spread)
+            if calibrated is not None:
+                report["keypoint_graph_error_mm"] = calibrated
         report.update(self.extras)
         report.update(more)
         return report

@@ -434,3 +434,42 @@ def test_ants_maps_points_fixed_to_moving(tmp_path, monkeypatch):
     field = DisplacementField.from_mm_array(field_mm, pair.fixed.grid)
     errors = np.linalg.norm(field.transform_points(pair.fixed_landmarks_mm) - pair.moving_landmarks_mm, axis=1)
     assert errors.mean() < 1.5  # from 7.5 mm; the opposite direction would give 15 mm
+
+
+# ---------------------------------------------------------------------- NAME@CONFIG
+def test_keypoint_method_with_a_config(tmp_path, monkeypatch):
+    import graphreg.api
+
+    config = tmp_path / "io3.yaml"
+    config.write_text("instance_opt:\n  iterations: 3\n  refine:\n    iterations: 0\n", encoding="utf-8")
+    seen = {}
+
+    def fake_register(fixed, moving, fixed_mask, moving_mask, method, config, device, model):
+        seen[method] = config
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(graphreg.api, "register", fake_register)
+    for name in ("corrfield", "graphregnet-noio"):
+        with pytest.raises(RuntimeError, match="stop"):
+            registry.get_method(f"{name}@{config}")(None, None, None, None, "cpu")
+    assert seen["corrfield"].instance_opt.iterations == 3 and seen["corrfield"].instance_opt.enabled
+    assert seen["graphregnet"].instance_opt.refine.iterations == 0 and not seen["graphregnet"].instance_opt.enabled
+    assert registry.method_label(f"corrfield@{config}") == "corrfield@io3"
+    assert registry.method_label("corrfield@accurate") == "corrfield@accurate"
+    assert registry.method_label("corrfield") == "corrfield"
+
+
+def test_method_with_a_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="keypoint method"):
+        registry.get_method("elastix@accurate")
+    with pytest.raises(ConfigError, match="not found"):
+        registry.get_method(f"corrfield@{tmp_path / 'missing.yaml'}")
+    with pytest.raises(ConfigError, match="no-such"):
+        registry.get_method("no-such@accurate")
+
+
+def test_benchmark_rows_name_the_config(pair_dir, tmp_path):
+    config = tmp_path / "none.yaml"
+    config.write_text("instance_opt:\n  enabled: false\n", encoding="utf-8")
+    rows = run_benchmark(open_pairs(pair_dir), ["identity", f"corrfield-noio@{config}"], isolate=False)
+    assert [r["method"] for r in rows] == ["identity", "corrfield-noio@none"]

@@ -6,6 +6,7 @@ Usage::
     graphreg bench make --set easy --out bench_data/native # the POPI CT warped, native grid
     graphreg bench run --methods identity,corrfield,elastix --json bench.json   # on bench_data/realistic
     graphreg bench run --pairs bench_data/realistic --methods corrfield --directions both   # + exhale->inhale
+    graphreg bench run --methods corrfield,corrfield@docs/time_accuracy/io5.yaml   # another config per method
     graphreg bench contention --json contention.json       # default threads vs fixed counts, busy host
     graphreg bench summary bench.json --into README.md     # the run as the README's Markdown table
     python -m graphreg.apps.bench.commands run --help            # the same without the main CLI
@@ -43,7 +44,8 @@ bench_app = typer.Typer(
 def run(
     pairs: Path = typer.Option(DEFAULT_PAIRS, help="Folder of pairs: generated pair_*/ folders, DIR-Lab caseN/ "
                                "or copdN/ folders, or a Learn2Reg task folder (layout detected)."),
-    methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated method names (see `graphreg bench methods`)."),
+    methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated method names (see `graphreg bench methods`); "
+                                 "NAME@CONFIG runs a keypoint method with a YAML config or preset."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Write every row and the per-method summary "
                                              "to this JSON file (updated after each run)."),
     device: str = typer.Option("cpu", help="Torch device for the methods: cpu or cuda[:N]."),

@@ -14,6 +14,11 @@ path ``"package.module:function"`` together with the packages it ``requires``; n
 until :func:`get_method` is called, and a missing package is reported as
 :class:`MethodUnavailableError` with the ``pip install`` line that fixes it.
 
+A keypoint method runs with another registration config as ``NAME@CONFIG`` (``CONFIG``: a YAML
+file or a shipped preset name, e.g. ``corrfield@configs/accurate.yaml`` or ``graphregnet-noio@accurate``):
+:func:`get_method` returns it with that config, and the runner names its rows
+:func:`method_label` (``corrfield@accurate``).
+
 Convention:
     ``MethodResult.field`` is a :class:`~graphreg.core.field.DisplacementField` on ``fixed.grid``,
     pointing fixed -> moving. ``MethodResult.timings`` maps stage names to wall-clock seconds.
@@ -21,13 +26,16 @@ Convention:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
 import time
 from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
 from typing import Optional, Protocol, Union
 
+from graphreg.core.config import RegistrationConfig
 from graphreg.errors import ConfigError, GraphregError
 from graphreg.methods.registry import METHODS, method_names
 from graphreg.io.resources import asset_path
@@ -137,12 +145,18 @@ def method_spec(name: str) -> MethodSpec:
 
 
 def get_method(name: str) -> Method:
-    """The callable registered as ``name``, importing it if it was registered lazily.
+    """The callable registered as ``name``, importing it if it was registered lazily; for
+    ``NAME@CONFIG`` the keypoint method ``NAME`` with the registration config ``CONFIG`` (a YAML
+    path or preset name, read and validated here).
 
     Raises:
-        ConfigError: unknown name.
+        ConfigError: unknown name; ``@CONFIG`` on a method that is not a keypoint method; a config
+            that does not load (:func:`graphreg.core.config.load_config`).
         MethodUnavailableError: a package the method requires is not installed.
     """
+    name, _, config = name.partition("@")
+    if config:
+        return _with_config(name, config)
     spec = method_spec(name)
     missing = spec.missing()
     if missing:
@@ -154,6 +168,24 @@ def get_method(name: str) -> Method:
         return spec.target
     module_name, attr = spec.target.split(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+def _with_config(name: str, config: str) -> Method:
+    """The keypoint method ``name`` (a partial of :func:`keypoint_method`) with the config ``config``."""
+    from graphreg.core.config import load_config
+
+    target = method_spec(name).target
+    if getattr(target, "func", None) is not keypoint_method:
+        raise ConfigError(f"method: expected NAME@CONFIG with a keypoint method as NAME "
+                          f"(corrfield, graphregnet and their variants), got {name}@{config}")
+    return functools.partial(target, config=load_config(config))
+
+
+def method_label(name: str) -> str:
+    """How rows name the method ``name``: ``NAME@CONFIG`` with ``CONFIG``'s file stem
+    (``corrfield@docs/io5.yaml`` -> ``corrfield@io5``), any other name unchanged."""
+    method, at, config = name.partition("@")
+    return f"{method}@{Path(config).stem}" if at else name
 
 
 def available_methods() -> dict[str, str]:
@@ -189,13 +221,15 @@ def _from_registration(registration) -> MethodResult:
 
 def keypoint_method(name: str, instance_optimisation: bool, fixed: Volume, moving: Volume,
                     fixed_mask: Optional[Volume], moving_mask: Optional[Volume], device: str = "cpu",
-                    model: Optional[str] = None) -> MethodResult:
-    """The graphreg keypoint pipeline (``name``: ``"corrfield"`` or ``"graphregnet"``) with its
-    default config, with or without the Adam instance optimisation; ``model`` replaces the shipped
-    GraphRegNet weights (ablations)."""
+                    model: Optional[str] = None, config: Optional[RegistrationConfig] = None) -> MethodResult:
+    """The graphreg keypoint pipeline (``name``: ``"corrfield"`` or ``"graphregnet"``) with ``config``
+    (None: the default), with or without (``instance_optimisation``) its Adam instance optimisation;
+    ``model`` replaces the shipped GraphRegNet weights (ablations)."""
     from graphreg.api import register
 
-    config = None if instance_optimisation else {"instance_opt": {"enabled": False}}
+    config = config or RegistrationConfig()
+    if not instance_optimisation:
+        config = dataclasses.replace(config, instance_opt=dataclasses.replace(config.instance_opt, enabled=False))
     return _from_registration(register(fixed, moving, fixed_mask, moving_mask, method=name, config=config,
                                        device=device, model=model))
 
@@ -314,5 +348,5 @@ register_method("ants", "graphreg.apps.bench.peers:ants_method",
                 "dilated lung mask", requires={"ants": "antspyx"})
 
 __all__ = ["Method", "MethodResult", "MethodSpec", "MethodUnavailableError", "available_methods",
-           "classical_method", "cnn_method", "keypoint_method", "get_method", "identity_method", "method_spec",
+           "classical_method", "cnn_method", "keypoint_method", "get_method", "identity_method", "method_label", "method_spec",
            "oracle_method", "register_method", "truth_at_keypoints", "unregister_method"]

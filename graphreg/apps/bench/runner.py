@@ -60,7 +60,7 @@ import numpy as np
 
 from graphreg.io.jsonable import to_jsonable
 from graphreg.errors import ConfigError, GraphregError
-from graphreg.apps.bench.methods import MethodUnavailableError, get_method, needs_ground_truth
+from graphreg.apps.bench.methods import MethodUnavailableError, get_method, method_label, needs_ground_truth
 from graphreg.apps.bench.sources import DIRECTIONS, PairRef, in_direction, pair_direction
 
 #: Scalar metrics of a row that :func:`summarize` aggregates and tables show.
@@ -297,7 +297,8 @@ def run_benchmark(pairs: Iterable, methods: Sequence[Union[str, tuple[str, Calla
     Args:
         pairs: :class:`~graphreg.apps.bench.sources.PairRef` (loaded in the worker) or
             :class:`~graphreg.datasets.pairs.PairData` objects; iterated once, pair by pair.
-        methods: registered method names, or ``(name, callable)`` for unregistered ones (with
+        methods: registered method names (``NAME@CONFIG`` for a keypoint method with another config,
+            see :func:`~graphreg.apps.bench.methods.get_method`), or ``(name, callable)`` for unregistered ones (with
             ``isolate=True`` the callable must be picklable: a module-level function or a
             ``functools.partial`` of one).
         device: torch device string passed to the methods.
@@ -354,9 +355,9 @@ def _resolve_methods(methods) -> list[tuple[str, object]]:
             continue
         name = str(entry).strip()
         try:
-            resolved.append((name, get_method(name)))
+            resolved.append((method_label(name), get_method(name)))
         except MethodUnavailableError as error:  # recorded per pair, the others still run
-            resolved.append((name, error))
+            resolved.append((method_label(name), error))
     return resolved
 
 
