@@ -21,6 +21,7 @@ Convention:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -203,6 +204,30 @@ class DisplacementField:
             voxels = self.displacement.detach()[0, :, z0:z1].movedim(0, -1).cpu().to(torch.float64)
             out[z0:z1] = self.grid.voxel_vectors_to_mm(voxels).numpy()
         return out
+
+    def mm_component_slabs(self, dtype=np.float32) -> Iterator[np.ndarray]:
+        """The displacement in world mm, one component at a time, in slabs: what a NIfTI vector
+        file holds (:mod:`graphreg.io.nifti_stream`), without a whole-grid ``(z, y, x, 3)`` array.
+
+        Shapes:
+            yields ``(z1 - z0, H, W)`` arrays of ``dtype``: component ``x`` (LPS) for every slab
+            from the first slice to the last, then ``y``, then ``z``; the values of
+            :meth:`to_mm_array` up to rounding (computed in ``dtype``; an axis-aligned grid needs
+            one product per value).
+        """
+        depth, height, width = self.shape
+        slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
+        torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
+        # row k: the world mm vector (x, y, z) of one voxel along tensor axis k (z, y, x)
+        columns = self.grid.voxel_vectors_to_mm(np.eye(3))
+        for component in range(3):
+            terms = [(axis, float(columns[axis, component])) for axis in range(3) if columns[axis, component] != 0.0]
+            for z0 in range(0, depth, slab):
+                voxels = self.displacement.detach()[0, :, z0:min(depth, z0 + slab)].cpu()
+                out = torch.zeros(voxels.shape[1:], dtype=torch_dtype)
+                for axis, weight in terms:
+                    out.add_(voxels[axis].to(torch_dtype), alpha=weight)
+                yield out.numpy()
 
     def to_sitk(self) -> sitk.Image:
         """A ``sitkVectorFloat64`` image on the grid holding the displacement in world mm."""

@@ -124,22 +124,30 @@ def interpolate_axis(volume: torch.Tensor, dim: int, coords: torch.Tensor) -> to
     Indices outside ``[0, n - 1]`` are clamped (``padding_mode="border"``). Applied along the
     three axes in turn, this is trilinear sampling on a grid of points that is the product of
     one coordinate list per axis (an axis-aligned resampling), with the values of
-    :func:`sample_points` at those points up to rounding, at a fraction of the cost.
+    :func:`sample_points` at those points up to rounding, at a fraction of the cost: the
+    interpolation is a product with an ``(n, M)`` matrix of two weights per column (a matrix
+    product is several times faster than gathering the two neighbours of every output value).
 
     Shapes:
         volume: any, ``n = volume.shape[dim]``; coords: ``(M,)`` float; returns ``volume``'s
         shape with ``M`` along ``dim``.
     """
     n = volume.shape[dim]
-    if n == 1:
-        return volume.index_select(dim, torch.zeros(len(coords), dtype=torch.long, device=volume.device))
+    dim = dim % volume.ndim
     coords = coords.to(torch.float64).clamp(0, n - 1)
-    low = coords.floor().clamp(max=n - 2)
-    shape = [1] * volume.ndim
-    shape[dim] = -1
-    weight = (coords - low).to(volume.device, volume.dtype).view(shape)
-    low = low.long().to(volume.device)
-    return torch.lerp(volume.index_select(dim, low), volume.index_select(dim, low + 1), weight)
+    low = coords.floor().clamp(max=max(n - 2, 0))
+    weight = coords - low
+    columns = torch.arange(len(coords))
+    low = low.long()
+    matrix = torch.zeros((n, len(coords)), dtype=torch.float64)
+    matrix[low, columns] = 1.0 - weight
+    matrix[(low + 1).clamp(max=n - 1), columns] += weight
+    matrix = matrix.to(volume.device, volume.dtype)
+    if dim == volume.ndim - 1:
+        return volume @ matrix
+    if dim == volume.ndim - 2:
+        return matrix.T @ volume
+    return (volume.movedim(dim, -1) @ matrix).movedim(-1, dim)
 
 
 def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

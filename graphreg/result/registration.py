@@ -297,8 +297,9 @@ class Registration(TwoWayMapping):
             outputs: kinds of :data:`graphreg.result.output_kinds.OUTPUT_KINDS` as a list or comma-separated
                 string, ``"all"``, or None for :data:`graphreg.result.output_kinds.DEFAULT_OUTPUTS` (``field``:
                 ``field.nii.gz`` ITK mm float32; ``warped``: ``warped.nii.gz``; ``jacobian``: statistics
-                in the report; ``keypoints``: ``keypoints.csv``; ``transform``: ``transform.h5``; not by
-                default ``inverse``: ``inverse_transform.h5`` and ``l2r``: ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
+                in the report; ``valid_mask``; ``keypoints``: ``keypoints.csv``; not by default
+                ``transform``: ``transform.h5``, ``inverse``: ``inverse_transform.h5`` and ``l2r``:
+                ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
                 cannot store) gets ``field.mha`` and ``warped.mha`` instead.
             started: ``time.perf_counter()`` when the whole command began (reading the images
                 included); the report then holds ``seconds_wall``, the time from then until

@@ -85,8 +85,7 @@ def _registration() -> Registration:
 
 
 def test_parse_outputs_table():
-    assert parse_outputs(None) == DEFAULT_OUTPUTS == ("field", "warped", "transform", "jacobian", "valid_mask",
-                                                      "keypoints")
+    assert parse_outputs(None) == DEFAULT_OUTPUTS == ("field", "warped", "jacobian", "valid_mask", "keypoints")
     assert parse_outputs("all") == tuple(OUTPUT_KINDS)
     assert parse_outputs("keypoints, field,field") == ("field", "keypoints")
     assert parse_outputs(["l2r"]) == ("l2r",)
