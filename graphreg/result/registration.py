@@ -28,7 +28,7 @@ from graphreg.errors import GeometryError, GraphregError
 from graphreg.core.field import DisplacementField
 from graphreg.io.jsonable import to_jsonable
 from graphreg.core.geometry import Grid, mapped_voxels
-from graphreg.core.spatial import interpolate_axis, sample_points
+from graphreg.core.spatial import axis_weights, interpolate_axis, sample_points
 from graphreg.core.volume import Volume
 
 #: at most this many fixed lung voxels (evenly strided) measure the inverse's round-trip error
@@ -113,11 +113,12 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
     source = torch.einsum("bcdhw,ce->bedhw", field.displacement, vectors)
     out = torch.empty((1, 3) + grid.shape, dtype=dtype, device=device)
     if np.allclose(steps, np.diag(np.diag(steps)), rtol=0.0, atol=1e-9):
-        coords = [torch.as_tensor(offset[axis] + np.arange(n) * steps[axis, axis]) for axis, n in enumerate(grid.shape)]
-        along_z = interpolate_axis(source, 2, coords[0])
+        weights = [axis_weights(field.grid.shape[axis], offset[axis] + np.arange(n) * steps[axis, axis], dtype, device)
+                   for axis, n in enumerate(grid.shape)]
+        along_zx = interpolate_axis(interpolate_axis(source, 2, weights[0]), 4, weights[2]).contiguous()
         for z0 in range(0, depth, slab):
             z1 = min(depth, z0 + slab)
-            out[:, :, z0:z1] = interpolate_axis(interpolate_axis(along_z[:, :, z0:z1], 3, coords[1]), 4, coords[2])
+            out[:, :, z0:z1] = interpolate_axis(along_zx[:, :, z0:z1], 3, weights[1])
         return DisplacementField(out, grid)
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
