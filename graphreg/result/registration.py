@@ -308,7 +308,8 @@ class Registration(TwoWayMapping):
             report_extras: more entries for ``report.json``.
 
         ``report.json`` records the graphreg version, config, seed, device, library versions,
-        ``outputs`` and ``files`` (what was written), ``timings_s["write"]`` and ``field_sha256``
+        ``outputs`` and ``files`` (what was written), ``timings_s["write"]`` (``write_s``: seconds per
+        kind), and ``field_sha256``
         (of the working field, equal for bit-identical runs).
 
         Files are written to a temporary folder beside ``out_dir`` and moved into place at the
@@ -329,8 +330,11 @@ class Registration(TwoWayMapping):
             # NIfTI cannot hold a non-orthonormal direction (ITK would silently change it): use MetaImage
             suffix = ".nii.gz" if nifti_can_store(self.fixed_grid) else ".mha"
             entries: dict = {}
+            seconds: dict = {}  # per kind; the first kind that needs the fixed-grid field pays for it
             for kind in kinds:
+                begin = time.perf_counter()
                 entries.update(OUTPUT_KINDS[kind].write(self, staging, suffix))
+                seconds[kind] = time.perf_counter() - begin
             if fixed_landmarks_mm is not None:
                 moved = self.transform_points(np.asarray(fixed_landmarks_mm, dtype=np.float64))
                 write_landmarks(Landmarks(moved, "world"), staging / "landmarks_moved.csv", fmt="world")
@@ -341,7 +345,7 @@ class Registration(TwoWayMapping):
             if started is not None:
                 entries["seconds_wall"] = now - started
             files = sorted([path.name for path in staging.iterdir()] + ["report.json"])
-            report = self.report(outputs=list(kinds), files=files, field_sha256=checksum,
+            report = self.report(outputs=list(kinds), files=files, write_s=seconds, field_sha256=checksum,
                                  **entries, **report_extras)
             (staging / "report.json").write_text(json.dumps(to_jsonable(report), indent=2), encoding="utf-8")
         return Path(out_dir)
