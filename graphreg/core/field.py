@@ -224,8 +224,9 @@ class DisplacementField:
             terms = [(axis, float(columns[axis, component])) for axis in range(3) if columns[axis, component] != 0.0]
             for z0 in range(0, depth, slab):
                 voxels = self.displacement.detach()[0, :, z0:min(depth, z0 + slab)].cpu()
-                out = torch.zeros(voxels.shape[1:], dtype=torch_dtype)
-                for axis, weight in terms:
+                (axis, weight), *rest = terms  # a grid's unit vectors are never zero: one term at least
+                out = torch.mul(voxels[axis].to(torch_dtype), weight)
+                for axis, weight in rest:
                     out.add_(voxels[axis].to(torch_dtype), alpha=weight)
                 yield out.numpy()
 
