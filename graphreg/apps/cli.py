@@ -125,8 +125,8 @@ def register(
     outputs: Optional[str] = typer.Option(None, help=outputs_help()),
     region: Optional[str] = region_option(),
 ) -> None:
-    """Register MOVING to FIXED; write the chosen outputs (default: field.nii.gz in ITK mm, transform.h5,
-    warped.nii.gz, keypoints.csv) and report.json.
+    """Register MOVING to FIXED; write the chosen outputs (default: field.nii.gz in ITK mm, warped.nii.gz,
+    valid_mask.nii.gz, keypoints.csv; transform.h5 with --outputs ...,transform) and report.json.
 
     The last line gives the pipeline's and the whole command's wall time and the result's status from
     the quality checks (ok, suspect, failed; reasons in report.json); exit code 3 when it is failed.

@@ -21,6 +21,7 @@ Convention:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -204,6 +205,31 @@ class DisplacementField:
             out[z0:z1] = self.grid.voxel_vectors_to_mm(voxels).numpy()
         return out
 
+    def mm_component_slabs(self, dtype=np.float32) -> Iterator[np.ndarray]:
+        """The displacement in world mm, one component at a time, in slabs: what a NIfTI vector
+        file holds (:mod:`graphreg.io.nifti_stream`), without a whole-grid ``(z, y, x, 3)`` array.
+
+        Shapes:
+            yields ``(z1 - z0, H, W)`` arrays of ``dtype``: component ``x`` (LPS) for every slab
+            from the first slice to the last, then ``y``, then ``z``; the values of
+            :meth:`to_mm_array` up to rounding (computed in ``dtype``; an axis-aligned grid needs
+            one product per value).
+        """
+        depth, height, width = self.shape
+        slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
+        torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
+        # row k: the world mm vector (x, y, z) of one voxel along tensor axis k (z, y, x)
+        columns = self.grid.voxel_vectors_to_mm(np.eye(3))
+        for component in range(3):
+            terms = [(axis, float(columns[axis, component])) for axis in range(3) if columns[axis, component] != 0.0]
+            for z0 in range(0, depth, slab):
+                voxels = self.displacement.detach()[0, :, z0:min(depth, z0 + slab)].cpu()
+                (axis, weight), *rest = terms  # a grid's unit vectors are never zero: one term at least
+                out = torch.mul(voxels[axis].to(torch_dtype), weight)
+                for axis, weight in rest:
+                    out.add_(voxels[axis].to(torch_dtype), alpha=weight)
+                yield out.numpy()
+
     def to_sitk(self) -> sitk.Image:
         """A ``sitkVectorFloat64`` image on the grid holding the displacement in world mm."""
         image = sitk.GetImageFromArray(self.to_mm_array(), isVector=True)
@@ -315,6 +341,8 @@ class DisplacementField:
         # fixed voxel x -> moving voxel  offset + (x + u(x)) @ steps, slab by slab
         offset, steps = self.grid.voxel_map_to(moving.grid)
         step_matrix = torch.as_tensor(steps, dtype=dtype, device=self.device)
+        # parallel axes: u @ steps is one product per component (the same values, a third of the work)
+        step_diagonal = step_matrix.diagonal() if np.count_nonzero(steps - np.diag(np.diag(steps))) == 0 else None
         out = torch.empty(depth * height * width, dtype=dtype, device=self.device)
         with torch.no_grad():
             bspline = interpolation == "bspline"
@@ -326,15 +354,17 @@ class DisplacementField:
             for z0 in range(0, depth, slab):
                 z1 = min(depth, z0 + slab)
                 u = self.displacement[0, :, z0:z1].to(dtype).reshape(3, -1).T
-                points = mapped_voxels(offset, steps, self.shape, z0, z1, dtype, self.device) + u @ step_matrix
+                points = mapped_voxels(offset, steps, self.shape, z0, z1, dtype, self.device)
+                points += u * step_diagonal if step_diagonal is not None else u @ step_matrix
                 if bspline:
                     values = torch.from_numpy(ndimage.map_coordinates(
                         coefficients, points.cpu().double().numpy().T, order=3, mode="mirror", prefilter=False))
                     values = values.to(self.device, dtype)
                 else:
                     values = sample_points(image, points, mode=_MODES[interpolation], padding_mode="border")[0, 0]
-                inside = ((points >= -0.5) & (points < size - 0.5)).all(dim=1)
-                out[z0 * height * width:z1 * height * width] = values.masked_fill_(~inside, float(default))
+                outside = (points < -0.5).logical_or_(points >= size - 0.5)
+                outside = outside[:, 0].logical_or(outside[:, 1]).logical_or_(outside[:, 2])
+                out[z0 * height * width:z1 * height * width] = values.masked_fill_(outside, float(default))
         array = out.reshape(self.shape).cpu().numpy()
         if interpolation == "nearest":
             array = array.astype(moving.array.dtype)

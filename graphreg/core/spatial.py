@@ -117,28 +117,46 @@ def sample_points(volume: torch.Tensor, points: torch.Tensor, mode: str = "bilin
     return values[:, :, :, 0, 0]
 
 
-def interpolate_axis(volume: torch.Tensor, dim: int, coords: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of ``volume`` along one axis at continuous indices ``coords``.
-
-    Indices outside ``[0, n - 1]`` are clamped (``padding_mode="border"``). Applied along the
-    three axes in turn, this is trilinear sampling on a grid of points that is the product of
-    one coordinate list per axis (an axis-aligned resampling), with the values of
-    :func:`sample_points` at those points up to rounding, at a fraction of the cost.
+def axis_weights(n: int, coords: torch.Tensor, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The ``(n, M)`` matrix of linear interpolation along an axis of ``n`` samples at continuous
+    indices ``coords`` (two weights per column; indices outside ``[0, n - 1]`` clamped: border).
 
     Shapes:
-        volume: any, ``n = volume.shape[dim]``; coords: ``(M,)`` float; returns ``volume``'s
-        shape with ``M`` along ``dim``.
+        coords: ``(M,)``; returns ``(n, M)`` of ``dtype`` (see :func:`interpolate_axis`).
     """
-    n = volume.shape[dim]
-    if n == 1:
-        return volume.index_select(dim, torch.zeros(len(coords), dtype=torch.long, device=volume.device))
-    coords = coords.to(torch.float64).clamp(0, n - 1)
-    low = coords.floor().clamp(max=n - 2)
-    shape = [1] * volume.ndim
-    shape[dim] = -1
-    weight = (coords - low).to(volume.device, volume.dtype).view(shape)
-    low = low.long().to(volume.device)
-    return torch.lerp(volume.index_select(dim, low), volume.index_select(dim, low + 1), weight)
+    coords = torch.as_tensor(coords, dtype=torch.float64).clamp(0, n - 1)
+    low = coords.floor().clamp(max=max(n - 2, 0))
+    weight = coords - low
+    columns = torch.arange(len(coords))
+    low = low.long()
+    matrix = torch.zeros((n, len(coords)), dtype=torch.float64)
+    matrix[low, columns] = 1.0 - weight
+    matrix[(low + 1).clamp(max=n - 1), columns] += weight
+    return matrix.to(device=device, dtype=dtype)
+
+
+def interpolate_axis(volume: torch.Tensor, dim: int, weights: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``volume`` along one axis, with the weights of :func:`axis_weights`.
+
+    Applied along the three axes in turn, this is trilinear sampling on a grid of points that is
+    the product of one coordinate list per axis (an axis-aligned resampling), with the values of
+    :func:`sample_points` at those points up to rounding, at a fraction of the cost: a product
+    with the ``(n, M)`` weight matrix is several times faster than gathering the two neighbours of
+    every output value.
+
+    Shapes:
+        volume: any, ``n = volume.shape[dim]``; weights: ``(n, M)`` in ``volume``'s dtype and device;
+        returns ``volume``'s shape with ``M`` along ``dim``.
+    """
+    dim = dim % volume.ndim
+    if weights.shape[0] != volume.shape[dim]:
+        raise ShapeError(f"weights: expected ({volume.shape[dim]}, M) for axis {dim} of a volume "
+                         f"{tuple(volume.shape)}, got {tuple(weights.shape)}")
+    if dim == volume.ndim - 1:
+        return volume @ weights
+    if dim == volume.ndim - 2:
+        return weights.T @ volume
+    return (volume.movedim(dim, -1) @ weights).movedim(-1, dim)
 
 
 def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

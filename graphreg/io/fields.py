@@ -4,7 +4,8 @@ Formats:
     - ITK (3D Slicer, ANTs, elastix, SimpleITK): a 3-component vector image on the fixed grid,
       displacement in world mm along the LPS axes ``(x, y, z)``, written by SimpleITK
       (``.nii.gz``/``.nii`` as a NIfTI vector image, intent code 1007; ``.mha``/``.mhd``/
-      ``.nrrd``/``.nhdr``), float32 by default.
+      ``.nrrd``/``.nhdr``), float32 by default; NIfTI files are written by
+      :mod:`graphreg.io.nifti_stream` (ITK's header and layout, a faster gzip).
       ``sitk.DisplacementFieldTransform(sitk.ReadImage(path, sitk.sitkVectorFloat64))`` maps a
       fixed world point to its moving world point (the transform takes float64 fields only).
     - ITK transform file (``.h5``, ITK's HDF5 transform format): a ``DisplacementFieldTransform``
@@ -36,7 +37,8 @@ from graphreg.errors import GeometryError, InputFileError
 from graphreg.core.field import DisplacementField
 from graphreg.core.geometry import Grid
 from graphreg.io.atomic import atomic_output
-from graphreg.io.images import SITK_SUFFIXES, scan_nifti, write_sitk_image
+from graphreg.io.images import SITK_SUFFIXES, nifti_can_store, scan_nifti, write_sitk_image
+from graphreg.io.nifti_stream import write_nifti_chunks
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _PRECISIONS = {"float64": np.float64, "float32": np.float32}
@@ -91,8 +93,11 @@ def write_itk_field(field: DisplacementField, path: str | os.PathLike, precision
         ``Path(path)``.
     """
     path = Path(path)
-    _suffix(path, SITK_SUFFIXES, "write a displacement field to")
-    image = sitk.GetImageFromArray(field.to_mm_array(_precision(precision)), isVector=True)
+    suffix = _suffix(path, SITK_SUFFIXES, "write a displacement field to")
+    dtype = _precision(precision)
+    if suffix in _NIFTI_SUFFIXES and nifti_can_store(field.grid):  # ITK's layout, fast gzip
+        return write_nifti_chunks(path, field.grid, dtype, 3, field.mm_component_slabs(dtype), "field")
+    image = sitk.GetImageFromArray(field.to_mm_array(dtype), isVector=True)
     field.grid.apply_to_sitk(image)
     return write_sitk_image(image, path, "field")
 

@@ -28,6 +28,7 @@ from graphreg.core.geometry import Grid
 from graphreg.core.volume import Volume
 from graphreg.io.atomic import atomic_output
 from graphreg.io.dirlab import DirlabCase, read_dirlab_raw, write_dirlab_raw
+from graphreg.io.nifti_stream import write_nifti_chunks
 
 #: File name endings read and written through SimpleITK.
 SITK_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -180,7 +181,8 @@ def write_image(volume: Volume, path: str | os.PathLike) -> Path:
     """Write ``volume`` with its geometry, atomically (a temporary file is renamed at the end).
 
     The format follows the extension: ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd`` (+ ``.raw``),
-    ``.nrrd``, ``.nhdr`` through SimpleITK (``.mha`` and ``.nrrd`` compressed), or DIR-Lab ``.img``
+    ``.nrrd``, ``.nhdr`` through SimpleITK (``.mha`` and ``.nrrd`` compressed; NIfTI with SimpleITK's
+    header and layout but a faster gzip, :mod:`graphreg.io.nifti_stream`), or DIR-Lab ``.img``
     (voxels only, as ``int16``; see :func:`graphreg.io.dirlab.write_dirlab_raw`).
 
     Returns:
@@ -195,6 +197,8 @@ def write_image(volume: Volume, path: str | os.PathLike) -> Path:
         return write_dirlab_raw(volume, path)
     if suffix not in SITK_SUFFIXES:
         raise _unsupported(path, "write")
+    if suffix in (".nii", ".nii.gz") and nifti_can_store(volume.grid):  # ITK's layout, fast gzip
+        return write_nifti_chunks(path, volume.grid, volume.array.dtype, 1, [volume.array])
     return write_sitk_image(volume.to_sitk(), path, "image")
 
 

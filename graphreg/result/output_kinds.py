@@ -55,7 +55,8 @@ def _write_warped(result: "Registration", folder: Path, suffix: str) -> dict:
     kind = result.moving.array.dtype
     if np.issubdtype(kind, np.integer):  # e.g. int16 HU: rounded, half the bytes of float32
         limits = np.iinfo(kind)
-        array = np.clip(np.rint(warped.array), limits.min, limits.max).astype(kind)
+        array = warped.array  # a fresh array: rounded and clipped in place
+        array = np.clip(np.rint(array, out=array), limits.min, limits.max, out=array).astype(kind)
     else:
         array = warped.array.astype(np.float32, copy=False)
     write_image(Volume(array, warped.grid), folder / f"warped{suffix}")
@@ -105,8 +106,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
                _write_field),
     OutputKind("warped", True, "warped.nii.gz: the moving image warped onto the fixed grid (in its integer "
                "type, rounded, or float32)", _write_warped),
-    OutputKind("transform", True, "transform.h5: ITK displacement-field transform file (fixed -> moving, "
-               "for SimpleITK, ANTs, Slicer)", _write_transform),
+    OutputKind("transform", False, "transform.h5: ITK displacement-field transform file (fixed -> moving, "
+               "for SimpleITK, ANTs, Slicer; the working field, exact for points, 24 bytes per voxel)", _write_transform),
     OutputKind("inverse", False, "inverse_transform.h5: the inverse transform (moving -> fixed, on the moving "
                "grid; its round-trip error in report.json)", _write_inverse),
     OutputKind("l2r", False, "disp_l2r.nii.gz: Learn2Reg displacement (voxels, (X, Y, Z, 3), float32)",

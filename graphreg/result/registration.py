@@ -29,7 +29,7 @@ from graphreg.errors import GeometryError, GraphregError
 from graphreg.core.field import DisplacementField
 from graphreg.io.jsonable import to_jsonable
 from graphreg.core.geometry import Grid, mapped_voxels
-from graphreg.core.spatial import interpolate_axis, sample_points
+from graphreg.core.spatial import axis_weights, interpolate_axis, sample_points
 from graphreg.core.volume import Volume
 
 #: at most this many fixed lung voxels (evenly strided) measure the inverse's round-trip error
@@ -114,11 +114,12 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
     source = torch.einsum("bcdhw,ce->bedhw", field.displacement, vectors)
     out = torch.empty((1, 3) + grid.shape, dtype=dtype, device=device)
     if np.allclose(steps, np.diag(np.diag(steps)), rtol=0.0, atol=1e-9):
-        coords = [torch.as_tensor(offset[axis] + np.arange(n) * steps[axis, axis]) for axis, n in enumerate(grid.shape)]
-        along_z = interpolate_axis(source, 2, coords[0])
+        weights = [axis_weights(field.grid.shape[axis], offset[axis] + np.arange(n) * steps[axis, axis], dtype, device)
+                   for axis, n in enumerate(grid.shape)]
+        along_zx = interpolate_axis(interpolate_axis(source, 2, weights[0]), 4, weights[2]).contiguous()
         for z0 in range(0, depth, slab):
             z1 = min(depth, z0 + slab)
-            out[:, :, z0:z1] = interpolate_axis(interpolate_axis(along_z[:, :, z0:z1], 3, coords[1]), 4, coords[2])
+            out[:, :, z0:z1] = interpolate_axis(along_zx[:, :, z0:z1], 3, weights[1])
         return DisplacementField(out, grid)
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
@@ -303,8 +304,9 @@ class Registration(TwoWayMapping):
             outputs: kinds of :data:`graphreg.result.output_kinds.OUTPUT_KINDS` as a list or comma-separated
                 string, ``"all"``, or None for :data:`graphreg.result.output_kinds.DEFAULT_OUTPUTS` (``field``:
                 ``field.nii.gz`` ITK mm float32; ``warped``: ``warped.nii.gz``; ``jacobian``: statistics
-                in the report; ``keypoints``: ``keypoints.csv``; ``transform``: ``transform.h5``; not by
-                default ``inverse``: ``inverse_transform.h5`` and ``l2r``: ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
+                in the report; ``valid_mask``; ``keypoints``: ``keypoints.csv``; not by default
+                ``transform``: ``transform.h5``, ``inverse``: ``inverse_transform.h5`` and ``l2r``:
+                ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
                 cannot store) gets ``field.mha`` and ``warped.mha`` instead.
             started: ``time.perf_counter()`` when the whole command began (reading the images
                 included); the report then holds ``seconds_wall``, the time from then until
@@ -312,7 +314,8 @@ class Registration(TwoWayMapping):
             report_extras: more entries for ``report.json``.
 
         ``report.json`` records the graphreg version, config, seed, device, library versions,
-        ``outputs`` and ``files`` (what was written), ``timings_s["write"]`` and ``field_sha256``
+        ``outputs`` and ``files`` (what was written), ``timings_s["write"]`` (``write_s``: seconds per
+        kind), and ``field_sha256``
         (of the working field, equal for bit-identical runs).
 
         Files are written to a temporary folder beside ``out_dir`` and moved into place at the
@@ -333,8 +336,11 @@ class Registration(TwoWayMapping):
             # NIfTI cannot hold a non-orthonormal direction (ITK would silently change it): use MetaImage
             suffix = ".nii.gz" if nifti_can_store(self.fixed_grid) else ".mha"
             entries: dict = {}
+            seconds: dict = {}  # per kind; the first kind that needs the fixed-grid field pays for it
             for kind in kinds:
+                begin = time.perf_counter()
                 entries.update(OUTPUT_KINDS[kind].write(self, staging, suffix))
+                seconds[kind] = time.perf_counter() - begin
             if fixed_landmarks_mm is not None:
                 moved = self.transform_points(np.asarray(fixed_landmarks_mm, dtype=np.float64))
                 write_landmarks(Landmarks(moved, "world"), staging / "landmarks_moved.csv", fmt="world")
@@ -345,7 +351,7 @@ class Registration(TwoWayMapping):
             if started is not None:
                 entries["seconds_wall"] = now - started
             files = sorted([path.name for path in staging.iterdir()] + ["report.json"])
-            report = self.report(outputs=list(kinds), files=files, field_sha256=checksum,
+            report = self.report(outputs=list(kinds), files=files, write_s=seconds, field_sha256=checksum,
                                  **entries, **report_extras)
             (staging / "report.json").write_text(json.dumps(to_jsonable(report), indent=2), encoding="utf-8")
         return Path(out_dir)

@@ -239,7 +239,7 @@ def test_command_bad_input_is_one_line_and_writes_nothing(run_cli, grid, tmp_pat
     (tmp_path / "bare").mkdir()
     for name in ("report.json",):
         (tmp_path / "bare" / name).write_text(json.dumps(report))
-    (tmp_path / "bare" / "transform.h5").write_bytes((result / "transform.h5").read_bytes())
+    (tmp_path / "bare" / "field.nii.gz").write_bytes((result / "field.nii.gz").read_bytes())
     cases.append((["ventilation", str(tmp_path / "bare")], "cannot find the fixed image for the ventilation maps"))
     for args, needle in cases:
         code, _, err = run_cli(args)

@@ -89,7 +89,7 @@ def test_register_writes_the_documented_outputs(run_cli, tmp_path, monkeypatch, 
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].endswith("status ok")
     assert sorted(p.name for p in out.iterdir()) == ["field.nii.gz", "keypoints.csv", "landmarks_moved.csv",
-                                                    "report.json", "transform.h5", "valid_mask.nii.gz",
+                                                    "report.json", "valid_mask.nii.gz",
                                                     "warped.nii.gz"]
     report = json.loads((out / "report.json").read_text())
     assert report["region"]["mode"] == "lungs" and report["region"]["summary"] in result.stdout

@@ -134,7 +134,7 @@ def test_report_records_moving_grid_and_inverse_accuracy(smooth, tmp_path):
     assert 0 < inverse["round_trip_mm"]["mean"] <= inverse["round_trip_mm"]["max"]
     smooth.save(tmp_path / "plain")
     assert not (tmp_path / "plain" / "inverse_transform.h5").exists()
-    assert (tmp_path / "plain" / "transform.h5").is_file()
+    assert not (tmp_path / "plain" / "transform.h5").exists()  # opt-in: field.nii.gz is the default copy
 
 
 def test_load_result_maps_like_the_registration(smooth, tmp_path):
@@ -258,7 +258,7 @@ def test_apply_bad_input_one_line_and_nothing_written(run_cli, translation, tran
 def test_load_result_exceptions(translation, tmp_path):
     with pytest.raises(InputFileError, match="no report.json"):
         load_result(tmp_path)
-    folder = translation.save(tmp_path / "r")
+    folder = translation.save(tmp_path / "r", outputs="field,transform")
     for name in ("transform.h5", "field.nii.gz"):
         (folder / name).unlink()
     with pytest.raises(InputFileError, match="no forward field"):
