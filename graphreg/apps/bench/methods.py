@@ -344,7 +344,7 @@ register_method("convexadam", "graphreg.apps.bench.peers:convexadam_method",
                 "ConvexAdam: MIND-SSC, coupled convex + Adam, 1.75 mm isotropic lungs",
                 requires={"convexAdam": "convexadam"})
 register_method("ants", "graphreg.apps.bench.peers:ants_method",
-                "ANTs SyN (antspyx): affine + SyN, local cross-correlation (radius 4), 80-40-20 iterations, "
+                "ANTs SyN (antspyx): affine + SyN, local cross-correlation (radius 2), 40-20-0 iterations, "
                 "dilated lung mask", requires={"ants": "antspyx"})
 
 __all__ = ["Method", "MethodResult", "MethodSpec", "MethodUnavailableError", "available_methods",

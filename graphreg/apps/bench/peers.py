@@ -334,11 +334,16 @@ __all__ = ["ConvexAdamSettings", "ElastixSettings", "convexadam_method",
 class AntsSettings:
     """The ANTs SyN setup used for lung CT (``ants.registration``: affine, then SyN).
 
+    The defaults are the best of the settings tried on the easy 2 mm set that take at most a few
+    minutes per pair (``tools/tune_ants.py``; docs/benchmark.md, "ANTs settings").
+
     Attributes:
         transform: ANTsPy's ``type_of_transform`` (``"SyN"``: affine initialisation, then SyN).
         metric: SyN similarity (``"CC"``: local cross-correlation).
         metric_radius: its neighbourhood radius (voxels; ``syn_sampling`` for CC).
-        iterations: SyN iterations per level, coarse to fine.
+        iterations: SyN iterations per level, coarse to fine; with ``n`` levels ANTsPy shrinks the
+            images by ``2**(n-1) ... 1`` and smooths them by ``n-1 ... 0`` voxels (``(40, 20, 0)``:
+            shrink 4x2x1, no iteration at full resolution).
         mask_dilation_mm: the fixed lung mask is dilated by this and restricts the metric
             (``None``: no mask).
         grad_step: SyN gradient step (``grad_step``).
@@ -351,8 +356,8 @@ class AntsSettings:
 
     transform: str = "SyN"
     metric: str = "CC"
-    metric_radius: int = 4
-    iterations: tuple[int, ...] = (80, 40, 20)
+    metric_radius: int = 2
+    iterations: tuple[int, ...] = (40, 20, 0)
     mask_dilation_mm: Optional[float] = 10.0
     grad_step: float = 0.2
     flow_sigma: float = 3.0
