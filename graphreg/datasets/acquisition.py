@@ -10,8 +10,10 @@ Both images are sampled from a denoised native-resolution source CT, each on its
   voxel less that of the source voxel, ``sigma^2 = (t^2 - s^2) / 12`` per axis, plus an optional
   reconstruction-blur difference on the moving image;
 - independent band-pass ("CT-like") noise on each image;
-- where an image looks beyond the source's field of view, the source's border is repeated
-  (tissue, never an air band);
+- where an image looks beyond the source's field of view, tissue continues: the source's z ends
+  fade over ``extend_mm`` into their edge slice with the lungs filled with soft tissue and smoothed
+  in-plane (no fine structure left to repeat into streaks), which is repeated beyond (never an
+  air band);
 - the breathing motion slides at the pleura with a true discontinuity: inside the lungs the
   points follow the lung motion ``u_in``; outside they follow ``u_out``, the lung motion's normal
   component (plus ``wall_fraction`` of its tangential part) faded out with the distance from the
@@ -52,6 +54,8 @@ from graphreg.datasets.pairs import PairData
 from graphreg.datasets.paths import POPI_CT
 
 _HU_AIR = -1000.0
+#: Soft tissue that replaces the lungs in the continuation beyond the source's z ends.
+_HU_TISSUE = 40.0
 _CHUNK = 1 << 19
 #: Smallest Jacobian determinant of the wall motion at its control nodes: between the nodes the
 #: trilinear field can come closer to folding, where the inversion would not converge.
@@ -88,8 +92,10 @@ class SourceCT:
 
     @classmethod
     def load(cls, path: str | os.PathLike = POPI_CT, lung: Optional[Volume] = None,
-             denoise_mm: Sequence[float] = (0.8, 0.8, 1.0), margin_mm: float = 60.0) -> "SourceCT":
-        """Read a CT (HU), segment its lungs (unless ``lung`` is given), crop and denoise it."""
+             denoise_mm: Sequence[float] = (0.8, 0.8, 1.0), margin_mm: float = 60.0,
+             extend_mm: float = 12.0, smear_mm: float = 4.0) -> "SourceCT":
+        """Read a CT (HU), segment its lungs (unless ``lung`` is given), crop, denoise it and
+        continue it beyond its z ends (:func:`continue_beyond_z`, ``extend_mm``, ``smear_mm``)."""
         ct = read_image(path) if not isinstance(path, Volume) else path
         ct = Volume(np.asarray(ct.array, dtype=np.float32), ct.grid)
         lung = lung if lung is not None else lung_mask(ct)
@@ -99,7 +105,7 @@ class SourceCT:
         ct, lung = ct.cropped(start, stop), lung.cropped(start, stop)
         sigma = np.array(denoise_mm[::-1], dtype=np.float64) / np.array(ct.grid.spacing_zyx)
         smooth = ndimage.gaussian_filter(ct.array, sigma, mode="nearest").astype(np.float32)
-        return cls(Volume(smooth, ct.grid), Volume((lung.array > 0).astype(np.uint8), lung.grid))
+        return cls(*continue_beyond_z(Volume(smooth, ct.grid), lung, extend_mm, smear_mm))
 
     def prefiltered(self, spacing_xyz: Sequence[float], extra_blur_mm: float = 0.0) -> torch.Tensor:
         """The source anti-aliased for a target voxel ``spacing_xyz`` (see the module docstring),
@@ -118,6 +124,44 @@ class SourceCT:
         """Trilinear lung-mask value at world ``points`` ``(N, 3)``, 0 outside the source."""
         index = _index(self.ct.grid, points).float()
         return sample_points(self._lung_tensor, index, padding_mode="zeros")[0, 0].numpy()
+
+
+def continue_beyond_z(ct: Volume, lung: Volume, extend_mm: float = 12.0,
+                      smear_mm: float = 4.0) -> tuple[Volume, Volume]:
+    """``ct`` and ``lung`` extended by ``ceil(extend_mm / slice)`` slices at both z ends.
+
+    At distance ``d`` mm beyond an end, the slice is ``(1 - w) * edge + w * smooth`` with
+    ``w = min(d / extend_mm, 1)``: ``edge`` the end slice, ``smooth`` the end slice with its lung
+    voxels set to soft tissue and a Gaussian of ``smear_mm`` (sigma) applied in-plane. Sampling
+    with the border repeated beyond the extension then repeats ``smooth``: tissue without the fine
+    in-plane structure that, repeated along z, draws vertical streaks. The lung mask is 0 in the
+    extension.
+
+    Args:
+        ct: float32 HU volume ``(D, H, W)``.
+        lung: its lung mask (same grid).
+        extend_mm: length of the fade (mm); > 0.
+        smear_mm: in-plane smoothing (mm) of the continued slice.
+
+    Returns:
+        ``(ct, lung)`` on the extended grid ``(D + 2 * pad, H, W)`` (uint8 lung mask).
+    """
+    if not extend_mm > 0:
+        raise GraphregError(f"extend_mm: expected a length > 0 mm, got {extend_mm}")
+    dz, dy, dx = ct.grid.spacing_zyx
+    pad = int(np.ceil(extend_mm / dz))
+    weight = np.minimum(np.arange(1, pad + 1) * dz / extend_mm, 1.0)[:, None, None]
+    slabs = []
+    for end in (0, -1):
+        edge = ct.array[end].astype(np.float64)
+        filled = np.where(lung.array[end] > 0, _HU_TISSUE, edge)
+        smooth = ndimage.gaussian_filter(filled, smear_mm / np.array([dy, dx]), mode="nearest")
+        slabs.append(((1.0 - weight) * edge + weight * smooth).astype(np.float32))  # nearest the end first
+    array = np.concatenate([slabs[0][::-1], np.asarray(ct.array, dtype=np.float32), slabs[1]])
+    origin = ct.grid.voxel_to_world(np.array([-pad, 0, 0], dtype=np.float64))
+    grid = Grid(array.shape, ct.grid.spacing, tuple(origin), ct.grid.direction)
+    mask = np.pad((lung.array > 0).astype(np.uint8), ((pad, pad), (0, 0), (0, 0)))
+    return Volume(array, grid), Volume(mask, grid)
 
 
 def grid_points(grid: Grid) -> np.ndarray:

@@ -72,7 +72,9 @@ class Anatomy:
         mediastinum_mm: lateral shift of the mediastinum (fades over ~45 mm to either side).
         hu_offset: HU added to the lung parenchyma.
         emphysema: per region ``(cx, cy, cz, radius_mm, strength)``: centre as a fraction of the
-            source lung box, ``strength`` the fraction of ``HU + 1000`` removed at the centre.
+            source lung box, ``strength`` the fraction of ``HU + 1000`` removed in the region's
+            core; the profile is flat-topped (``exp(-0.5 (r / radius)^4)``: full strength to
+            about half the radius), so typical parenchyma (-850 HU) falls below -950 HU there.
     """
 
     anatomy_id: int
@@ -92,7 +94,7 @@ class Anatomy:
         if rng.uniform() < 0.5:
             for _ in range(int(rng.integers(1, 4))):
                 centre = rng.uniform(0.2, 0.8, size=3)
-                regions.append((*centre, rng.uniform(15.0, 35.0), rng.uniform(0.3, 0.6)))
+                regions.append((*centre, rng.uniform(15.0, 35.0), rng.uniform(0.75, 0.95)))
         return cls(anatomy_id=anatomy_id, mirror=bool(rng.uniform() < 0.5),
                    scale=tuple(rng.uniform(0.85, 1.12, size=3)),
                    asymmetry=tuple(rng.uniform(-0.08, 0.08, size=2)),
@@ -133,7 +135,7 @@ class Anatomy:
         lo, hi = box
         for cx, cy, cz, radius, strength in self.emphysema:
             centre = lo + np.array([cx, cy, cz]) * (hi - lo)
-            blob = np.exp(-0.5 * np.sum((source_points - centre) ** 2, axis=1) / radius**2)
+            blob = np.exp(-0.5 * (np.sum((source_points - centre) ** 2, axis=1) / radius**2) ** 2)
             out = out - (out + 1000.0) * np.float32(strength) * (blob * weight).astype(np.float32)
         return out.astype(np.float32)
 

@@ -157,6 +157,33 @@ def test_no_air_bands_beyond_the_source(pair, source):
             assert (image.array[z] < -900).mean() < 0.5  # the body is there, not an air band
 
 
+def test_no_streaks_beyond_the_source():
+    """Beyond the source's z ends tissue continues without the fine in-plane structure of the end
+    slice (repeating that slice along z draws vertical streaks), at the same level, and lungs that
+    reach an end are closed with tissue outside the lung mask."""
+    rng = np.random.default_rng(1)
+    grid = Grid((12, 40, 40), (2.0, 2.0, 2.0), (-40.0, -40.0, -12.0))
+    hu = (40.0 + 150.0 * rng.standard_normal(grid.shape)).astype(np.float32)
+    lung = np.zeros(grid.shape, dtype=np.uint8)
+    lung[:6, 15:25, 15:25] = 1
+    hu[lung > 0] = -850.0
+    source = SourceCT.load(Volume(hu, grid), lung=Volume(lung, grid), margin_mm=200.0, denoise_mm=(0.0, 0.0, 0.0))
+    volume = torch.from_numpy(source.ct.array)[None, None]
+    x, y = np.meshgrid(np.arange(-30.0, 30.0, 2.0), np.arange(-30.0, 30.0, 2.0), indexing="ij")
+
+    def plane(z: float) -> np.ndarray:
+        points = np.stack([x.ravel(), y.ravel(), np.full(x.size, z)], axis=1)
+        return source.sample(volume, points).reshape(x.shape)
+
+    edge, beyond = plane(-12.0), plane(-40.0)
+    texture = edge > -500.0
+    assert np.diff(beyond, axis=1).std() < 0.2 * np.diff(np.where(texture, edge, 40.0), axis=1).std()
+    assert abs(beyond[texture].mean() - edge[texture].mean()) < 20.0
+    assert beyond.min() > -300.0  # the lung is closed with tissue
+    assert source.lung_fraction(np.array([[0.0, 0.0, -20.0]]))[0] == 0.0
+    assert np.allclose(edge, hu[0, 5:35, 5:35].T, atol=1e-3)  # inside its field of view the source is unchanged
+
+
 @pytest.mark.slow
 def test_same_seed_same_pair(source, pattern, pair):
     again = realistic_pair(source, Anatomy.draw(3, "benchmark"), pattern, [0, 3], ACQ, landmarks=LANDMARKS)
@@ -189,6 +216,21 @@ def test_train_and_benchmark_anatomies_are_disjoint():
         check_anatomy_id(0, "test")
     assert Anatomy.draw(7, "benchmark") == Anatomy.draw(7, "benchmark")
     assert Anatomy.draw(7, "benchmark") != Anatomy.draw(8, "benchmark")
+
+
+def test_emphysema_reaches_low_attenuation():
+    """Parenchyma (-850 HU) falls below -950 HU (the emphysema index threshold) in every drawn region's
+    core (centre and half its radius); vessels (-100 HU) keep their density."""
+    box = (np.zeros(3), np.full(3, 100.0))
+    regions = [region for anatomy_id in range(40) for region in Anatomy.draw(anatomy_id, "benchmark").emphysema]
+    assert len(regions) >= 10
+    for region in regions:
+        one = Anatomy(0, False, (1.0, 1.0, 1.0), (0.0, 0.0), 0.0, 0.0, (region,))
+        centre = np.array(region[:3]) * 100.0
+        points = np.stack([centre, centre + [0.5 * region[3], 0.0, 0.0], centre])
+        hu = one.lung_hu(np.array([-850.0, -850.0, -100.0], dtype=np.float32), points, np.ones(3, bool), box)
+        assert hu[0] <= -950.0 and hu[1] <= -950.0
+        assert hu[2] == pytest.approx(-100.0)
 
 
 def test_every_dirlab_set_and_copd_heterogeneity():
