@@ -100,8 +100,7 @@ class RefineConfig:
     lr: float = 0.4  #: Adam learning rate (working voxels)
     lambda_diffusion: float = 0.3  #: weight of the diffusion energy (see InstanceOptConfig.lambda_diffusion)
     smoothing_passes: int = 2  #: 3x3x3 average pools applied to the parameter each step
-    #: fraction of the masked voxels drawn for each step's similarity; 0.5 beat 0.25 (docs/instance_opt.md)
-    sample_fraction: float = 0.5
+    sample_fraction: float = 0.25  #: fraction of the masked voxels drawn for each step's similarity
 
 
 @dataclass
@@ -110,13 +109,11 @@ class InstanceOptConfig:
 
     enabled: bool = True
     iterations: int = 26  #: Adam steps of the coarse stage (see RefineConfig.iterations)
-    #: Adam learning rate (parameter-grid voxels). Adam moves every parameter by about ``lr`` per early
-    #: step whatever its gradient; 0.3 beat 1.0 (docs/instance_opt.md)
-    lr: float = 0.3
+    lr: float = 1.0  #: Adam learning rate (working voxels)
     #: weight of the diffusion energy (losses.diffusion_loss of the field in voxels of its own grid): the
     #: mean over the working box of |du/dx|^2, the displacement gradient in mm per mm, so one value means
-    #: one smoothness at any working spacing and grid factor. 0.2 beat 0.1 and 0.05 with lr 0.3
-    lambda_diffusion: float = 0.2
+    #: one smoothness at any working spacing and grid factor. 0.1 beat 0.33 on native pair_01 and the demo
+    lambda_diffusion: float = 0.1
     grid_factor: int = 2  #: the parameter lives at 1 / grid_factor resolution
     smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
     similarity_factor: int = 2  #: the MIND similarity is evaluated at 1 / similarity_factor resolution
