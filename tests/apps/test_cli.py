@@ -1,6 +1,7 @@
 """The command line: help texts, `evaluate` end to end on DIR-Lab landmarks, clear errors."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,9 @@ SUBCOMMANDS = ["info", "evaluate", "register", "apply", "train", "viz", "bench",
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "graphreg.apps.cli", "--help"], capture_output=True, text=True)
+    # rich draws the help with box characters: read them as the UTF-8 the child is told to write
+    result = subprocess.run([sys.executable, "-m", "graphreg.apps.cli", "--help"], capture_output=True,
+                            encoding="utf-8", env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert result.returncode == 0
     for name in SUBCOMMANDS:
         assert name in result.stdout
