@@ -19,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 
+from graphreg.errors import ShapeError
+
 
 @dataclass(frozen=True)
 class ErrorScale:
@@ -54,14 +56,14 @@ def graph_error_mm(method: str, spread_mm: np.ndarray) -> Optional[dict]:
         has no calibration.
 
     Raises:
-        ValueError: ``spread_mm`` is not one-dimensional.
+        ShapeError: ``spread_mm`` is not one-dimensional.
     """
     scale = SCALES.get(method)
     if scale is None:
         return None
     spread = np.asarray(spread_mm, dtype=np.float64)
     if spread.ndim != 1:
-        raise ValueError(f"spread_mm: expected shape (N,), got {spread.shape}")
+        raise ShapeError(f"spread_mm: expected shape (N,), got {spread.shape}")
     return {"predicted_mm": scale.scale_median * spread, "p90_bound_mm": scale.scale_p90 * spread}
 
 
