@@ -40,3 +40,8 @@ SDLOGJ_SUSPECT = 0.5
 #: mean spread of the keypoints' displacement distributions at the coarse level, as a fraction of
 #: that level's search half-range (a flat distribution over the whole cube gives 1): suspect above
 SPREAD_SUSPECT_FRACTION = 0.6
+#: the coarse search repeated around the final field: a keypoint it moves by more than this many
+#: working voxels counts as missed motion; suspect when more than this share of the keypoints does
+#: (correct results on the realistic benchmark: <= 0.013; motion past the search range: 0.27-0.36)
+RESIDUAL_MOVE_VOXELS = 2.0
+RESIDUAL_SUSPECT_SHARE = 0.1

@@ -37,7 +37,8 @@ def masked_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def outcome_checks(pair, displacement: torch.Tensor, keypoint_spread_mm: Optional[torch.Tensor],
-                   search_range_mm: float, moving_mask_trusted: bool) -> tuple[list, dict]:
+                   search_range_mm: float, moving_mask_trusted: bool,
+                   keypoint_residual_voxels: Optional[torch.Tensor] = None) -> tuple[list, dict]:
     """The outcome checks of one result.
 
     Args:
@@ -47,10 +48,13 @@ def outcome_checks(pair, displacement: torch.Tensor, keypoint_spread_mm: Optiona
         search_range_mm: half-range of the coarse search level (mm), the spread's scale.
         moving_mask_trusted: whether ``pair.moving_mask`` is a real moving mask (not the fixed
             one carried over); the Dice check needs one.
+        keypoint_residual_voxels: ``(N,)`` working voxels each keypoint would still move in the
+            coarse search repeated around the final field
+            (:func:`graphreg.methods.keypoint.driver.residual_search`), or None.
 
     Returns:
         the checks and the measured numbers (``ncc_before``, ``ncc_after``, ``folding_percent``,
-        ``std_log_jacobian``, ``dice``, ``keypoint_spread``).
+        ``std_log_jacobian``, ``dice``, ``keypoint_spread``, ``search_residual``).
     """
     with torch.no_grad():
         lungs = pair.fixed_mask
@@ -73,6 +77,8 @@ def outcome_checks(pair, displacement: torch.Tensor, keypoint_spread_mm: Optiona
             moved = warp(pair.moving_mask.to(displacement.dtype), displacement) >= 0.5
             dice = float(2 * (moved & lungs).sum() / max(int(moved.sum() + lungs.sum()), 1))
     spread = None if keypoint_spread_mm is None else float(keypoint_spread_mm.double().mean()) / search_range_mm
+    residual = None if keypoint_residual_voxels is None or len(keypoint_residual_voxels) == 0 else \
+        float((keypoint_residual_voxels > limits.RESIDUAL_MOVE_VOXELS).double().mean())
     checks = [
         lower_limit("outcome.ncc_after", after, limits.NCC_AFTER_FAILED, limits.NCC_AFTER_SUSPECT,
                     "similarity (NCC) in the fixed lungs after registration"),
@@ -89,8 +95,13 @@ def outcome_checks(pair, displacement: torch.Tensor, keypoint_spread_mm: Optiona
     if spread is not None:
         checks.append(upper_limit("outcome.keypoint_spread", spread, None, limits.SPREAD_SUSPECT_FRACTION,
                                   "mean spread of the keypoint displacements (fraction of the search range)"))
+    if residual is not None:
+        checks.append(upper_limit("outcome.search_residual", residual, None, limits.RESIDUAL_SUSPECT_SHARE,
+                                  f"share of keypoints the coarse search, repeated around the final field, still "
+                                  f"moves by more than {limits.RESIDUAL_MOVE_VOXELS:g} working voxels"))
     measured = {"ncc_before": before, "ncc_after": after, "folding_percent": jac["folding_percent"],
-                "std_log_jacobian": jac["std_log_jacobian"], "dice": dice, "keypoint_spread": spread}
+                "std_log_jacobian": jac["std_log_jacobian"], "dice": dice, "keypoint_spread": spread,
+                "search_residual": residual}
     return checks, measured
 
 

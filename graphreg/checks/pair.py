@@ -47,11 +47,11 @@ class CheckedPair:
     warn: Callable[[str], None]
 
     def quality(self, displacement: torch.Tensor, keypoint_spread_mm: Optional[torch.Tensor] = None,
-                search_range_mm: float = 1.0) -> dict:
+                search_range_mm: float = 1.0, keypoint_residual_voxels: Optional[torch.Tensor] = None) -> dict:
         """``report.json``'s ``quality`` for a result (see :func:`graphreg.checks.outcome.outcome_checks`,
         whose arguments these are); a status other than ``ok`` is told with its reasons."""
         outcome, measured = outcome_checks(self.pair, displacement, keypoint_spread_mm, search_range_mm,
-                                           self.masks.moving is not None)
+                                           self.masks.moving is not None, keypoint_residual_voxels)
         quality = quality_report(self.prealignment.checks + outcome, self.masks.fallbacks, measured,
                                  self.masks.checks)
         if quality["status"] != "ok":

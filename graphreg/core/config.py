@@ -92,15 +92,12 @@ class RefineConfig:
     at a random ``sample_fraction`` of the masked voxels each step to keep the cost down.
     """
 
-    #: Adam steps; 0 skips the stage. A step costs about five coarse-stage steps, so the default
-    #: splits the work as 26 coarse + 5 refinement steps (lr 0.4, 2 smoothing passes) instead of
-    #: 20 + 8 (lr 0.25, 3 passes): on the ten 2 mm benchmark pairs (in-process, 2-core CPU) 8.4
-    #: instead of 9.5 s per pair, mean TRE 0.382 instead of 0.378 mm
+    #: Adam steps; 0 skips the stage (a step costs about five coarse-stage steps; docs/instance_opt.md)
     iterations: int = 5
     lr: float = 0.4  #: Adam learning rate (working voxels)
     lambda_diffusion: float = 0.3  #: weight of the diffusion energy (see InstanceOptConfig.lambda_diffusion)
     smoothing_passes: int = 2  #: 3x3x3 average pools applied to the parameter each step
-    sample_fraction: float = 0.25  #: fraction of the masked voxels drawn for each step's similarity
+    sample_fraction: float = 0.5  #: fraction of the masked voxels drawn for each step's similarity
 
 
 @dataclass
@@ -109,11 +106,13 @@ class InstanceOptConfig:
 
     enabled: bool = True
     iterations: int = 26  #: Adam steps of the coarse stage (see RefineConfig.iterations)
-    lr: float = 1.0  #: Adam learning rate (working voxels)
+    #: Adam learning rate (voxels of the parameter grid); values were chosen together with
+    #: ``lambda_diffusion`` and ``refine.sample_fraction`` on the benchmark (docs/instance_opt.md)
+    lr: float = 0.3
     #: weight of the diffusion energy (losses.diffusion_loss of the field in voxels of its own grid): the
     #: mean over the working box of |du/dx|^2, the displacement gradient in mm per mm, so one value means
-    #: one smoothness at any working spacing and grid factor. 0.1 beat 0.33 on native pair_01 and the demo
-    lambda_diffusion: float = 0.1
+    #: one smoothness at any working spacing and grid factor
+    lambda_diffusion: float = 0.2
     grid_factor: int = 2  #: the parameter lives at 1 / grid_factor resolution
     smoothing_passes: int = 3  #: 3x3x3 average pools applied to the parameter each step
     similarity_factor: int = 2  #: the MIND similarity is evaluated at 1 / similarity_factor resolution
@@ -129,6 +128,9 @@ class InstanceOptConfig:
     #: default for now: 10 removed the exhale -> inhale folds of the demo pair but cost ~1.9x its
     #: time and hid a failed registration from the folding check (docs/directions.md)
     fold_penalty: float = 0.0
+    #: after the last step, smooth the field locally wherever its Jacobian determinant is below
+    #: 0.1 (graphreg.ops.unfold.repair_folds) until none is; fields that do not fold are unchanged
+    repair_folds: bool = True
     refine: RefineConfig = field(default_factory=RefineConfig)  #: full-resolution second stage
 
     def runs(self) -> bool:

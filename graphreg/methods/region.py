@@ -241,7 +241,7 @@ def register_outside(fixed: Volume, moving: Volume, fixed_lungs: Volume, moving_
     say = (lambda line: progress(f"body: {line}")) if progress else None
     if say:
         say(f"working grid {pair.grid.size_xyz} around the body outside the lungs")
-    return pair, run_keypoint_pipeline(pair, config, "corrfield", progress=say), fixed_body
+    return pair, run_keypoint_pipeline(pair, config, "corrfield", progress=say, residual=False), fixed_body
 
 
 #: voxels of each image looked at for the body's centre of mass (a strided view: cheap on native scans)

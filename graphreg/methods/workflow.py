@@ -96,13 +96,16 @@ class SparseStage:
     Shapes:
         keypoints: ``(N, 3)`` working voxels ``(z, y, x)``; displacements: ``(N, 3)`` working voxels,
         fixed -> moving, pre-alignment excluded; spread_mm: ``(N,)`` mm, the standard deviation of
-        each keypoint's displacement distribution; search_range_mm: the coarse search's reach (mm).
+        each keypoint's displacement distribution; search_range_mm: the coarse search's reach (mm);
+        residual_voxels: ``(N,)`` working voxels, how far the coarse search repeated around the
+        final field would still move each keypoint (None: not measured).
     """
 
     keypoints: torch.Tensor
     displacements: torch.Tensor
     spread_mm: torch.Tensor
     search_range_mm: float
+    residual_voxels: Optional[torch.Tensor] = None
 
 
 def wrap_registration(prepared: PreparedPair, displacement: torch.Tensor, method: str, config: dict,
@@ -135,7 +138,8 @@ def wrap_registration(prepared: PreparedPair, displacement: torch.Tensor, method
             "keypoint_uncertainty_mm": spread_mm.numpy()}
     if prepared.checked is not None:
         quality = (prepared.checked.quality(displacement.detach()) if sparse is None else
-                   prepared.checked.quality(displacement.detach(), spread_mm, sparse.search_range_mm))
+                   prepared.checked.quality(displacement.detach(), spread_mm, sparse.search_range_mm,
+                                            sparse.residual_voxels))
         info.update(prepared.checked.extras(), quality=quality)
     info.update(extras or {})
     return Registration(working_field=DisplacementField(total, pair.grid), fixed_grid=prepared.fixed.grid,

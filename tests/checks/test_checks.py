@@ -171,3 +171,19 @@ def test_outcome_checks_identity_and_folding(demo):
     assert report["status"] == "failed" and report["reasons"][0] == "moving_mask replaced: r"
     ok = quality_report([Check("a", "ok", 1.0, "")], [{"mask": "moving_mask", "reason": "r"}], {})
     assert ok["status"] == "suspect"
+
+
+def test_search_residual_check_counts_keypoints_that_would_still_move(demo):
+    pair = working_pair(demo.fixed, demo.moving, demo.fixed_mask, demo.moving_mask, PreprocessConfig(spacing_mm=4.0))
+    zero = torch.zeros((1, 3) + tuple(pair.fixed.shape[2:]))
+    still = torch.zeros(100)
+    still[:5] = 3.0  # 5 % moved by more than RESIDUAL_MOVE_VOXELS (2)
+    checks, measured = outcome_checks(pair, zero, None, 32.0, False, still)
+    verdicts = {c.name: c.verdict for c in checks}
+    assert measured["search_residual"] == pytest.approx(0.05) and verdicts["outcome.search_residual"] == "ok"
+    still[:30] = 3.0
+    checks, measured = outcome_checks(pair, zero, None, 32.0, False, still)
+    verdicts = {c.name: c.verdict for c in checks}
+    assert measured["search_residual"] == pytest.approx(0.30) and verdicts["outcome.search_residual"] == "suspect"
+    checks, measured = outcome_checks(pair, zero, None, 32.0, False, None)
+    assert "outcome.search_residual" not in {c.name for c in checks} and measured["search_residual"] is None

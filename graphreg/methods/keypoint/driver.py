@@ -24,6 +24,7 @@ from graphreg.methods.keypoint.graph import knn_graph
 from graphreg.methods.keypoint.instance_opt import instance_features, optimise_with_config
 from graphreg.methods.keypoint.keypoints import foerstner_keypoints
 from graphreg.ops.mind import mind_ssc
+from graphreg.ops.unfold import FOLD_FLOOR, repair_folds
 from graphreg.methods.keypoint.preprocess import WorkingPair
 from graphreg.methods.keypoint.regularise import (combine_symmetric_marginals, distribution_moments, regularise_mst_bp,
                          soft_displacements)
@@ -42,12 +43,17 @@ class PipelineOutput:
         keypoint_displacements: ``(N, 3)`` working voxels (sparse estimate before densification).
         keypoint_spread: ``(N,)`` standard deviation (working voxels) of each keypoint's
             displacement distribution at the first search level.
+        keypoint_residual: ``(N, 3)`` working voxels, how far the first level's search repeated
+            around the final field would still move each keypoint (:func:`residual_search`), or
+            None when not asked for.
     """
 
     displacement: torch.Tensor
     keypoints: torch.Tensor
     keypoint_displacements: torch.Tensor
     keypoint_spread: torch.Tensor
+    keypoint_residual: Optional[torch.Tensor] = None
+    fold_repair: Optional[dict] = None  #: :func:`graphreg.ops.unfold.repair_folds`' report, None when off
     timings: dict = dataclass_field(default_factory=dict)
 
     def field(self, pair: WorkingPair) -> DisplacementField:
@@ -126,6 +132,21 @@ def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tens
     return forward, displacement_spread(marginals, candidates, level.gamma)
 
 
+def residual_search(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
+                    displacement: torch.Tensor, level: SearchLevel, k: int, inference: str) -> torch.Tensor:
+    """The classical regularised search of ``level`` repeated around a finished field: where the
+    field is right, the keypoints stay within about a voxel; motion the pipeline missed (past
+    the search range, or a wrong local optimum) moves many of them further.
+
+    Shapes:
+        fixed_features, moving_features: ``(1, C, D, H, W)``; keypoints ``(N, 3)`` and
+        displacement ``(1, 3, D, H, W)`` in working voxels; returns ``(N, 3)`` working voxels.
+    """
+    warped = warp(moving_features, displacement)
+    delta, _ = regularised_search(fixed_features, warped, keypoints, level, k, False, inference)
+    return delta
+
+
 def check_learned_level(model, level: SearchLevel) -> None:
     """Raise :class:`~graphreg.errors.ConfigError` unless ``level`` has the search grid ``model`` was trained on."""
     if level.radius != model.radius or float(level.step) != float(model.step):
@@ -151,7 +172,8 @@ def learned_search(model, fixed_features: torch.Tensor, moving_features: torch.T
 
 def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method: str = "corrfield",
                           progress: Optional[Callable[[str], None]] = None, model=None,
-                          given: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> PipelineOutput:
+                          given: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                          residual: bool = True) -> PipelineOutput:
     """Run every stage on a preprocessed pair (see :func:`graphreg.methods.keypoint.preprocess.working_pair`).
 
     Args:
@@ -163,6 +185,8 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             replace every search level (spread 0; ``method`` is ignored). Densification and instance
             optimisation are unchanged, so with the true displacements it shows the best any keypoint
             regulariser could reach through them.
+        residual: also run :func:`residual_search` at the first level around the final field (for
+            the quality checks; with the features the instance optimisation compared).
     """
     timings: dict = {}
     say = progress or (lambda line: None)
@@ -218,7 +242,21 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
     if io_timings:
         say(f"instance optimisation: {io_cfg.iterations} + {io_cfg.refine.iterations} (full resolution) "
             f"Adam steps ({sum(io_timings.values()):.1f} s)")
-    return PipelineOutput(dense.detach(), keypoints, sparse, spread, timings)
+    dense = dense.detach()
+    repair = None
+    if io_cfg.repair_folds:
+        dense, repair = timed("repair_folds", repair_folds, dense)
+        if repair["voxels_below_before"]:
+            say(f"folds repaired: {repair['voxels_below_before']} voxels with J < {FOLD_FLOOR:g}, "
+                f"{repair['voxels_changed']} smoothed, {repair['voxels_below_after']} left "
+                f"({timings['repair_folds']:.1f} s)")
+    moved = None
+    if residual:
+        with torch.no_grad():
+            moved = timed("residual_search", residual_search, fixed_features, moving_features, keypoints, dense,
+                          config.levels[0], config.regulariser.k, config.regulariser.inference)
+    return PipelineOutput(dense, keypoints, sparse, spread, keypoint_residual=moved, fold_repair=repair,
+                          timings=timings)
 
 
 def densify_options(config: RegistrationConfig) -> dict:

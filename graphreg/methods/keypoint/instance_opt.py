@@ -28,6 +28,7 @@ from graphreg.ops.metrics import jacobian_determinant
 from graphreg.core.spatial import identity_grid, resize_field, sample_points, voxel_scale
 from graphreg.ops.filters import binary_dilation, filter_axis, repeated_box_filter
 from graphreg.ops.mind import mind_ssc
+from graphreg.ops.unfold import FOLD_FLOOR
 
 if TYPE_CHECKING:
     from graphreg.core.config import InstanceOptConfig
@@ -172,10 +173,6 @@ def _diffusion_weight(mask: torch.Tensor | None, low, outside: float, like: torc
     if tuple(inside.shape[2:]) != tuple(low):
         inside = F.adaptive_max_pool3d(inside, low)  # low is never finer than the mask
     return outside + (1.0 - outside) * inside
-
-
-#: Jacobian determinant below which :func:`fold_loss` penalises a voxel (a margin above 0, the fold)
-FOLD_FLOOR = 0.1
 
 
 def fold_loss(displacement: torch.Tensor, floor: float = FOLD_FLOOR) -> torch.Tensor:

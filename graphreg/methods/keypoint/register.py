@@ -88,10 +88,13 @@ def register_keypoint(fixed: Any, moving: Any, fixed_mask: Any = None, moving_ma
     coarse = cfg.levels[0]
     sparse = SparseStage(output.keypoints, output.keypoint_displacements,
                          output.keypoint_spread.double().cpu() * cfg.preprocess.spacing_mm,
-                         coarse.radius * coarse.step * cfg.preprocess.spacing_mm)
+                         coarse.radius * coarse.step * cfg.preprocess.spacing_mm,
+                         output.keypoint_residual.norm(dim=1).cpu())
     checks_start = time.perf_counter()
     extras.update({"settings": config_label(config), "device": str(torch_device), "seed": cfg.seed,
                    "n_keypoints": int(len(output.keypoints))})
+    if output.fold_repair is not None:
+        extras["fold_repair"] = output.fold_repair
     registration = wrap_registration(prepared, output.displacement, method, cfg.to_dict(), timings, extras,
                                      sparse=sparse)
     registration.timings["checks"] = prepared.checked.seconds + time.perf_counter() - checks_start
