@@ -41,3 +41,17 @@ def test_repair_leaves_a_field_without_folds_bit_identical():
 def test_repair_rejects_a_batch_or_a_scalar_field():
     with pytest.raises(ShapeError, match="displacement"):
         repair_folds(torch.zeros((2, 3, 8, 8, 8)))
+
+
+def test_repair_unfolds_a_converging_motion_and_keeps_it_elsewhere():
+    """Content converging on a plane: the exactly matched pull field folds there (as exhale -> inhale
+    did at the lung base); the repair removes the fold and keeps the motion away from the plane."""
+    shape = (24, 16, 16)
+    z = torch.arange(shape[0], dtype=torch.float32).view(-1, 1, 1).expand(shape)
+    field = torch.zeros((1, 3) + shape)
+    field[0, 0] = 2.0 * torch.tanh((12.0 - z) / 0.8)  # +2 before the plane, -2 after: J < 0 near it
+    assert (jacobian_determinant(field) <= 0).any()
+    repaired, report = repair_folds(field)
+    assert float(jacobian_determinant(repaired).min()) >= FOLD_FLOOR and report["voxels_below_after"] == 0
+    far = (z - 12.0).abs() > 6
+    assert torch.equal(repaired[0, 0][far], field[0, 0][far])
