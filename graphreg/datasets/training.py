@@ -36,6 +36,7 @@ import torch
 
 from graphreg.errors import ConfigError
 from graphreg.io.images import read_image
+from graphreg.core.geometry import Grid
 from graphreg.core.volume import Volume
 from graphreg.datasets.acquisition import Acquisition, SourceCT, realistic_pair, sample_on
 from graphreg.datasets.anatomy import MOTION_SETS, TRAINING_ANATOMIES, Anatomy, MotionPattern
@@ -119,6 +120,15 @@ class TrainingPairSampler(torch.utils.data.Dataset):
         self.intensity_scale = intensity_scale
         self.intensity_shift = intensity_shift
         self.landmarks = int(landmarks)
+
+    def sample_grid(self, sample: dict) -> Grid:
+        """The grid of a sample's whole volumes (``crop_shape=None``): the source's working grid,
+        or, for realistic samples (whose grids differ), the sample's own shape and spacing with the
+        origin at 0 and identity directions (both images share it, so only their relation counts)."""
+        if not self.realistic:
+            return self.fixed.grid
+        spacing_zyx = [float(s) for s in sample["spacing_mm"]]
+        return Grid(tuple(sample["fixed"].shape[1:]), tuple(spacing_zyx[::-1]))
 
     def __len__(self) -> int:
         return self.length

@@ -281,3 +281,17 @@ def test_bench_make_options():
     assert result.exit_code == 2 and "--set: expected realistic or easy" in result.output
     result = runner.invoke(bench_app, ["make", "--set", "easy", "--count", "3"])
     assert result.exit_code == 2 and "--count" in result.output
+
+
+@pytest.mark.skipif(not POPI_CT.is_file(), reason="POPI CT not available")
+def test_realistic_samples_carry_their_own_grid():
+    """Realistic samples differ in shape (one anatomy each): each sample's grid is its own."""
+    from graphreg.io.images import read_image
+
+    ct = read_image(POPI_CT).with_spacing((5.0, 5.0, 5.0), default=-1024.0)
+    sampler = TrainingPairSampler(ct, seed=2, length=3, spacing_mm=8.0, realistic=True, landmarks=10)
+    for index in (0, 1):
+        sample = sampler[index]
+        grid = sampler.sample_grid(sample)
+        assert grid.shape == tuple(sample["fixed"].shape[1:]) == tuple(sample["displacement"].shape[1:])
+        assert grid.spacing_zyx == pytest.approx(tuple(float(s) for s in sample["spacing_mm"]))

@@ -103,7 +103,7 @@ def build_sample(sample: dict, grid, config: RegistrationConfig, loss_points: in
 
     Args:
         sample: the sampler's dict (whole volumes: the sampler must have ``crop_shape=None``).
-        grid: the sampler's grid (``sampler.fixed.grid``).
+        grid: the sample's grid (``sampler.sample_grid(sample)``).
         config: the registration config whose preprocessing, keypoint, MIND, first search level
             and TPS smoothing the sample reproduces.
         loss_points: number of points ``S`` inside the fixed lungs for the unsupervised loss.
@@ -183,8 +183,8 @@ class GraphTrainingData:
             if self._sampler is None:
                 self._sampler = self._make_sampler()
             rng = np.random.default_rng([self.seed, 104729, index])
-            item = build_sample(self._sampler[index], self._sampler.fixed.grid, self.config,
-                                self.loss_points, rng)
+            drawn = self._sampler[index]
+            item = build_sample(drawn, self._sampler.sample_grid(drawn), self.config, self.loss_points, rng)
             item.save(path)
         self._cache[index] = item
         return item
