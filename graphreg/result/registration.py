@@ -24,6 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from graphreg.result.mapping import TwoWayMapping
+from graphreg.runtime.allocator import reusing_freed_memory
 from graphreg.result.uncertainty import graph_error_report
 from graphreg.errors import GeometryError, GraphregError
 from graphreg.core.field import DisplacementField
@@ -332,7 +333,8 @@ class Registration(TwoWayMapping):
 
         kinds = parse_outputs(outputs)
         start = time.perf_counter()
-        with ResultDirectory(out_dir, overwrite=overwrite) as staging:
+        # full-resolution temporaries slab after slab: reuse freed memory instead of faulting in fresh pages
+        with reusing_freed_memory(), ResultDirectory(out_dir, overwrite=overwrite) as staging:
             # NIfTI cannot hold a non-orthonormal direction (ITK would silently change it): use MetaImage
             suffix = ".nii.gz" if nifti_can_store(self.fixed_grid) else ".mha"
             entries: dict = {}
