@@ -120,7 +120,7 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
         along_zx = interpolate_axis(interpolate_axis(source, 2, weights[0]), 4, weights[2]).contiguous()
         for z0 in range(0, depth, slab):
             z1 = min(depth, z0 + slab)
-            out[:, :, z0:z1] = interpolate_axis(along_zx[:, :, z0:z1], 3, weights[1])
+            interpolate_axis(along_zx[:, :, z0:z1], 3, weights[1], out=out[:, :, z0:z1])
         return DisplacementField(out, grid)
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
