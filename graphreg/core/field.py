@@ -389,7 +389,16 @@ class DisplacementField:
         gains = [float(gain) for gain in axis_map[1]]
         # inside: continuous moving index in [-0.5, n - 0.5) on every axis, as normalised (x, y, z) bounds
         bounds = moving.grid.voxel_to_normalized(np.array([[-0.5] * 3, np.asarray(moving.grid.shape) - 0.5]))
-        low, high = (torch.as_tensor(np.ascontiguousarray(row), dtype=dtype, device=self.device) for row in bounds)
+        low, high = bounds[0][::-1].tolist(), bounds[1][::-1].tolist()  # (z, y, x)
+        # a sample can leave the moving image only from voxels within the largest displacement of its
+        # border: per axis, the outside test covers the index ranges before ``first`` and from ``stop``
+        edges = []
+        for axis, base in enumerate(axis_map[0]):
+            smallest, largest = (float(value) for value in torch.aminmax(self.displacement[0, axis]))
+            reach = abs(gains[axis]) * max(-smallest, largest) + 1e-5  # + float32 rounding, generously
+            safe = np.flatnonzero((base - reach >= low[axis]) & (base + reach < high[axis]))  # an interval
+            first, stop = (int(safe[0]), int(safe[-1]) + 1) if len(safe) else (len(base), len(base))
+            edges.append(((0, first), (stop, len(base))))
         out = torch.empty(self.shape, dtype=dtype, device=self.device)
         with torch.no_grad():
             image = moving.to_tensor(device=self.device, dtype=dtype)
@@ -401,7 +410,15 @@ class DisplacementField:
                 for axis in range(3):  # grid_sample's last dimension is (x, y, z)
                     torch.add(along[axis], u[axis], alpha=gains[axis], out=coords[0, ..., 2 - axis])
                 values = grid_sample_parallel(image, coords, mode=mode, padding_mode="border")[0, 0]
-                outside = coords[0].lt(low).logical_or_(coords[0].ge(high)).any(-1)
+                outside = torch.zeros((z1 - z0, height, width), dtype=torch.bool, device=self.device)
+                for axis in range(3):
+                    for start, stop in edges[axis]:
+                        if axis == 0:  # the slab's part of the range
+                            start, stop = max(start, z0) - z0, min(stop, z1) - z0
+                        if stop > start:
+                            part = coords[0, ..., 2 - axis].narrow(axis, start, stop - start)
+                            outside.narrow(axis, start, stop - start).logical_or_(
+                                part.lt(low[axis]).logical_or_(part.ge(high[axis])))
                 out[z0:z1] = values.masked_fill_(outside, float(default))
         return out.cpu().numpy()
 
