@@ -7,6 +7,8 @@ of them subclass :class:`ValueError` so callers that already catch ``ValueError`
 
 from __future__ import annotations
 
+import math
+
 
 class GraphregError(ValueError):
     """Base class of every error graphreg raises on purpose."""
@@ -60,10 +62,14 @@ def check_finite(name: str, value) -> None:
         import torch
 
         if isinstance(value, torch.Tensor):
-            # in chunks: torch.isfinite makes a float copy, and a bool sum an int64 one, of its input
             flat = value.detach().reshape(-1)
-            bad = sum(int(chunk.numel() - torch.isfinite(chunk).sum(dtype=torch.int32))
-                      for chunk in flat.split(1 << 22))
+            bad = 0
+            if flat.is_floating_point() and flat.numel():
+                low, high = torch.aminmax(flat)  # one pass, no copy; NaN propagates
+                if not (bool(low > -math.inf) and bool(high < math.inf)):
+                    # in chunks: torch.isfinite makes a float copy, and a bool sum an int64 one, of its input
+                    bad = sum(int(chunk.numel() - torch.isfinite(chunk).sum(dtype=torch.int32))
+                              for chunk in flat.split(1 << 22))
         else:
             bad = int(np.asarray(value).size - np.count_nonzero(np.isfinite(np.asarray(value))))
     except ImportError:  # pragma: no cover - torch is a hard dependency

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from graphreg.errors import GeometryError, GraphregError, ShapeError, check_finite
 from graphreg.core.geometry import Grid, mapped_voxels
-from graphreg.core.spatial import identity_grid, sample_points
+from graphreg.core.spatial import grid_sample_parallel, identity_grid, sample_points
 from graphreg.core.volume import Volume
 
 _MODES = {"linear": "bilinear", "nearest": "nearest"}
@@ -336,16 +336,26 @@ class DisplacementField:
             raise GraphregError(f"moving: expected a graphreg Volume, got {type(moving).__name__}")
         wide = self.dtype == torch.float64 or moving.array.dtype == np.float64
         dtype = torch.float64 if wide else torch.float32
+        bspline = interpolation == "bspline"
+        axis_map = None if bspline else self.grid.normalized_axis_map(moving.grid)
+        if axis_map is not None:  # parallel axes: grid_sample coordinates straight from u, axis by axis
+            array = self._warp_parallel(moving, axis_map, _MODES[interpolation], dtype, default)
+        else:
+            array = self._warp_points(moving, interpolation, dtype, default)
+        if interpolation == "nearest":
+            array = array.astype(moving.array.dtype)
+        return Volume(array, self.grid)
+
+    def _warp_points(self, moving: Volume, interpolation: str, dtype: torch.dtype, default: float) -> np.ndarray:
+        """:meth:`warp` for any pair of grids and every interpolation: the moving voxel index of every
+        fixed voxel ``x``, ``offset + (x + u(x)) @ steps``, slab by slab. Returns ``(D, H, W)`` of ``dtype``."""
         depth, height, width = self.shape
         slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
-        # fixed voxel x -> moving voxel  offset + (x + u(x)) @ steps, slab by slab
+        bspline = interpolation == "bspline"
         offset, steps = self.grid.voxel_map_to(moving.grid)
         step_matrix = torch.as_tensor(steps, dtype=dtype, device=self.device)
-        # parallel axes: u @ steps is one product per component (the same values, a third of the work)
-        step_diagonal = step_matrix.diagonal() if np.count_nonzero(steps - np.diag(np.diag(steps))) == 0 else None
         out = torch.empty(depth * height * width, dtype=dtype, device=self.device)
         with torch.no_grad():
-            bspline = interpolation == "bspline"
             # cubic B-spline coefficients of the whole image once (ITK's mirror boundary), sampled per slab
             coefficients = ndimage.spline_filter(moving.array.astype(np.float64), order=3, mode="mirror") \
                 if bspline else None
@@ -355,7 +365,7 @@ class DisplacementField:
                 z1 = min(depth, z0 + slab)
                 u = self.displacement[0, :, z0:z1].to(dtype).reshape(3, -1).T
                 points = mapped_voxels(offset, steps, self.shape, z0, z1, dtype, self.device)
-                points += u * step_diagonal if step_diagonal is not None else u @ step_matrix
+                points += u @ step_matrix
                 if bspline:
                     values = torch.from_numpy(ndimage.map_coordinates(
                         coefficients, points.cpu().double().numpy().T, order=3, mode="mirror", prefilter=False))
@@ -365,10 +375,52 @@ class DisplacementField:
                 outside = (points < -0.5).logical_or_(points >= size - 0.5)
                 outside = outside[:, 0].logical_or(outside[:, 1]).logical_or_(outside[:, 2])
                 out[z0 * height * width:z1 * height * width] = values.masked_fill_(outside, float(default))
-        array = out.reshape(self.shape).cpu().numpy()
-        if interpolation == "nearest":
-            array = array.astype(moving.array.dtype)
-        return Volume(array, self.grid)
+        return out.reshape(self.shape).cpu().numpy()
+
+    def _warp_parallel(self, moving: Volume, axis_map: tuple, mode: str, dtype: torch.dtype,
+                       default: float) -> np.ndarray:
+        """:meth:`warp`'s ``"linear"`` / ``"nearest"`` sampling when the moving grid's axes are parallel
+        to :attr:`grid`'s (:meth:`graphreg.core.geometry.Grid.normalized_axis_map`): slab by slab, each
+        ``grid_sample`` coordinate is one multiply-add of a displacement component, with no voxel
+        coordinate arrays. Returns the ``(D, H, W)`` array of ``dtype``."""
+        depth, height, width = self.shape
+        slab = max(1, _WARP_CHUNK_VOXELS // (height * width))
+        bases = [torch.as_tensor(base, dtype=dtype, device=self.device) for base in axis_map[0]]
+        gains = [float(gain) for gain in axis_map[1]]
+        # inside: continuous moving index in [-0.5, n - 0.5) on every axis, as normalised (x, y, z) bounds
+        bounds = moving.grid.voxel_to_normalized(np.array([[-0.5] * 3, np.asarray(moving.grid.shape) - 0.5]))
+        low, high = bounds[0][::-1].tolist(), bounds[1][::-1].tolist()  # (z, y, x)
+        # a sample can leave the moving image only from voxels within the largest displacement of its
+        # border: per axis, the outside test covers the index ranges before ``first`` and from ``stop``
+        edges = []
+        for axis, base in enumerate(axis_map[0]):
+            smallest, largest = (float(value) for value in torch.aminmax(self.displacement[0, axis]))
+            reach = abs(gains[axis]) * max(-smallest, largest) + 1e-5  # + float32 rounding, generously
+            safe = np.flatnonzero((base - reach >= low[axis]) & (base + reach < high[axis]))  # an interval
+            first, stop = (int(safe[0]), int(safe[-1]) + 1) if len(safe) else (len(base), len(base))
+            edges.append(((0, first), (stop, len(base))))
+        out = torch.empty(self.shape, dtype=dtype, device=self.device)
+        with torch.no_grad():
+            image = moving.to_tensor(device=self.device, dtype=dtype)
+            for z0 in range(0, depth, slab):
+                z1 = min(depth, z0 + slab)
+                u = self.displacement[0, :, z0:z1].to(dtype)
+                coords = torch.empty((1, z1 - z0, height, width, 3), dtype=dtype, device=self.device)
+                along = (bases[0][z0:z1, None, None], bases[1][:, None], bases[2])
+                for axis in range(3):  # grid_sample's last dimension is (x, y, z)
+                    torch.add(along[axis], u[axis], alpha=gains[axis], out=coords[0, ..., 2 - axis])
+                values = grid_sample_parallel(image, coords, mode=mode, padding_mode="border")[0, 0]
+                outside = torch.zeros((z1 - z0, height, width), dtype=torch.bool, device=self.device)
+                for axis in range(3):
+                    for start, stop in edges[axis]:
+                        if axis == 0:  # the slab's part of the range
+                            start, stop = max(start, z0) - z0, min(stop, z1) - z0
+                        if stop > start:
+                            part = coords[0, ..., 2 - axis].narrow(axis, start, stop - start)
+                            outside.narrow(axis, start, stop - start).logical_or_(
+                                part.lt(low[axis]).logical_or_(part.ge(high[axis])))
+                out[z0:z1] = values.masked_fill_(outside, float(default))
+        return out.cpu().numpy()
 
     def jacobian_determinant(self) -> torch.Tensor:
         """Jacobian determinant of ``x -> x + u(x)``, ``(D, H, W)``.

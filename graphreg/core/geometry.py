@@ -21,7 +21,7 @@ tensor's dtype and device).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -197,6 +197,25 @@ class Grid:
         basis = np.concatenate([np.zeros((1, 3)), np.eye(3)])
         mapped = other.world_to_voxel(self.voxel_to_world(basis))
         return mapped[0], mapped[1:] - mapped[0]
+
+    def normalized_axis_map(self, other: "Grid") -> Optional[tuple[list[np.ndarray], np.ndarray]]:
+        """``grid_sample`` coordinates in ``other`` of this grid's voxels moved by a displacement,
+        axis by axis, when the two grids' axes are parallel (:meth:`voxel_map_to` is diagonal up to
+        1e-9 voxels per voxel).
+
+        Returns:
+            None when the axes are not parallel; else ``bases`` (float64 arrays ``(D,)``, ``(H,)``,
+            ``(W,)`` for the axes z, y, x) and ``gains`` ``(3,)`` (z, y, x): voxel ``v`` displaced by
+            ``u`` voxels of this grid lands at normalised coordinate ``bases[a][v_a] + gains[a] * u_a``
+            along axis ``a`` of ``other`` (``grid_sample``'s component ``2 - a``).
+        """
+        offset, steps = self.voxel_map_to(other)
+        diagonal = np.diag(steps)
+        if not np.allclose(steps, np.diag(diagonal), rtol=0.0, atol=1e-9):  # rounding of rotated directions
+            return None
+        scale = other._normalized_scale_zyx()
+        bases = [(offset[axis] + np.arange(n) * diagonal[axis]) * scale[axis] - 1.0 for axis, n in enumerate(self.shape)]
+        return bases, diagonal * scale
 
     def field_voxel_to_normalized(self, field: torch.Tensor) -> torch.Tensor:
         """Displacement field ``(B, 3, D, H, W)`` voxels (z, y, x) -> normalised ``(B, D, H, W, 3)`` (x, y, z).

@@ -9,6 +9,8 @@ Convention:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,8 @@ def _check_field(name: str, field: torch.Tensor) -> None:
 _MIN_POINTS_PER_THREAD = 16384
 #: Fewest channels for which :func:`grid_sample_parallel` samples a CPU volume channels-last.
 _MIN_CHANNELS_LAST = 4
+#: Output samples per band of :func:`interpolate_axis`'s banded matrix product.
+_BAND_COLUMNS = 64
 
 
 def grid_sample_parallel(volume: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
@@ -135,28 +139,44 @@ def axis_weights(n: int, coords: torch.Tensor, dtype: torch.dtype = torch.float3
     return matrix.to(device=device, dtype=dtype)
 
 
-def interpolate_axis(volume: torch.Tensor, dim: int, weights: torch.Tensor) -> torch.Tensor:
+def interpolate_axis(volume: torch.Tensor, dim: int, weights: torch.Tensor,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Linear interpolation of ``volume`` along one axis, with the weights of :func:`axis_weights`.
 
     Applied along the three axes in turn, this is trilinear sampling on a grid of points that is
     the product of one coordinate list per axis (an axis-aligned resampling), with the values of
     :func:`sample_points` at those points up to rounding, at a fraction of the cost: a product
     with the ``(n, M)`` weight matrix is several times faster than gathering the two neighbours of
-    every output value.
+    every output value. The product is taken band by band: each block of ``_BAND_COLUMNS`` output
+    samples multiplies only the input rows its weights touch (the rest of the matrix is zeros).
 
     Shapes:
         volume: any, ``n = volume.shape[dim]``; weights: ``(n, M)`` in ``volume``'s dtype and device;
-        returns ``volume``'s shape with ``M`` along ``dim``.
+        out: None or a tensor of the result's shape (any strides) to write into; returns
+        ``volume``'s shape with ``M`` along ``dim``.
     """
     dim = dim % volume.ndim
     if weights.shape[0] != volume.shape[dim]:
         raise ShapeError(f"weights: expected ({volume.shape[dim]}, M) for axis {dim} of a volume "
                          f"{tuple(volume.shape)}, got {tuple(weights.shape)}")
-    if dim == volume.ndim - 1:
-        return volume @ weights
-    if dim == volume.ndim - 2:
-        return weights.T @ volume
-    return (volume.movedim(dim, -1) @ weights).movedim(-1, dim)
+    shape = volume.shape[:dim] + (weights.shape[1],) + volume.shape[dim + 1:]
+    if out is None:
+        out = volume.new_empty(shape)
+    elif out.shape != shape:
+        raise ShapeError(f"out: expected shape {tuple(shape)}, got {tuple(out.shape)}")
+    used = weights != 0
+    for c0 in range(0, weights.shape[1], _BAND_COLUMNS):
+        c1 = min(weights.shape[1], c0 + _BAND_COLUMNS)
+        rows = used[:, c0:c1].any(1).nonzero()
+        r0, r1 = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 1)
+        band, part, target = weights[r0:r1, c0:c1], volume.narrow(dim, r0, r1 - r0), out.narrow(dim, c0, c1 - c0)
+        if dim == volume.ndim - 1:
+            torch.matmul(part, band, out=target)
+        elif dim == volume.ndim - 2:
+            torch.matmul(band.T, part, out=target)
+        else:
+            target.copy_((part.movedim(dim, -1) @ band).movedim(-1, dim))
+    return out
 
 
 def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

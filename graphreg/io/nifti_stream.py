@@ -87,7 +87,8 @@ def write_nifti_chunks(path: str | os.PathLike, grid: Grid, dtype, components: i
     expected = components * int(np.prod(grid.shape))
     written = 0
     with atomic_output(path) as tmp:
-        opener = (lambda: igzip.open(tmp, "wb", compresslevel=GZIP_LEVEL)) \
+        # mtime 0 in the gzip header: equal images give equal files
+        opener = (lambda: igzip.IGzipFile(tmp, "wb", compresslevel=GZIP_LEVEL, mtime=0)) \
             if path.name.lower().endswith(".gz") else (lambda: open(tmp, "wb"))
         with opener() as handle:
             handle.write(header)

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from graphreg.result.mapping import TwoWayMapping
+from graphreg.runtime.allocator import reusing_freed_memory
 from graphreg.result.uncertainty import graph_error_report
 from graphreg.errors import GeometryError, GraphregError
 from graphreg.core.field import DisplacementField
@@ -99,9 +100,10 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
     """The same physical displacement (mm) sampled at every voxel of another ``grid``.
 
     Points of ``grid`` outside ``field.grid`` take the displacement of its nearest border voxel.
-    Work is chunked over slabs of ``grid`` so memory stays bounded for full-resolution CTs. When
-    the two grids' axes are parallel (the working grid shares the fixed image's direction), the
-    trilinear interpolation is done one axis at a time (:func:`graphreg.core.spatial.interpolate_axis`).
+    When the two grids' axes are parallel (the working grid shares the fixed image's direction), the
+    trilinear interpolation is done one axis at a time (:func:`graphreg.core.spatial.interpolate_axis`;
+    besides the result, memory holds the source interpolated along z and x); otherwise work is
+    chunked over slabs of ``grid`` so memory stays bounded for full-resolution CTs.
     """
     depth, height, width = grid.shape
     slab = max(1, _CHUNK_VOXELS // (height * width))
@@ -116,10 +118,10 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
     if np.allclose(steps, np.diag(np.diag(steps)), rtol=0.0, atol=1e-9):
         weights = [axis_weights(field.grid.shape[axis], offset[axis] + np.arange(n) * steps[axis, axis], dtype, device)
                    for axis, n in enumerate(grid.shape)]
+        # whole-volume products, band by band: a few large parallel regions (many small ones stall
+        # on a busy host); the temporaries are the (smaller) z- and x-interpolated source
         along_zx = interpolate_axis(interpolate_axis(source, 2, weights[0]), 4, weights[2]).contiguous()
-        for z0 in range(0, depth, slab):
-            z1 = min(depth, z0 + slab)
-            out[:, :, z0:z1] = interpolate_axis(along_zx[:, :, z0:z1], 3, weights[1])
+        interpolate_axis(along_zx, 3, weights[1], out=out)
         return DisplacementField(out, grid)
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
@@ -332,7 +334,8 @@ class Registration(TwoWayMapping):
 
         kinds = parse_outputs(outputs)
         start = time.perf_counter()
-        with ResultDirectory(out_dir, overwrite=overwrite) as staging:
+        # full-resolution temporaries slab after slab: reuse freed memory instead of faulting in fresh pages
+        with reusing_freed_memory(), ResultDirectory(out_dir, overwrite=overwrite) as staging:
             # NIfTI cannot hold a non-orthonormal direction (ITK would silently change it): use MetaImage
             suffix = ".nii.gz" if nifti_can_store(self.fixed_grid) else ".mha"
             entries: dict = {}

@@ -169,6 +169,34 @@ def test_warp_matches_sitk_resample_on_another_grid(random_field, interpolation,
     np.testing.assert_allclose(warped.array, expected, atol=1e-10)
 
 
+@pytest.mark.parametrize("interpolation, sitk_interpolator",
+                         [("linear", sitk.sitkLinear), ("nearest", sitk.sitkNearestNeighbor)])
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 2e-3)])
+def test_warp_on_a_parallel_grid_matches_sitk_resample(random_field, interpolation, sitk_interpolator, flip,
+                                                       dtype, atol):
+    # axes parallel to the field's (another spacing and origin; y reversed when flip): the
+    # axis-by-axis path of DisplacementField.warp
+    direction = ROTATION @ np.diag([1.0, -1.0 if flip else 1.0, 1.0])
+    moving_grid = grid_centred_on(random_field.grid, (8, 12, 10), (1.1, 0.8, 2.1), tuple(direction.ravel()))
+    assert random_field.grid.normalized_axis_map(moving_grid) is not None
+    rng = np.random.default_rng(7)
+    moving = Volume(rng.uniform(0, 100, size=moving_grid.shape).astype(np.float32), moving_grid)
+    warped = random_field.to(dtype=dtype).warp(moving, interpolation=interpolation, default=-7.0)
+    expected = sitk.GetArrayFromImage(sitk.Resample(moving.to_sitk(), random_field.to_sitk(), random_field.to_transform(),
+                                                    sitk_interpolator, -7.0, sitk.sitkFloat64))
+    assert 0.05 < np.mean(expected == -7.0) < 0.5  # both the inside and the default value
+    np.testing.assert_allclose(warped.array, expected, atol=atol)
+
+
+def test_normalized_axis_map_only_for_parallel_axes(grid):
+    assert grid.normalized_axis_map(_moving_grid_around(grid)) is None
+    bases, gains = grid.normalized_axis_map(grid)
+    assert [len(base) for base in bases] == list(grid.shape)
+    np.testing.assert_allclose(bases[2][[0, -1]], [-1.0, 1.0])  # align_corners: the first and last voxel
+    np.testing.assert_allclose(gains, 2.0 / (np.array(grid.shape) - 1))
+
+
 def test_warp_labels_keep_dtype(random_field):
     moving_grid = _moving_grid_around(random_field.grid)
     labels = Volume((np.arange(np.prod(moving_grid.shape)) % 5).astype(np.uint8).reshape(moving_grid.shape),

@@ -43,6 +43,16 @@ def test_image_decompresses_to_the_bytes_simpleitk_writes(tmp_path, grid, dtype)
     assert write_image(volume, tmp_path / "plain.nii").read_bytes() == _sitk_bytes(volume.to_sitk(), tmp_path)
 
 
+def test_equal_images_give_equal_compressed_files(tmp_path, grid, monkeypatch):
+    import time
+
+    volume = Volume(np.arange(np.prod(grid.shape), dtype=np.int16).reshape(grid.shape), grid)
+    first = write_image(volume, tmp_path / "a" / "image.nii.gz").read_bytes()
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 3600.0)  # an hour later: the gzip header holds no time
+    assert write_image(volume, tmp_path / "b" / "image.nii.gz").read_bytes() == first
+
+
 def test_field_decompresses_to_the_bytes_simpleitk_writes(tmp_path, grid):
     """Vector images: ITK's 5D layout (component by component) and header, values of to_mm_array."""
     disp = torch.randn((1, 3, *grid.shape), generator=torch.Generator().manual_seed(1), dtype=torch.float32)
