@@ -322,7 +322,8 @@ for _name in method_names("cnn"):
 #: ablation weights shipped beside the default GraphRegNet (assets/graphregnet/ablations/<name>.pt)
 GRAPHREGNET_ABLATIONS = {"noedge": "encoder/decoder only, no EdgeConv",
                          "coords": "EdgeConv on keypoint coordinates only",
-                         "sup": "trained with ground-truth supervision (the shipped model is unsupervised)"}
+                         "sup": "trained with ground-truth supervision (the shipped model is unsupervised)",
+                         "realistic": "trained on realistic pairs (a new anatomy per pair, two acquisitions)"}
 for _name, _description in GRAPHREGNET_ABLATIONS.items():
     _weights = str(asset_path("graphregnet", "ablations", f"{_name}.pt"))
     register_method(f"graphregnet-{_name}-noio",
