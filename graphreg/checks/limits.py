@@ -42,6 +42,6 @@ SDLOGJ_SUSPECT = 0.5
 SPREAD_SUSPECT_FRACTION = 0.6
 #: the coarse search repeated around the final field: a keypoint it moves by more than this many
 #: working voxels counts as missed motion; suspect when more than this share of the keypoints does
-#: (correct results on the realistic benchmark: <= 0.013; motion past the search range: 0.27-0.36)
+#: (correct results on the realistic benchmark: <= 0.039; motion past the search range: >= 0.18)
 RESIDUAL_MOVE_VOXELS = 2.0
 RESIDUAL_SUSPECT_SHARE = 0.1

@@ -100,7 +100,7 @@ def _box_sum_valid(volume: torch.Tensor, width: int) -> torch.Tensor:
 
 def correlation_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor,
                      keypoints: torch.Tensor, radius: int, step: float, patch_radius: float = 2,
-                     chunk_size: int | None = None) -> torch.Tensor:
+                     chunk_size: int | None = None, moving_shift: torch.Tensor | None = None) -> torch.Tensor:
     """Patch-SSD cost of every candidate displacement of every keypoint.
 
     Args:
@@ -114,6 +114,8 @@ def correlation_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor
             multiples of ``step`` within it (``patch_radius < step`` compares single positions).
         chunk_size: keypoints per chunk; default: as many as fit in about
             :data:`CHUNK_BYTES` of working memory.
+        moving_shift: integer voxels ``(N, 3)`` added to every keypoint's moving positions (the
+            candidates then lie around ``keypoint + moving_shift``), or None.
 
     Shapes:
         fixed_features, moving_features: ``(1, C, D, H, W)`` (any float dtype; computed in
@@ -153,6 +155,12 @@ def correlation_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor
     extended = width + 2 * half
     dtype = torch.float64 if fixed_features.dtype == torch.float64 else torch.float32
     keypoints = keypoints.to(device=device, dtype=dtype)
+    if moving_shift is None:
+        moving_shift = torch.zeros_like(keypoints)
+    elif tuple(moving_shift.shape) != tuple(keypoints.shape) or not bool(torch.equal(moving_shift, moving_shift.round())):
+        raise ShapeError(f"moving_shift: expected integer voxels of shape {tuple(keypoints.shape)}, "
+                         f"got {tuple(moving_shift.shape)}")
+    moving_shift = moving_shift.to(device=device, dtype=dtype)
     shape = tuple(fixed_features.shape[2:])
     exact = float(step).is_integer() and bool(torch.equal(keypoints, keypoints.round()))
     if exact:
@@ -161,6 +169,7 @@ def correlation_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor
         moving_table = moving_features[0].permute(1, 2, 3, 0).reshape(-1, channels)
         fixed_flat = fixed_features[0].reshape(channels, -1)
         integer_points = keypoints.long()
+        moving_points = (keypoints + moving_shift).long()
         patch_axis = torch.arange(-half, half + 1, device=device) * int(step)
         block_axis = torch.arange(-radius - half, radius + half + 1, device=device) * int(step)
     else:
@@ -173,14 +182,15 @@ def correlation_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor
         if exact:
             points = integer_points[first:last]
             patch_index = _block_index(points, patch_axis, shape).reshape(-1)
-            block_index = _block_index(points, block_axis, shape).reshape(-1)
+            block_index = _block_index(moving_points[first:last], block_axis, shape).reshape(-1)
             fixed = fixed_flat.index_select(1, patch_index).reshape(channels, last - first, -1)
             moving = moving_table.index_select(0, block_index)
             return (fixed.transpose(0, 1).to(dtype),
                     moving.reshape(last - first, -1, channels).to(dtype))
         points = keypoints[first:last, None]
         fixed = sample_points(fixed_float, (points + patch_offsets).reshape(-1, 3))[0]
-        moving = sample_points(moving_float, (points + block_offsets).reshape(-1, 3))[0]
+        moved = points + moving_shift[first:last, None]
+        moving = sample_points(moving_float, (moved + block_offsets).reshape(-1, 3))[0]
         return (fixed.reshape(channels, last - first, -1).transpose(0, 1),
                 moving.reshape(channels, last - first, -1).permute(1, 2, 0))
 

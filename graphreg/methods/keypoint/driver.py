@@ -101,26 +101,34 @@ def keypoints_and_features(pair: WorkingPair, config: RegistrationConfig,
 
 
 def level_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
-               level: SearchLevel) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cost volume of one search level and its candidate displacements.
+               level: SearchLevel, moving_shift: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cost volume of one search level and its candidate displacements (around
+    ``keypoints + moving_shift`` in the moving features, see
+    :func:`~graphreg.methods.keypoint.correlation.correlation_cost`).
 
     Returns:
         cost ``(N, L)`` and candidates ``(L, 3)`` voxels, ``L = (2 radius + 1)^3``.
     """
     candidates = candidate_displacements(level.radius, level.step).to(keypoints)
-    cost = correlation_cost(fixed_features, moving_features, keypoints, level.radius, level.step)
+    cost = correlation_cost(fixed_features, moving_features, keypoints, level.radius, level.step,
+                            moving_shift=moving_shift)
     return cost.reshape(len(keypoints), -1), candidates
 
 
 def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
-                       level: SearchLevel, k: int, symmetric: bool, inference: str) -> tuple[torch.Tensor, torch.Tensor]:
+                       level: SearchLevel, k: int, symmetric: bool, inference: str,
+                       moving_shift: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One level with the classical regulariser: cost volume, tree belief propagation, optional
-    symmetric combination.
+    symmetric combination (not with ``moving_shift``, integer voxels ``(N, 3)`` around which each
+    keypoint's candidates lie in the moving features).
 
     Returns:
-        displacements ``(N, 3)`` and their spread ``(N,)`` (voxels, see :func:`displacement_spread`).
+        displacements ``(N, 3)`` relative to ``moving_shift`` and their spread ``(N,)`` (voxels,
+        see :func:`displacement_spread`).
     """
-    cost, candidates = level_cost(fixed_features, moving_features, keypoints, level)
+    if symmetric and moving_shift is not None:
+        raise ConfigError("symmetric: the symmetric search has no moving_shift")
+    cost, candidates = level_cost(fixed_features, moving_features, keypoints, level, moving_shift)
     options = {"k": k, "alpha": level.alpha, "gamma": level.gamma, "inference": inference}
     forward, marginals = regularise_mst_bp(cost, candidates, keypoints, **options)
     if symmetric:
@@ -138,13 +146,17 @@ def residual_search(fixed_features: torch.Tensor, moving_features: torch.Tensor,
     field is right, the keypoints stay within about a voxel; motion the pipeline missed (past
     the search range, or a wrong local optimum) moves many of them further.
 
+    Each keypoint's candidates lie around where the field maps it, rounded to a voxel (no warp of
+    the features); the result is measured from the field's own displacement there.
+
     Shapes:
         fixed_features, moving_features: ``(1, C, D, H, W)``; keypoints ``(N, 3)`` and
         displacement ``(1, 3, D, H, W)`` in working voxels; returns ``(N, 3)`` working voxels.
     """
-    warped = warp(moving_features, displacement)
-    delta, _ = regularised_search(fixed_features, warped, keypoints, level, k, False, inference)
-    return delta
+    at_keypoints = sample_points(displacement, keypoints)[0].T.to(keypoints.dtype)  # (N, 3)
+    shift = at_keypoints.round()
+    delta, _ = regularised_search(fixed_features, moving_features, keypoints, level, k, False, inference, shift)
+    return delta + shift - at_keypoints
 
 
 def check_learned_level(model, level: SearchLevel) -> None:

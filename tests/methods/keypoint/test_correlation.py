@@ -150,3 +150,22 @@ def test_gradcheck():
             return (cost * weights[:keypoints.shape[0]]).sum()
 
         assert torch.autograd.gradcheck(loss, (fixed, moving), fast_mode=True)
+
+
+def test_moving_shift_equals_searching_the_shifted_moving_features():
+    generator = torch.Generator().manual_seed(3)
+    fixed = torch.rand((1, 4, 24, 24, 24), generator=generator)
+    moving = torch.rand((1, 4, 24, 24, 24), generator=generator)
+    keypoints = torch.tensor([[10.0, 11.0, 12.0], [12.0, 12.0, 10.0]])
+    shift = torch.tensor([[2.0, 0.0, -1.0], [-1.0, 1.0, 0.0]])
+    shifted = correlation_cost(fixed, moving, keypoints, 2, 1.0, 1, moving_shift=shift)
+    for index in range(2):  # moving'(x) = moving(x + shift): the same search without a shift
+        rolled = torch.roll(moving, shifts=[-int(s) for s in shift[index]], dims=(2, 3, 4))
+        plain = correlation_cost(fixed, rolled, keypoints[index:index + 1], 2, 1.0, 1)
+        torch.testing.assert_close(shifted[index:index + 1], plain)
+    half = keypoints + 0.5  # the interpolating path shifts the same way
+    interpolated = correlation_cost(fixed, moving, half, 2, 1.0, 1, moving_shift=shift)
+    rolled = torch.roll(moving, shifts=[-int(s) for s in shift[0]], dims=(2, 3, 4))
+    torch.testing.assert_close(interpolated[:1], correlation_cost(fixed, rolled, half[:1], 2, 1.0, 1))
+    with pytest.raises(ShapeError, match="moving_shift"):
+        correlation_cost(fixed, moving, keypoints, 2, 1.0, 1, moving_shift=shift + 0.5)
