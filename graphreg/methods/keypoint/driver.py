@@ -259,7 +259,7 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
     if io_cfg.repair_folds:
         dense, repair = timed("repair_folds", repair_folds, dense)
         if repair["voxels_below_before"]:
-            say(f"folds repaired: {repair['voxels_below_before']} voxels with J < {FOLD_FLOOR:g}, "
+            say(f"fold repair: {repair['voxels_below_before']} voxels with Jacobian determinant < {FOLD_FLOOR:g}, "
                 f"{repair['voxels_changed']} smoothed, {repair['voxels_below_after']} left "
                 f"({timings['repair_folds']:.1f} s)")
     moved = None
