@@ -13,6 +13,17 @@ from graphreg.ops.metrics import jacobian_determinant
 FOLD_FLOOR = 0.1
 
 
+def index_box(points: torch.Tensor, halo: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(start, stop)`` of the index box around voxel ``points`` grown by ``halo`` voxels and
+    clipped to ``shape``.
+
+    Shapes:
+        points: ``(K, 3)`` integer voxels ``(z, y, x)``, ``K >= 1``; returns two ``(3,)`` tensors.
+    """
+    size = torch.tensor(tuple(shape), device=points.device)
+    return (points.min(0).values - halo).clamp(min=0), torch.minimum(points.max(0).values + halo + 1, size)
+
+
 def repair_folds(displacement: torch.Tensor, floor: float = FOLD_FLOOR, radius: int = 1,
                  max_passes: int = 50) -> tuple[torch.Tensor, dict]:
     """Replace the displacement around every voxel whose Jacobian determinant is below ``floor`` by
@@ -37,11 +48,9 @@ def repair_folds(displacement: torch.Tensor, floor: float = FOLD_FLOOR, radius: 
         report = {"passes": 0, "voxels_below_before": int(len(below)), "voxels_below_after": int(len(below)),
                   "voxels_changed": 0}
         changed = torch.zeros(field.shape[2:], dtype=torch.bool, device=field.device)
-        shape = torch.tensor(field.shape[2:], device=below.device)
-        halo = radius + 2
+        shape = tuple(field.shape[2:])
         while len(below) and report["passes"] < max_passes:
-            start = (below.min(0).values - halo).clamp(min=0)
-            stop = torch.minimum(below.max(0).values + halo + 1, shape)
+            start, stop = index_box(below, radius + 2, shape)
             box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
             crop = field[(slice(None), slice(None)) + box]
             near = torch.zeros(crop.shape[2:], dtype=torch.bool, device=crop.device)
@@ -54,7 +63,7 @@ def repair_folds(displacement: torch.Tensor, floor: float = FOLD_FLOOR, radius: 
             determinant = jacobian_determinant(field[(slice(None), slice(None)) + box])[0]
             inside = torch.zeros_like(near)
             inner = tuple(slice(0 if a == 0 else 1, n if b == s else n - 1)
-                          for a, b, s, n in zip(start.tolist(), stop.tolist(), shape.tolist(), near.shape))
+                          for a, b, s, n in zip(start.tolist(), stop.tolist(), shape, near.shape))
             inside[inner] = True
             below = ((determinant < floor) & inside).nonzero() + start
             report["passes"] += 1
@@ -63,4 +72,4 @@ def repair_folds(displacement: torch.Tensor, floor: float = FOLD_FLOOR, radius: 
     return field, report
 
 
-__all__ = ["FOLD_FLOOR", "repair_folds"]
+__all__ = ["FOLD_FLOOR", "index_box", "repair_folds"]

@@ -28,7 +28,7 @@ from graphreg.ops.metrics import jacobian_determinant
 from graphreg.core.spatial import identity_grid, resize_field, sample_points, voxel_scale
 from graphreg.ops.filters import binary_dilation, filter_axis, repeated_box_filter
 from graphreg.ops.mind import mind_ssc
-from graphreg.ops.unfold import FOLD_FLOOR
+from graphreg.ops.unfold import FOLD_FLOOR, index_box
 
 if TYPE_CHECKING:
     from graphreg.core.config import InstanceOptConfig
@@ -191,13 +191,13 @@ def fold_loss(displacement: torch.Tensor, floor: float = FOLD_FLOOR) -> torch.Te
         below = (jacobian_determinant(displacement.detach()) < floor)[0].nonzero()  # (K, 3) voxels
     if not len(below):
         return displacement.new_zeros(())
-    shape = torch.tensor(displacement.shape[2:], device=below.device)
-    first, last = below.min(0).values, below.max(0).values + 1  # the box of the voxels below
-    start, stop = (first - 1).clamp(min=0), torch.minimum(last + 1, shape)  # with the halo
+    shape = tuple(displacement.shape[2:])
+    first, last = index_box(below, 0, shape)  # the box of the voxels below
+    start, stop = index_box(below, 1, shape)  # with the halo
     box = displacement[(...,) + tuple(slice(int(a), int(b)) for a, b in zip(start, stop))]
     inner = tuple(slice(int(a), int(a + n)) for a, n in zip(first - start, last - first))
     determinant = jacobian_determinant(box)[(slice(None),) + inner]
-    return torch.relu(floor - determinant).square().sum() / float(shape.prod())
+    return torch.relu(floor - determinant).square().sum() / float(math.prod(shape))
 
 
 def instance_optimise(fixed_features: torch.Tensor, moving_features: torch.Tensor,
