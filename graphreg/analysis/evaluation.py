@@ -41,6 +41,25 @@ def _voxel_grid(dirlab_case: Optional[str], spacing: Optional[str], field_grid: 
     return field_grid
 
 
+def _fixed_grid_of(field_path: Path, field) -> Grid:
+    """The fixed image's grid for a field: from the ``report.json`` beside it (graphreg result folders,
+    whose field covers the fixed image on the working lattice), else the field's own grid."""
+    report_path = Path(field_path).parent / "report.json"
+    if report_path.is_file():
+        import json
+
+        from graphreg.result.registration import grid_from_dict
+
+        try:
+            report = json.loads(report_path.read_text(encoding="utf-8"))
+            if isinstance(report, dict) and "fixed_grid" in report:
+                return grid_from_dict(report["fixed_grid"])
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise GraphregError(f"{report_path}: unreadable fixed_grid ({type(error).__name__}: {error}); "
+                                f"give --dirlab-case or --spacing for voxel landmarks") from error
+    return field.grid
+
+
 def _to_world(landmarks: Landmarks, grid: Optional[Grid], path: Path) -> np.ndarray:
     if landmarks.space == "world":
         return landmarks.points
@@ -72,7 +91,7 @@ def evaluate_landmarks(fixed_path: Path, moving_path: Path, moved_path: Optional
         from graphreg.io.fields import read_itk_field
 
         field = read_itk_field(field_path)
-    grid = _voxel_grid(dirlab_case, spacing, field.grid if field is not None else None)
+    grid = _voxel_grid(dirlab_case, spacing, None if field is None else _fixed_grid_of(field_path, field))
     fixed = _to_world(read_landmarks(fixed_path), grid, fixed_path)
     moving = _to_world(read_landmarks(moving_path), grid, moving_path)
     check_pairs(fixed, moving, names=(str(fixed_path), str(moving_path)))

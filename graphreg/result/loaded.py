@@ -1,9 +1,9 @@
 """A result folder written by ``graphreg register`` / :meth:`Registration.save`, read back for use.
 
 Convention:
-    The forward field (fixed -> moving) is read from ``transform.h5`` (ITK transform file, on a
-    grid covering the fixed image) or, in folders without one, from ``field.nii.gz`` /
-    ``field.mha`` (on the fixed grid). The inverse
+    The forward field (fixed -> moving) is read from ``transform.h5`` (ITK transform file) or, in
+    folders without one, from ``field.nii.gz`` / ``field.mha``; either lies on a grid covering the
+    fixed image (the working lattice grown to cover it; older folders hold the fixed grid itself). The inverse
     (moving -> fixed, on the moving grid) is read from ``inverse_transform.h5`` when the folder has
     it, else computed once (:func:`graphreg.ops.inverse.invert_field`) on the moving grid recorded in
     ``report.json``. Directions: :mod:`graphreg.result.mapping`.
@@ -118,8 +118,7 @@ def load_result(path: str | os.PathLike) -> RegistrationResult:
     Raises:
         InputFileError: the folder, its ``report.json`` or every forward field file is missing, or
             a file is unreadable.
-        GeometryError: the forward field does not cover (``transform.h5``) or is not on
-            (``field.*``) the fixed grid recorded in ``report.json``.
+        GeometryError: the forward field does not cover the fixed grid recorded in ``report.json``.
     """
     from graphreg.result.registration import grid_from_dict
 
@@ -139,8 +138,5 @@ def load_result(path: str | os.PathLike) -> RegistrationResult:
     if found is None:
         raise InputFileError(f"{path}: no forward field; expected one of {', '.join(FORWARD_FILES)}")
     forward = _read_field(found)
-    if found.suffix == ".h5":
-        _check_covers(found, forward, fixed_grid)
-    else:
-        _check_grid(found, forward, fixed_grid, "fixed")
+    _check_covers(found, forward, fixed_grid)
     return RegistrationResult(path, forward, fixed_grid, report, moving_grid)

@@ -41,7 +41,14 @@ class OutputKind:
 def _write_field(result: "Registration", folder: Path, suffix: str) -> dict:
     from graphreg.io.fields import write_itk_field
 
-    write_itk_field(result.field, folder / f"field{suffix}")
+    write_itk_field(result.transform_field, folder / f"field{suffix}")
+    return {}
+
+
+def _write_field_fixed_grid(result: "Registration", folder: Path, suffix: str) -> dict:
+    from graphreg.io.fields import write_itk_field
+
+    write_itk_field(result.field, folder / f"field_fixed_grid{suffix}")
     return {}
 
 
@@ -102,8 +109,9 @@ def _write_keypoints(result: "Registration", folder: Path, suffix: str) -> dict:
 
 #: every output kind, in the order they are written
 OUTPUT_KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
-    OutputKind("field", True, "field.nii.gz: ITK displacement field (world mm, float32) on the fixed grid",
-               _write_field),
+    OutputKind("field", True, "field.nii.gz: ITK displacement field (world mm, float32) on the working grid's "
+               "lattice grown to cover the fixed image (the registration's own voxels; ITK, ANTs and Slicer "
+               "interpolate it exactly as graphreg maps points)", _write_field),
     OutputKind("warped", True, "warped.nii.gz: the moving image warped onto the fixed grid (in its integer "
                "type, rounded, or float32)", _write_warped),
     OutputKind("transform", False, "transform.h5: ITK displacement-field transform file (fixed -> moving, "
@@ -112,6 +120,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
                "grid; its round-trip error in report.json)", _write_inverse),
     OutputKind("l2r", False, "disp_l2r.nii.gz: Learn2Reg displacement (voxels, (X, Y, Z, 3), float32)",
                _write_l2r),
+    OutputKind("field_fixed_grid", False, "field_fixed_grid.nii.gz: the same field resampled onto every voxel "
+               "of the fixed image (world mm, float32; at 512x512x141 about 120 MB)", _write_field_fixed_grid),
     OutputKind("jacobian", True, "Jacobian determinant statistics of the field (working grid) in report.json",
                _jacobian),
     OutputKind("valid_mask", True, "valid_mask.nii.gz: where the field is trustworthy (uint8 on the fixed grid; "

@@ -4,8 +4,10 @@ Convention:
     The registration is computed on an isotropic working grid around the fixed lungs (see
     :mod:`graphreg.methods.keypoint.preprocess`). ``working_field`` is that result as a
     :class:`~graphreg.core.field.DisplacementField` on the working grid (fixed -> moving, pre-alignment
-    included). :attr:`Registration.field` resamples it onto the fixed image's original grid (outside
-    the working region the displacement of the nearest working voxel is used).
+    included). :attr:`Registration.transform_field` extends it to cover the fixed image (what the
+    result folder's ``field.nii.gz`` and ``transform.h5`` hold); :attr:`Registration.field` resamples
+    it onto the fixed image's original grid. Outside the working region both use the displacement of
+    the nearest working voxel.
 """
 
 from __future__ import annotations
@@ -130,6 +132,28 @@ def resample_field(field: DisplacementField, grid: Grid) -> DisplacementField:
     return DisplacementField(out, grid)
 
 
+def extend_field(field: DisplacementField, grid: Grid) -> DisplacementField:
+    """``field`` on a larger ``grid`` of its own lattice (:meth:`Grid.extended_to_cover`): its voxels
+    copied, every new voxel given the displacement of the nearest border voxel (what
+    :func:`resample_field` computes there, without interpolating).
+
+    Raises:
+        GeometryError: ``grid`` is not ``field.grid``'s lattice grown by whole voxels.
+    """
+    offset, steps = grid.voxel_map_to(field.grid)
+    before = -np.rint(offset).astype(int)
+    after = np.array(grid.shape) - np.array(field.shape) - before
+    if (not np.allclose(steps, np.eye(3), atol=1e-6) or not np.allclose(offset, -before, atol=1e-4)
+            or (before < 0).any() or (after < 0).any()):
+        raise GeometryError(f"grid: expected the field's lattice grown by whole voxels, got "
+                            f"[{grid.describe()}] for a field on [{field.grid.describe()}]")
+    if not before.any() and not after.any():
+        return field
+    # F.pad takes (x_before, x_after, y_before, y_after, z_before, z_after)
+    pads = [int(n) for axis in (2, 1, 0) for n in (before[axis], after[axis])]
+    return DisplacementField(torch.nn.functional.pad(field.displacement, pads, mode="replicate"), grid)
+
+
 @dataclass
 class Registration(TwoWayMapping):
     """A finished registration of ``fixed`` (its grid) to ``moving``.
@@ -182,10 +206,10 @@ class Registration(TwoWayMapping):
 
     @cached_property
     def transform_field(self) -> DisplacementField:
-        """The working field on its own lattice grown to cover the fixed image: what ``transform.h5``
-        holds. ITK interpolates it to exactly the values :meth:`transform_points` uses (the
-        resampled :attr:`field` agrees only at the fixed voxel centres)."""
-        return resample_field(self.working_field, self.working_field.grid.extended_to_cover(self.fixed_grid))
+        """The working field on its own lattice grown to cover the fixed image: what ``field.nii.gz``
+        and ``transform.h5`` hold. ITK interpolates it to exactly the values :meth:`transform_points`
+        uses (the resampled :attr:`field` agrees only at the fixed voxel centres)."""
+        return extend_field(self.working_field, self.working_field.grid.extended_to_cover(self.fixed_grid))
 
     @property
     def moving_grid(self) -> Grid:
@@ -305,10 +329,10 @@ class Registration(TwoWayMapping):
         Args:
             outputs: kinds of :data:`graphreg.result.output_kinds.OUTPUT_KINDS` as a list or comma-separated
                 string, ``"all"``, or None for :data:`graphreg.result.output_kinds.DEFAULT_OUTPUTS` (``field``:
-                ``field.nii.gz`` ITK mm float32; ``warped``: ``warped.nii.gz``; ``jacobian``: statistics
-                in the report; ``valid_mask``; ``keypoints``: ``keypoints.csv``; not by default
-                ``transform``: ``transform.h5``, ``inverse``: ``inverse_transform.h5`` and ``l2r``:
-                ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
+                ``field.nii.gz`` ITK mm float32 on :attr:`transform_field`'s grid; ``warped``:
+                ``warped.nii.gz``; ``jacobian``: statistics in the report; ``valid_mask``; ``keypoints``:
+                ``keypoints.csv``; not by default ``field_fixed_grid`` (:attr:`field`), ``transform``:
+                ``transform.h5``, ``inverse``: ``inverse_transform.h5`` and ``l2r``: ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
                 cannot store) gets ``field.mha`` and ``warped.mha`` instead.
             started: ``time.perf_counter()`` when the whole command began (reading the images
                 included); the report then holds ``seconds_wall``, the time from then until

@@ -101,11 +101,12 @@ def test_save_writes_the_chosen_outputs_in_float32(tmp_path):
     result = _registration()
     out = result.save(tmp_path / "all", outputs="all", started=0.0)
     report = json.loads((out / "report.json").read_text())
-    names = ["disp_l2r.nii.gz", "field.nii.gz", "inverse_transform.h5", "keypoints.csv", "report.json",
-             "transform.h5", "warped.nii.gz"]
+    names = ["disp_l2r.nii.gz", "field.nii.gz", "field_fixed_grid.nii.gz", "inverse_transform.h5", "keypoints.csv",
+             "report.json", "transform.h5", "warped.nii.gz"]
     assert sorted(p.name for p in out.iterdir()) == names and report["files"] == names
     assert report["outputs"] == list(OUTPUT_KINDS) == list(report["write_s"])
     assert sitk.ReadImage(str(out / "field.nii.gz")).GetPixelID() == sitk.sitkVectorFloat32
+    assert sitk.ReadImage(str(out / "field_fixed_grid.nii.gz")).GetPixelID() == sitk.sitkVectorFloat32
     assert nib.load(str(out / "disp_l2r.nii.gz")).get_data_dtype() == np.float32
     assert report["jacobian"]["grid"] == "working" and report["jacobian"]["shape_zyx"] == [9, 10, 9]
     assert report["seconds_wall"] >= report["timings_s"]["write"] > 0
@@ -154,3 +155,40 @@ def test_warp_in_slabs_equals_one_slab(monkeypatch):
     monkeypatch.setattr(field_module, "_WARP_CHUNK_VOXELS", 300)
     np.testing.assert_array_equal(field.warp(result.moving, default=-5.0).array, whole)
     assert (whole == -5.0).any() and (whole != -5.0).any()
+
+
+def test_field_file_is_the_working_lattice_covering_the_fixed_image(tmp_path):
+    """field.nii.gz holds the working voxels (no resampling) on a lattice covering the fixed image; ITK
+    interpolating it maps points as the registration does, and at the fixed voxels it equals the
+    fixed-grid field."""
+    from graphreg.io.fields import read_itk_field
+
+    result = _registration()
+    out = result.save(tmp_path / "out", outputs="field,field_fixed_grid")
+    lattice = read_itk_field(out / "field.nii.gz")
+    on_fixed = read_itk_field(out / "field_fixed_grid.nii.gz")
+    assert lattice.grid.spacing == result.working_field.grid.spacing
+    assert lattice.grid.same_as(result.working_field.grid.extended_to_cover(result.fixed_grid), tol_mm=1e-4)
+    assert on_fixed.grid.same_as(result.fixed_grid, tol_mm=1e-4)
+    rng = np.random.default_rng(1)
+    points = result.fixed_grid.voxel_to_world(rng.uniform(0, 13, size=(50, 3)))
+    transform = sitk.DisplacementFieldTransform(sitk.ReadImage(str(out / "field.nii.gz"), sitk.sitkVectorFloat64))
+    by_itk = np.array([transform.TransformPoint(tuple(p)) for p in points])
+    np.testing.assert_allclose(by_itk, result.transform_points(points), atol=1e-5)
+    voxels = result.fixed_grid.voxel_to_world(np.argwhere(np.ones(result.fixed_grid.shape))[::7].astype(float))
+    np.testing.assert_allclose(lattice.transform_points(voxels), on_fixed.transform_points(voxels), atol=1e-5)
+
+
+def test_extend_field_copies_voxels_and_replicates_borders():
+    from graphreg.errors import GeometryError
+    from graphreg.result.registration import extend_field
+
+    result = _registration()
+    source = result.working_field
+    grid = source.grid.extended_to_cover(result.fixed_grid)
+    extended = extend_field(source, grid)
+    assert extended.grid is grid and torch.equal(extended.displacement, resample_field(source, grid).displacement)
+    assert extend_field(source, source.grid) is source
+    shifted = Grid(grid.shape, grid.spacing, tuple(np.add(grid.origin, 0.5)), grid.direction)
+    with pytest.raises(GeometryError, match="lattice grown by whole voxels"):
+        extend_field(source, shifted)

@@ -6,7 +6,8 @@ scenes and one self-contained ``report.html`` with the numbers of ``report.json`
 
 Result folder (written by :meth:`graphreg.result.registration.Registration.save`)::
 
-    field.nii.gz          ITK displacement (world mm, LPS), fixed grid, fixed -> moving   required
+    field.nii.gz          ITK displacement (world mm, LPS), fixed -> moving, on a grid    required
+                          covering the fixed image (the figures are drawn on it)
     report.json           timings_s, jacobian, config, method, and "inputs" (CLI) or
                           "pair" (demo / benchmark: a pair folder)                         required
     warped.nii.gz         moving image warped onto the fixed grid                          optional
@@ -251,7 +252,14 @@ def load_result(result_dir, fixed=None, moving=None, fixed_mask=None, moving_mas
         data.warped = data.field.warp(data.moving, default=float(np.min(data.moving.array)))
         data.sources["warped"] = "moving image warped by field.nii.gz"
 
-    fixed_grid = data.fixed.grid if data.fixed is not None else data.field.grid
+    if data.fixed is not None:
+        fixed_grid = data.fixed.grid
+    elif "fixed_grid" in report:  # voxel landmarks are indices of the fixed image, not of the field's grid
+        from graphreg.result.registration import grid_from_dict
+
+        fixed_grid = grid_from_dict(report["fixed_grid"])
+    else:
+        fixed_grid = data.field.grid
     moving_grid = data.moving.grid if data.moving is not None else fixed_grid
     if paths["fixed_landmarks"] is not None:
         data.fixed_landmarks_mm = _landmarks_mm(paths["fixed_landmarks"], fixed_grid)

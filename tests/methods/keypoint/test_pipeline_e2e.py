@@ -42,11 +42,11 @@ def test_demo_improves_tre_by_80_percent(demo_result):
 def test_demo_outputs_agree_with_each_other(demo_result):
     out, _ = demo_result
     pair = read_pair(DEMO_PAIR)
-    field = read_itk_field(out / "field.nii.gz")
-    assert field.grid.same_as(pair.fixed.grid)
+    field = read_itk_field(out / "field.nii.gz")  # the working lattice (2 mm) grown to cover the fixed grid
+    assert field.grid.spacing == (2.0, 2.0, 2.0) and field.grid.extended_to_cover(pair.fixed.grid) == field.grid
     moved = read_landmarks(out / "landmarks_moved.csv").points
-    # the written field maps the landmarks where the registration put them (up to resampling)
-    assert np.abs(field.transform_points(pair.fixed_landmarks_mm) - moved).max() < 0.5
+    # the written field maps the landmarks where the registration put them (float32 on disk)
+    assert np.abs(field.transform_points(pair.fixed_landmarks_mm) - moved).max() < 1e-4
     # SimpleITK reads the field as a transform
     transform = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(out / "field.nii.gz")),
                                                           sitk.sitkVectorFloat64))
