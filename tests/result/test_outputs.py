@@ -102,7 +102,7 @@ def test_save_writes_the_chosen_outputs_in_float32(tmp_path):
     out = result.save(tmp_path / "all", outputs="all", started=0.0)
     report = json.loads((out / "report.json").read_text())
     names = ["disp_l2r.nii.gz", "field.nii.gz", "inverse_transform.h5", "keypoints.csv", "report.json",
-             "transform.h5", "warped.nii.gz"]
+             "transform.h5", "uncertainty.nii.gz", "warped.nii.gz"]
     assert sorted(p.name for p in out.iterdir()) == names and report["files"] == names
     assert report["outputs"] == list(OUTPUT_KINDS) == list(report["write_s"])
     assert sitk.ReadImage(str(out / "field.nii.gz")).GetPixelID() == sitk.sitkVectorFloat32
