@@ -154,3 +154,32 @@ def test_warp_in_slabs_equals_one_slab(monkeypatch):
     monkeypatch.setattr(field_module, "_WARP_CHUNK_VOXELS", 300)
     np.testing.assert_array_equal(field.warp(result.moving, default=-5.0).array, whole)
     assert (whole == -5.0).any() and (whole != -5.0).any()
+
+
+def test_uncertainty_output_is_the_map_on_the_fixed_grid(tmp_path):
+    result = _registration()
+    result.keypoints_mm = result.working_field.grid.voxel_to_world(
+        np.random.default_rng(1).uniform(1, 7, size=(12, 3)))  # inside the working grid, not coplanar
+    result.keypoint_displacements_mm, result.keypoint_uncertainty_mm = np.zeros((12, 3)), np.linspace(1, 3, 12)
+    out = result.save(tmp_path / "unc", outputs="uncertainty")
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "uncertainty.nii.gz"]
+    image = sitk.ReadImage(str(out / "uncertainty.nii.gz"))
+    assert image.GetPixelID() == sitk.sitkFloat32
+    written = Volume.from_sitk(image)
+    assert written.grid.same_as(result.fixed_grid)
+    error_map = result.uncertainty_map()
+    expected = error_map.resampled(result.fixed_grid, "linear", extrapolate=True).array
+    np.testing.assert_allclose(written.array, expected, atol=1e-5)
+    assert written.array.min() >= 0 and (written.array > 0).all()  # extrapolated beyond the working grid
+    report = json.loads((out / "report.json").read_text())
+    assert report["uncertainty_map"]["region"] == "working grid"  # no fixed lungs in this result
+    assert report["uncertainty_map"]["predicted"]["mean"] == pytest.approx(float(error_map.array.mean()), rel=1e-5)
+
+
+def test_uncertainty_output_absent_without_keypoints(tmp_path):
+    result = _registration()
+    result.method, result.keypoints_mm, result.keypoint_displacements_mm, result.keypoint_uncertainty_mm = \
+        "demons", None, None, None
+    out = result.save(tmp_path / "none", outputs="field,uncertainty")
+    assert sorted(p.name for p in out.iterdir()) == ["field.nii.gz", "report.json"]
+    assert "uncertainty_map" not in json.loads((out / "report.json").read_text())

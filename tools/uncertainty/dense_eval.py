@@ -10,6 +10,10 @@ of the working grid (evenly strided), against
   - the final field's error: |working field - truth|.
 Per pair and pooled: Spearman of map vs error, median predicted / actual, and the share of voxels
 whose error is under the map's 90 % bound (map * scale_p90 / scale_median).
+
+For comparison, the same keypoint values interpolated by normalised Gaussian convolution
+(``gauss<sigma>``: Gaussian-weighted mean of the keypoints' predicted errors, sigma in mm; a convex
+combination, so positive and local, but not the displacements' densifier).
 """
 import json
 import sys
@@ -17,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.stats import spearmanr
 
 from graphreg.api import register
@@ -38,6 +43,28 @@ def graph_stage_field(reg) -> DisplacementField:
     return DisplacementField(dense.float(), grid)
 
 
+#: sigmas (mm) of the normalised-convolution comparison maps
+GAUSS_SIGMAS_MM = (4.0, 8.0)
+
+
+def gauss_map(reg, sigma_mm: float) -> np.ndarray:
+    """The keypoints' predicted errors splatted to their nearest working voxel and averaged with
+    Gaussian weights: blur(values) / blur(counts); voxels the blur does not reach take the nearest
+    reached voxel's value."""
+    grid = reg.working_field.grid
+    scale = SCALES[reg.method].scale_median
+    voxels = np.clip(np.round(grid.world_to_voxel(reg.keypoints_mm)).astype(int), 0, np.array(grid.shape) - 1)
+    sums, counts = np.zeros(grid.shape), np.zeros(grid.shape)
+    np.add.at(sums, tuple(voxels.T), scale * np.asarray(reg.keypoint_uncertainty_mm))
+    np.add.at(counts, tuple(voxels.T), 1.0)
+    sigma = [sigma_mm / s for s in grid.spacing_zyx]
+    sums, counts = ndimage.gaussian_filter(sums, sigma), ndimage.gaussian_filter(counts, sigma)
+    reached = counts > 1e-12
+    out = np.where(reached, sums / np.where(reached, counts, 1.0), 0.0)
+    index = ndimage.distance_transform_edt(~reached, return_distances=False, return_indices=True)
+    return out[tuple(index)]
+
+
 def scores(predicted, bound, error):
     return {"spearman": float(spearmanr(predicted, error)[0]),
             "median_predicted_over_actual": float(np.median(predicted) / np.median(error)),
@@ -46,7 +73,8 @@ def scores(predicted, bound, error):
 
 
 def main(pairs_dir, methods, out_path, max_voxels=100_000):
-    pooled = {m: {"map": [], "e_graph": [], "e_final": []} for m in methods}
+    variants = ["map"] + [f"gauss{sigma:g}" for sigma in GAUSS_SIGMAS_MM]
+    pooled = {m: {key: [] for key in variants + ["e_graph", "e_final"]} for m in methods}
     rows = {}
     for ref in open_pairs(pairs_dir):
         pair = ref.load()
@@ -66,27 +94,34 @@ def main(pairs_dir, methods, out_path, max_voxels=100_000):
             true = truth.transform_points(points) - points
             e_graph = np.linalg.norm(graph_stage_field(reg).transform_points(points) - points - true, axis=1)
             e_final = np.linalg.norm(reg.transform_points(points) - points - true, axis=1)
-            predicted = error_map.array[tuple(voxels.T)].astype(np.float64)
-            scale = SCALES[method]
-            bound = predicted * scale.scale_p90 / scale.scale_median
-            rows[f"{ref.name}/{method}"] = {"graph_stage": scores(predicted, bound, e_graph),
-                                            "final": scores(predicted, bound, e_final),
-                                            "voxels": int(len(voxels)), "register_s": seconds, "map_s": map_seconds,
-                                            "map_zero_share": float(np.mean(predicted <= 0))}
-            for key, values in (("map", predicted), ("e_graph", e_graph), ("e_final", e_final)):
-                pooled[method][key].append(values)
+            maps = {"map": error_map.array[tuple(voxels.T)].astype(np.float64)}
+            for sigma in GAUSS_SIGMAS_MM:
+                maps[f"gauss{sigma:g}"] = gauss_map(reg, sigma)[tuple(voxels.T)]
+            ratio = SCALES[method].scale_p90 / SCALES[method].scale_median
+            row = {"voxels": int(len(voxels)), "register_s": seconds, "map_s": map_seconds,
+                   "map_zero_share": float(np.mean(maps["map"] <= 0))}
+            for name, predicted in maps.items():
+                suffix = "" if name == "map" else "_" + name
+                row["graph_stage" + suffix] = scores(predicted, ratio * predicted, e_graph)
+                row["final" + suffix] = scores(predicted, ratio * predicted, e_final)
+                pooled[method][name].append(predicted)
+            rows[f"{ref.name}/{method}"] = row
+            pooled[method]["e_graph"].append(e_graph)
+            pooled[method]["e_final"].append(e_final)
             print(ref.name, method, f"register {seconds:.0f} s, map {map_seconds:.1f} s",
                   json.dumps(rows[f"{ref.name}/{method}"]), flush=True)
     summary = {}
     for method, parts in pooled.items():
-        predicted = np.concatenate(parts["map"])
-        scale = SCALES[method]
-        bound = predicted * scale.scale_p90 / scale.scale_median
-        summary[method] = {"graph_stage": scores(predicted, bound, np.concatenate(parts["e_graph"])),
-                           "final": scores(predicted, bound, np.concatenate(parts["e_final"]))}
-        for target in ("graph_stage", "final"):
-            summary[method][target]["spearman_median_over_pairs"] = float(np.median(
-                [row[target]["spearman"] for key, row in rows.items() if key.endswith("/" + method)]))
+        ratio = SCALES[method].scale_p90 / SCALES[method].scale_median
+        summary[method] = {}
+        for name in variants:
+            predicted = np.concatenate(parts[name])
+            suffix = "" if name == "map" else "_" + name
+            for target, key in (("graph_stage", "e_graph"), ("final", "e_final")):
+                entry = scores(predicted, ratio * predicted, np.concatenate(parts[key]))
+                entry["spearman_median_over_pairs"] = float(np.median(
+                    [row[target + suffix]["spearman"] for run, row in rows.items() if run.endswith("/" + method)]))
+                summary[method][target + suffix] = entry
     with open(out_path, "w", encoding="utf-8") as handle:
         json.dump({"pairs": pairs_dir, "max_voxels": max_voxels, "pooled": summary, "per_pair": rows}, handle, indent=1)
     print(json.dumps(summary, indent=1))
