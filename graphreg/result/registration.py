@@ -337,9 +337,10 @@ class Registration(TwoWayMapping):
                 string, ``"all"``, or None for :data:`graphreg.result.output_kinds.DEFAULT_OUTPUTS` (``field``:
                 ``field.nii.gz`` ITK mm float32; ``warped``: ``warped.nii.gz``; ``jacobian``: statistics
                 in the report; ``valid_mask``; ``keypoints``: ``keypoints.csv``; not by default
-                ``transform``: ``transform.h5``, ``inverse``: ``inverse_transform.h5`` and ``l2r``:
-                ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
-                cannot store) gets ``field.mha`` and ``warped.mha`` instead.
+                ``transform``: ``transform.h5``, ``inverse``: ``inverse_transform.h5``, ``l2r``:
+                ``disp_l2r.nii.gz`` and ``uncertainty``: ``uncertainty.nii.gz``, :meth:`uncertainty_map`).
+                A fixed image with a non-orthonormal direction (which NIfTI cannot store) gets
+                ``.mha`` instead of ``.nii.gz`` for ``field``, ``warped``, ``valid_mask`` and ``uncertainty``.
             started: ``time.perf_counter()`` when the whole command began (reading the images
                 included); the report then holds ``seconds_wall``, the time from then until
                 ``report.json`` is written.
