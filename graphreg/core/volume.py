@@ -70,13 +70,15 @@ class Volume:
         """The array as a ``(1, 1, D, H, W)`` tensor."""
         return torch.as_tensor(np.ascontiguousarray(self.array), dtype=dtype, device=device)[None, None]
 
-    def resampled(self, grid: Grid, interpolation: str = "linear", default: float = 0.0) -> "Volume":
+    def resampled(self, grid: Grid, interpolation: str = "linear", default: float = 0.0,
+                  extrapolate: bool = False) -> "Volume":
         """This image sampled on ``grid`` (any placement), by SimpleITK.
 
         Args:
             grid: target geometry.
             interpolation: ``"linear"``, ``"nearest"`` (labels) or ``"bspline"``.
             default: value outside this image.
+            extrapolate: outside this image, the value of its nearest voxel instead of ``default``.
         """
         if interpolation not in _INTERPOLATORS:
             raise GeometryError(
@@ -88,7 +90,7 @@ class Volume:
         if interpolation != "nearest" and source.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
             source = sitk.Cast(source, sitk.sitkFloat32)
         out = sitk.Resample(source, reference, sitk.Transform(), _INTERPOLATORS[interpolation],
-                            float(default), source.GetPixelID())
+                            float(default), source.GetPixelID(), bool(extrapolate))
         return Volume(sitk.GetArrayFromImage(out), grid)
 
     def antialiased(self, spacing: Sequence[float], region: Grid | None = None) -> "Volume":

@@ -107,6 +107,20 @@ def _write_keypoints(result: "Registration", folder: Path, suffix: str) -> dict:
     return {}
 
 
+def _write_uncertainty(result: "Registration", folder: Path, suffix: str) -> dict:
+    from graphreg.io.images import write_image
+    from graphreg.core.volume import Volume
+
+    error_map = result.uncertainty_map()
+    if error_map is None:
+        return {}
+    # outside the working grid the nearest working voxel's value, as the field does
+    on_fixed = error_map.resampled(result.fixed_grid, "linear", extrapolate=True)
+    write_image(Volume(on_fixed.array.astype(np.float32, copy=False), result.fixed_grid),
+                folder / f"uncertainty{suffix}")
+    return {"uncertainty_map": result.uncertainty_report()}
+
+
 #: every output kind, in the order they are written
 OUTPUT_KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
     OutputKind("field", True, "field.nii.gz: ITK displacement field (world mm, float32) on the working grid's "
@@ -128,6 +142,9 @@ OUTPUT_KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
                "report.json's region says why)", _write_valid_mask),
     OutputKind("keypoints", True, "keypoints.csv: keypoints, their displacements and uncertainty (mm)",
                _write_keypoints),
+    OutputKind("uncertainty", False, "uncertainty.nii.gz: predicted graph-stage error (mm, float32, fixed grid) "
+               "of keypoint methods, the calibrated keypoint spread densified; not the final field's error "
+               "(summary in report.json)", _write_uncertainty),
 )}
 
 #: the kinds written when no selection is given

@@ -27,7 +27,7 @@ import torch
 
 from graphreg.result.mapping import TwoWayMapping
 from graphreg.runtime.allocator import reusing_freed_memory
-from graphreg.result.uncertainty import graph_error_report
+from graphreg.result.uncertainty import graph_error_map, graph_error_map_report, graph_error_report
 from graphreg.errors import GeometryError, GraphregError
 from graphreg.core.field import DisplacementField
 from graphreg.io.jsonable import to_jsonable
@@ -258,6 +258,36 @@ class Registration(TwoWayMapping):
                 "solver_max_residual_mm": info["max_residual_mm"], "unsolved_voxels": info["unsolved"],
                 "iterations": info["iterations"], "seconds": info["seconds"]}
 
+    def uncertainty_map(self) -> Optional[Volume]:
+        """The predicted graph-stage error (mm) densified on the working grid, computed once on the
+        first call (:func:`graphreg.result.uncertainty.graph_error_map`); None for methods without
+        keypoints or without a calibration.
+
+        It predicts the error of the keypoint displacements densified before instance
+        optimisation, not the error of the final field (:attr:`working_field`).
+        """
+        return self._uncertainty_map
+
+    @cached_property
+    def _uncertainty_map(self) -> Optional[Volume]:
+        if self.keypoints_mm is None or self.keypoint_uncertainty_mm is None:
+            return None
+        return graph_error_map(self.method, self.config, self.working_field.grid, self.keypoints_mm,
+                               self.keypoint_uncertainty_mm)
+
+    def uncertainty_report(self) -> Optional[dict]:
+        """``report.json``'s ``uncertainty_map``: :func:`graphreg.result.uncertainty.graph_error_map_report`
+        of :meth:`uncertainty_map` over the fixed lungs (else over the whole working grid); None without a map."""
+        error_map = self.uncertainty_map()
+        if error_map is None:
+            return None
+        region, name = np.ones(error_map.grid.shape, bool), "working grid"
+        if self.fixed_lungs is not None:
+            lungs = self.fixed_lungs.resampled(error_map.grid, "nearest").array > 0
+            if lungs.any():
+                region, name = lungs, "fixed lungs"
+        return graph_error_map_report(self.method, error_map, region, name)
+
     def _point_field(self) -> DisplacementField:
         return self.working_field
 
@@ -332,8 +362,10 @@ class Registration(TwoWayMapping):
                 ``field.nii.gz`` ITK mm float32 on :attr:`transform_field`'s grid; ``warped``:
                 ``warped.nii.gz``; ``jacobian``: statistics in the report; ``valid_mask``; ``keypoints``:
                 ``keypoints.csv``; not by default ``field_fixed_grid`` (:attr:`field`), ``transform``:
-                ``transform.h5``, ``inverse``: ``inverse_transform.h5`` and ``l2r``: ``disp_l2r.nii.gz``). A fixed image with a non-orthonormal direction (which NIfTI
-                cannot store) gets ``field.mha`` and ``warped.mha`` instead.
+                ``transform.h5``, ``inverse``: ``inverse_transform.h5``, ``l2r``: ``disp_l2r.nii.gz`` and
+                ``uncertainty``: ``uncertainty.nii.gz``, :meth:`uncertainty_map`). A fixed image with a
+                non-orthonormal direction (which NIfTI cannot store) gets ``.mha`` instead of ``.nii.gz``
+                for ``field``, ``field_fixed_grid``, ``warped``, ``valid_mask`` and ``uncertainty``.
             started: ``time.perf_counter()`` when the whole command began (reading the images
                 included); the report then holds ``seconds_wall``, the time from then until
                 ``report.json`` is written.

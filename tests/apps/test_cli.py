@@ -114,6 +114,35 @@ def test_register_writes_the_documented_outputs(run_cli, tmp_path, monkeypatch, 
     assert code == 2 and "--overwrite" in err
 
 
+@pytest.mark.slow
+def test_register_outputs_uncertainty_and_viz_draws_it(run_cli, tmp_path):
+    """``--outputs ...,uncertainty`` writes the map on the fixed grid and its report entry; ``graphreg
+    viz`` adds its slice panel."""
+    from graphreg.apps.demo import DEMO_PAIR
+    from graphreg.io import read_image
+    from graphreg.io.resources import preset_path
+
+    config = tmp_path / "fast.yaml"
+    config.write_text(preset_path("lowres_3mm").read_text() + "instance_opt:\n  enabled: false\n")
+    out = tmp_path / "out"
+    code, _, err = run_cli(["register", DEMO_PAIR / "fixed.nii.gz", DEMO_PAIR / "moving.nii.gz",
+                            "--fixed-mask", DEMO_PAIR / "fixed_mask.nii.gz", "--moving-mask",
+                            DEMO_PAIR / "moving_mask.nii.gz", "--config", config, "--out", out, "--device", "cpu",
+                            "--outputs", "field,uncertainty", "--threads", "1"])
+    assert code in (0, None), err
+    assert sorted(p.name for p in out.iterdir()) == ["field.nii.gz", "report.json", "uncertainty.nii.gz"]
+    error_map = read_image(out / "uncertainty.nii.gz")
+    assert error_map.grid.same_as(read_image(DEMO_PAIR / "fixed.nii.gz").grid)
+    entry = json.loads((out / "report.json").read_text())["uncertainty_map"]
+    assert entry["region"] == "fixed lungs" and "not the error of the final field" in entry["predicts"]
+    assert 0 < entry["predicted"]["p50"] <= entry["predicted"]["p90"] < entry["p90_bound"]["p90"]
+    code, stdout, err = run_cli(["viz", out, "--fixed", DEMO_PAIR / "fixed.nii.gz", "--moving",
+                                 DEMO_PAIR / "moving.nii.gz", "--fixed-mask", DEMO_PAIR / "fixed_mask.nii.gz",
+                                 "--no-3d", "--threads", "1", "--out", tmp_path / "viz"])
+    assert code in (0, None), err
+    assert (tmp_path / "viz" / "figures" / "uncertainty.png").is_file()
+
+
 def test_register_exit_code_follows_the_quality_status(tmp_path, monkeypatch):
     import graphreg.api
 

@@ -115,6 +115,11 @@ def make_result(tmp_path: Path, with_pair: bool = True, uncertainty: bool = True
             "quality": {"status": "suspect", "reasons": ["folding 2 (limit <= 1)"],
                         "checks": [{"name": "outcome.folding_percent", "verdict": "suspect", "value": 2.0,
                                     "limit": "<= 1 (failed > 5)", "detail": "folding 2 (limit <= 1)"}]}}
+    if uncertainty:  # the dense map: larger towards the left lung's top, where the panel must show it
+        error_map = 0.5 + np.exp(-np.sum((world - FOLD_CENTRE) ** 2, axis=-1) / 200.0)
+        write_image(Volume(error_map.astype(np.float32), GRID), result / "uncertainty.nii.gz")
+        info["uncertainty_map"] = {"predicts": "graph-stage error", "region": "fixed lungs",
+                                   "predicted": {"mean": 0.8, "p50": 0.7, "p90": 1.2}}
     if with_pair:
         info["pair"] = str(pair)
     (result / "report.json").write_text(json.dumps(info))
@@ -219,7 +224,7 @@ def viz_out(result_dir, tmp_path_factory):
 
 def test_smoke_slice_figures(viz_out):
     paths = {p.stem: p for p in viz_out["figures"]}
-    assert set(paths) == {"images", "checkerboard", "difference", "displacement", "jacobian", "tre",
+    assert set(paths) == {"images", "checkerboard", "difference", "displacement", "jacobian", "uncertainty", "tre",
                           "scene_keypoints_anterior", "scene_landmarks_anterior", "scene_uncertainty_anterior"}
     for name, path in paths.items():
         image = _png(path)
@@ -228,6 +233,19 @@ def test_smoke_slice_figures(viz_out):
             assert image.shape == (120, 160, 3)
         else:
             assert image.shape[0] > 100 and image.shape[1] > 150
+
+
+def test_uncertainty_panel_shows_the_map_inside_the_lungs(data, viz_out):
+    """Lungs only, brightest where the map is largest; the report names what the map predicts."""
+    cut = slices.DisplayFrame.from_grid(GRID)
+    chosen = slices.default_slices(cut, data.fixed_mask)
+    figure = slices.plot_uncertainty(data.uncertainty, data.fixed, data.fixed_mask, chosen)
+    overlay = figure.axes[0].images[-1].get_array()  # axial panel, the map over the CT
+    inside = cut.take(np.asarray(data.fixed_mask.array) > 0, "axial", chosen["axial"])
+    assert np.ma.getmaskarray(overlay).tolist() == (~inside).tolist()
+    assert "not the final field" in figure.axes[-1].get_ylabel()
+    text = viz_out["report"].read_text(encoding="utf-8")
+    assert "Uncertainty map (mm)" in text and "predicted.p90" in text and "does not predict the final" in text
 
 
 def test_exception_figures():
@@ -338,7 +356,7 @@ def test_viz_command_writes_a_report_whose_links_exist(result_dir, viz_out):
     out = viz_out
     page = out["report"]
     links = _links(page)
-    assert len(links) == 6 + 3  # six slice figures, three scenes
+    assert len(links) == 7 + 3  # seven slice figures, three scenes
     for link in links:
         assert not link.startswith(("data:", "http:", "https:", "/"))
         assert (page.parent / link).is_file(), link
@@ -409,7 +427,7 @@ def test_cli_viz_prints_each_file_once_and_plain_warnings(monkeypatch, run_cli, 
     assert code in (0, None), err
     written = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("wrote ")]
     assert len(written) == len(set(written)) and sum(w.endswith("report.html") for w in written) == 1
-    assert sum(w.endswith(".png") for w in written) == 6 + 3 * 2
+    assert sum(w.endswith(".png") for w in written) == 7 + 3 * 2
     assert [line for line in out.splitlines() if line.startswith("scene ")] == [
         line for line in out.splitlines() if line.startswith("scene ") and "2 views rendered in" in line]
     assert err.count("warning: something to say") == 1
@@ -420,7 +438,7 @@ def test_write_report_embedded_is_self_contained(data, result_dir, viz_out, tmp_
     figures = {p.stem: p for p in viz_out["figures"] if not p.stem.startswith("scene_")}
     page = report.write_report(result_dir, tmp_path, data=data, figures=figures, render_3d=False)
     links = _links(page)
-    assert len(links) == 6 and all(link.startswith("data:image/png;base64,") for link in links)
+    assert len(links) == 7 and all(link.startswith("data:image/png;base64,") for link in links)
     with pytest.raises(GraphregError, match="figures: expected names from"):
         report.write_report(result_dir, tmp_path, data=data, figures={"nonsense": figures["tre"]})
 
@@ -451,7 +469,8 @@ def test_explicit_inputs_and_no_uncertainty(tmp_path):
     data = report.load_result(result, fixed=pair / "fixed.nii.gz", moving=pair / "moving.nii.gz",
                               fixed_landmarks=pair / "fixed_landmarks.csv",
                               moving_landmarks=pair / "moving_landmarks.csv")
-    assert data.fixed_mask is None and data.keypoint_uncertainty_mm is None
+    assert data.fixed_mask is None and data.keypoint_uncertainty_mm is None and data.uncertainty is None
+    assert "uncertainty" not in report.make_figures(data, tmp_path / "figures", dpi=30)
     assert data.tre_after_mm.mean() < data.tre_before_mm.mean()
     scenes = report.result_scenes(data)
     assert set(scenes) == {"keypoints", "landmarks"}

@@ -102,7 +102,7 @@ def test_save_writes_the_chosen_outputs_in_float32(tmp_path):
     out = result.save(tmp_path / "all", outputs="all", started=0.0)
     report = json.loads((out / "report.json").read_text())
     names = ["disp_l2r.nii.gz", "field.nii.gz", "field_fixed_grid.nii.gz", "inverse_transform.h5", "keypoints.csv",
-             "report.json", "transform.h5", "warped.nii.gz"]
+             "report.json", "transform.h5", "uncertainty.nii.gz", "warped.nii.gz"]
     assert sorted(p.name for p in out.iterdir()) == names and report["files"] == names
     assert report["outputs"] == list(OUTPUT_KINDS) == list(report["write_s"])
     assert sitk.ReadImage(str(out / "field.nii.gz")).GetPixelID() == sitk.sitkVectorFloat32
@@ -192,3 +192,32 @@ def test_extend_field_copies_voxels_and_replicates_borders():
     shifted = Grid(grid.shape, grid.spacing, tuple(np.add(grid.origin, 0.5)), grid.direction)
     with pytest.raises(GeometryError, match="lattice grown by whole voxels"):
         extend_field(source, shifted)
+
+
+def test_uncertainty_output_is_the_map_on_the_fixed_grid(tmp_path):
+    result = _registration()
+    result.keypoints_mm = result.working_field.grid.voxel_to_world(
+        np.random.default_rng(1).uniform(1, 7, size=(12, 3)))  # inside the working grid, not coplanar
+    result.keypoint_displacements_mm, result.keypoint_uncertainty_mm = np.zeros((12, 3)), np.linspace(1, 3, 12)
+    out = result.save(tmp_path / "unc", outputs="uncertainty")
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "uncertainty.nii.gz"]
+    image = sitk.ReadImage(str(out / "uncertainty.nii.gz"))
+    assert image.GetPixelID() == sitk.sitkFloat32
+    written = Volume.from_sitk(image)
+    assert written.grid.same_as(result.fixed_grid)
+    error_map = result.uncertainty_map()
+    expected = error_map.resampled(result.fixed_grid, "linear", extrapolate=True).array
+    np.testing.assert_allclose(written.array, expected, atol=1e-5)
+    assert written.array.min() >= 0 and (written.array > 0).all()  # extrapolated beyond the working grid
+    report = json.loads((out / "report.json").read_text())
+    assert report["uncertainty_map"]["region"] == "working grid"  # no fixed lungs in this result
+    assert report["uncertainty_map"]["predicted"]["mean"] == pytest.approx(float(error_map.array.mean()), rel=1e-5)
+
+
+def test_uncertainty_output_absent_without_keypoints(tmp_path):
+    result = _registration()
+    result.method, result.keypoints_mm, result.keypoint_displacements_mm, result.keypoint_uncertainty_mm = \
+        "demons", None, None, None
+    out = result.save(tmp_path / "none", outputs="field,uncertainty")
+    assert sorted(p.name for p in out.iterdir()) == ["field.nii.gz", "report.json"]
+    assert "uncertainty_map" not in json.loads((out / "report.json").read_text())

@@ -13,6 +13,7 @@ Result folder (written by :meth:`graphreg.result.registration.Registration.save`
     warped.nii.gz         moving image warped onto the fixed grid                          optional
     landmarks_moved.csv   fixed landmarks mapped into the moving image, world mm          optional
     keypoints.csv         x,y,z,dx,dy,dz[,uncertainty_mm]: fixed keypoints, mm            optional
+    uncertainty.nii.gz    predicted graph-stage error (mm), fixed grid                     optional
 
 Convention:
     Points and vectors are world mm ``(x, y, z)`` (LPS). Inputs are looked up in this order:
@@ -64,6 +65,7 @@ class ResultData:
             ``moved`` are the fixed landmarks mapped by the registration (``p + u(p)``).
         keypoints_mm, keypoint_displacements_mm: ``(K, 3)`` world mm or None.
         keypoint_uncertainty_mm: ``(K,)`` mm or None.
+        uncertainty: the dense uncertainty map (``uncertainty.nii.gz``, fixed grid) or None.
         sources: where each item was found (file path as text), for the report.
     """
 
@@ -81,6 +83,7 @@ class ResultData:
     keypoints_mm: Optional[np.ndarray] = None
     keypoint_displacements_mm: Optional[np.ndarray] = None
     keypoint_uncertainty_mm: Optional[np.ndarray] = None
+    uncertainty: Optional[Volume] = None
     sources: dict = dataclass_field(default_factory=dict)
 
     @property
@@ -281,6 +284,10 @@ def load_result(result_dir, fixed=None, moving=None, fixed_mask=None, moving_mas
         data.moved_landmarks_mm = data.field.transform_points(data.fixed_landmarks_mm)
         data.sources["moved_landmarks"] = "fixed landmarks mapped by field.nii.gz"
 
+    uncertainty_path = result_dir / "uncertainty.nii.gz"
+    if uncertainty_path.is_file():
+        data.uncertainty = read_image(uncertainty_path)
+        data.sources["uncertainty"] = str(uncertainty_path)
     keypoint_path = result_dir / "keypoints.csv"
     if keypoint_path.is_file():
         points, disp, spread = read_keypoints(keypoint_path)
@@ -338,7 +345,7 @@ def make_figures(data: ResultData, out_dir, slices: Optional[dict] = None, dpi: 
     """Slice figures of ``data`` as PNGs (``dpi`` dots per inch) in ``out_dir``; returns ``{name: path}``.
 
     Names: ``images``, ``checkerboard``, ``difference`` (need fixed and moving), ``displacement``,
-    ``jacobian`` (always), ``tre`` (need paired landmarks).
+    ``jacobian`` (always), ``uncertainty`` (needs the uncertainty map), ``tre`` (need paired landmarks).
     """
     from graphreg.apps.viz import slices as sl
 
@@ -358,6 +365,8 @@ def make_figures(data: ResultData, out_dir, slices: Optional[dict] = None, dpi: 
             figures["difference"] = sl.plot_differences(fixed, moving, warped, slices)
     figures["displacement"] = sl.plot_displacement(data.field, fixed, mask, slices)
     figures["jacobian"] = sl.plot_jacobian(data.field, mask, slices)
+    if data.uncertainty is not None:
+        figures["uncertainty"] = sl.plot_uncertainty(sl.on_grid(data.uncertainty, grid), fixed, mask, slices)
     if data.tre_before_mm is not None:
         figures["tre"] = sl.plot_landmark_errors(data.tre_before_mm, data.tre_after_mm)
     return {name: sl.save_figure(figure, out / f"{name}.png", dpi) for name, figure in figures.items()}
@@ -442,6 +451,8 @@ def summary_tables(data: ResultData) -> dict[str, dict]:
         tables["Timings (s)"] = stage_timings(report)
     if isinstance(report.get("keypoint_uncertainty_mm"), dict):
         tables["Keypoint uncertainty (mm)"] = report["keypoint_uncertainty_mm"]
+    if isinstance(report.get("uncertainty_map"), dict):
+        tables["Uncertainty map (mm)"] = _flatten(report["uncertainty_map"])
     if data.keypoints_mm is not None:
         magnitude = np.linalg.norm(data.keypoint_displacements_mm, axis=1)
         tables["Keypoints"] = {"count": len(magnitude), "mean |u| (mm)": float(magnitude.mean()),
@@ -449,7 +460,7 @@ def summary_tables(data: ResultData) -> dict[str, dict]:
     if isinstance(report.get("config"), dict):
         tables["Parameters (config)"] = _flatten(report["config"])
     shown = {"method", "graphreg_version", "seconds_total", "seconds_wall", "jacobian", "timings_s",
-             "keypoint_uncertainty_mm", "config", "quality", "prealign"}
+             "keypoint_uncertainty_mm", "uncertainty_map", "config", "quality", "prealign"}
     other = {key: value for key, value in report.items() if key not in shown}
     if other:
         tables["Other entries of report.json"] = _flatten(other)
@@ -518,6 +529,9 @@ _CAPTIONS = {
     "displacement": "Displacement magnitude over the fixed image; arrows: in-plane displacement at true length.",
     "jacobian": "Jacobian determinant of x + u(x): blue compression, red expansion, green folding (J <= 0).",
     "tre": "Landmark target registration error before and after registration.",
+    "uncertainty": "Uncertainty map: the predicted error (mm) of the graph stage (keypoint displacements densified, "
+                   "before instance optimisation), inside the fixed lungs; it does not predict the final field's "
+                   "error. Its 90 % bound is report.json's uncertainty_map.p90_bound.",
 }
 
 
@@ -620,7 +634,7 @@ def write_report(result_dir, out_dir=None, *, data: Optional[ResultData] = None,
         parts.append(f"<p class=\"status-{html.escape(status)}\"><b>Status: {html.escape(status)}</b> &mdash; "
                      f"{html.escape(str(tables['Quality checks']['reasons']))}</p>")
     for title in ("Overview", "Quality checks", "Pre-alignment", "Landmark error (TRE, mm)", "Jacobian determinant", "Timings (s)",
-                  "Keypoints", "Keypoint uncertainty (mm)"):
+                  "Keypoints", "Keypoint uncertainty (mm)", "Uncertainty map (mm)"):
         if title in tables:
             parts.append(f"<h2>{html.escape(title)}</h2>{_table(tables[title])}")
     for name, path in figures.items():

@@ -1,5 +1,5 @@
 """Slice figures of a registration with matplotlib (Agg): images, checkerboards, differences,
-displacement, Jacobian determinant, landmark errors.
+displacement, Jacobian determinant, uncertainty map, landmark errors.
 
 Every figure function returns a :class:`matplotlib.figure.Figure` (no pyplot state, safe in
 threads and on headless machines); :func:`save_figure` writes it as PNG.
@@ -495,6 +495,47 @@ def plot_jacobian(field: DisplacementField, mask: Optional[Volume] = None,
         _mask_contour(axes, frame, plane, chosen[plane], mask, color="black")
         _label(axes, plane, f"J {plane} {chosen[plane]}: min {jac.min():.2f}, {int(folded.sum())} folded")
     figure.colorbar(artist, ax=panels.tolist(), shrink=0.8, label="Jacobian determinant (green: J <= 0)")
+    return figure
+
+
+def plot_uncertainty(error_map: Volume, fixed: Optional[Volume] = None, mask: Optional[Volume] = None,
+                     slices: Optional[dict] = None, vmax: Optional[float] = None):
+    """The dense uncertainty map (predicted graph-stage error, mm) over the fixed image.
+
+    Shown inside ``mask`` when given (the calibration holds for lung keypoints), on ``0 ..
+    vmax`` (default: the 99th percentile of the map there). Each panel's title gives the slice's
+    mean inside the mask; the colour bar says what the map predicts.
+
+    Shapes:
+        error_map, fixed, mask: Volumes on one grid.
+    """
+    _check_grid("error_map", error_map, error_map.grid)
+    frame = DisplayFrame.from_grid(error_map.grid)
+    for name, volume in (("fixed", fixed), ("mask", mask)):
+        if volume is not None:
+            _check_grid(name, volume, error_map.grid)
+    values = np.asarray(error_map.array, dtype=np.float64)
+    inside = np.asarray(mask.array) > 0 if mask is not None else np.ones(values.shape, dtype=bool)
+    if not inside.any():
+        inside = np.ones(values.shape, dtype=bool)
+    if vmax is None:
+        vmax = float(np.percentile(values[inside], 99))
+    vmax = max(vmax, 1e-6)
+    chosen = _slices(frame, slices, mask)
+    figure = _figure(3, 1, height=4.0)
+    panels = figure.subplots(1, 3, squeeze=False)[0]
+    for axes, plane in zip(panels, PLANES):
+        index = chosen[plane]
+        if fixed is not None:
+            lo, hi = intensity_window(fixed)
+            _show(axes, frame, plane, frame.take(fixed.array, plane, index), cmap="gray", vmin=lo, vmax=hi)
+        cut, region = frame.take(values, plane, index), frame.take(inside, plane, index)
+        artist = _show(axes, frame, plane, np.ma.masked_where(~region, cut), cmap="magma", vmin=0.0, vmax=vmax)
+        _mask_contour(axes, frame, plane, index, mask, color="#40c0ff")
+        mean = float(cut[region].mean()) if region.any() else float("nan")
+        _label(axes, plane, f"{plane} {index}: mean {mean:.2f} mm")
+    figure.colorbar(artist, ax=panels.tolist(), shrink=0.8,
+                    label="predicted graph-stage error (mm)\n(not the final field's error)")
     return figure
 
 

@@ -26,6 +26,7 @@ import scipy.sparse.linalg
 import torch
 
 from graphreg.errors import GraphregError, check_finite, check_shape
+from graphreg.core.geometry import ALIGN_CORNERS
 from graphreg.core.spatial import resize_field, voxel_scale
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "bspline_control_shape",
     "bspline_dense_field",
     "densify",
+    "densify_values",
     "evaluate_bspline",
     "fit_bspline",
     "thin_plate_spline",
@@ -121,6 +123,19 @@ def thin_plate_spline(control_points: torch.Tensor, values: torch.Tensor,
     return ThinPlateSpline(control_points, values, smoothing)
 
 
+def _tps_on_coarse_nodes(points: torch.Tensor, values: torch.Tensor, shape: tuple[int, int, int],
+                         grid_step: int = 3, smoothing: float = 0.0) -> torch.Tensor:
+    """A :class:`ThinPlateSpline` through ``values`` ``(N, C)`` evaluated on the coarse grid of
+    ``ceil((n - 1) / grid_step) + 1`` nodes per axis spanning ``[0, n - 1]``: ``(1, C, *coarse)`` float64."""
+    if grid_step < 1:
+        raise GraphregError(f"grid_step: expected an integer >= 1, got {grid_step}")
+    spline = ThinPlateSpline(points, values, smoothing)
+    coarse = tuple(math.ceil((n - 1) / grid_step) + 1 for n in shape)
+    axes = [torch.linspace(0, n - 1, c, dtype=torch.float64) for n, c in zip(shape, coarse)]
+    nodes = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    return spline(nodes.to(points.device)).T.reshape(1, values.shape[1], *coarse)
+
+
 def tps_dense_field(keypoints: torch.Tensor, displacements: torch.Tensor,
                     shape: Sequence[int], grid_step: int = 3,
                     smoothing: float = 0.0) -> torch.Tensor:
@@ -139,14 +154,8 @@ def tps_dense_field(keypoints: torch.Tensor, displacements: torch.Tensor,
     check_shape("displacements", displacements, f"({keypoints.shape[0]}, 3)",
                 displacements.shape[1] == 3)
     shape = _check_grid_shape(shape)
-    if grid_step < 1:
-        raise GraphregError(f"grid_step: expected an integer >= 1, got {grid_step}")
-    spline = ThinPlateSpline(keypoints, displacements, smoothing)
-    coarse = tuple(math.ceil((n - 1) / grid_step) + 1 for n in shape)
-    axes = [torch.linspace(0, n - 1, c, dtype=torch.float64) for n, c in zip(shape, coarse)]
-    nodes = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    values = spline(nodes.to(keypoints.device))  # (M, 3) float64, full-grid voxels
-    field = values.T.reshape(1, 3, *coarse)
+    field = _tps_on_coarse_nodes(keypoints, displacements, shape, grid_step, smoothing)  # full-grid voxels
+    coarse = tuple(field.shape[2:])
     # resize_field expects voxels of the coarse grid and rescales them to the fine grid
     to_coarse = voxel_scale(coarse, shape, torch.float64, field.device)
     field = resize_field(field * to_coarse.view(1, 3, 1, 1, 1), shape)
@@ -358,4 +367,32 @@ def densify(keypoints: torch.Tensor, displacements: torch.Tensor, shape: Sequenc
         return tps_dense_field(keypoints, displacements, shape, **kwargs)
     if method == "bspline":
         return bspline_dense_field(keypoints, displacements, shape, **kwargs)
+    raise GraphregError(f"method: expected 'tps' or 'bspline', got {method!r}")
+
+
+def densify_values(points: torch.Tensor, values: torch.Tensor, shape: Sequence[int],
+                   method: str = "tps", **kwargs) -> torch.Tensor:
+    """Dense channels (scalars, not displacements) from values at scattered points, by the same
+    interpolants as :func:`densify` and with its keyword arguments.
+
+    ``"tps"``: the thin-plate spline on the coarse grid of :func:`tps_dense_field`, upsampled
+    trilinearly (``align_corners``); ``"bspline"``: :func:`fit_bspline` evaluated densely. Both are
+    linear in ``values`` and reproduce constant and affine values exactly; between and beyond the
+    points they may overshoot (a positive quantity can come out negative).
+
+    Shapes:
+        points: ``(N, 3)`` voxels ``(z, y, x)``; values: ``(N, C)``; returns ``(1, C, D, H, W)``
+        (dtype/device of ``values``, float32 for integer values).
+    """
+    _check_pairs(points, values, "points", "values")
+    shape = _check_grid_shape(shape)
+    dtype = values.dtype if values.is_floating_point() else torch.float32
+    if method == "tps":
+        coarse = _tps_on_coarse_nodes(points, values, shape, **kwargs)
+        dense = coarse if tuple(coarse.shape[2:]) == shape else \
+            torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear", align_corners=ALIGN_CORNERS)
+        return dense.to(dtype=dtype)
+    if method == "bspline":
+        coefficients = fit_bspline(points, values, shape, **kwargs)
+        return evaluate_bspline(coefficients, shape, kwargs.get("control_spacing", 8.0)).to(dtype=dtype)
     raise GraphregError(f"method: expected 'tps' or 'bspline', got {method!r}")

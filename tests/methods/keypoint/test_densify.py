@@ -12,6 +12,7 @@ from graphreg.methods.keypoint.densify import (
     bspline_control_shape,
     bspline_dense_field,
     densify,
+    densify_values,
     evaluate_bspline,
     fit_bspline,
     thin_plate_spline,
@@ -161,3 +162,23 @@ def test_configured_tps_smoothing_gives_the_same_spline_in_mm_at_any_working_spa
     # the same smoothing in voxels is another spline in mm
     plain = [thin_plate_spline(points_mm / h, values_mm / h, smoothing=10.0 / 2)(query_mm / h) * h for h in (1.5, 2.5)]
     assert (plain[0] - plain[1]).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("method, options", [("tps", {"grid_step": 3, "smoothing": 0.1}),
+                                             ("bspline", {"control_spacing": 4, "smoothing": 0.2})])
+def test_densify_values_interpolates_channels_like_the_displacements(method, options):
+    """Each channel is interpolated as a displacement component is (same spline, same options)."""
+    points = keypoints()
+    values = smooth(points)
+    channels = densify_values(points, values, SHAPE, method=method, **options)
+    torch.testing.assert_close(channels, densify(points, values, SHAPE, method=method, **options),
+                               atol=1e-9, rtol=0)
+    scalar = densify_values(points, values[:, :1].float(), SHAPE, method=method, **options)
+    assert scalar.shape == (1, 1, *SHAPE) and scalar.dtype == torch.float32
+    torch.testing.assert_close(scalar[0, 0].double(), channels[0, 0], atol=1e-5, rtol=0)
+    constant = densify_values(points, torch.full((len(points), 1), 2.5, dtype=torch.float64), SHAPE,
+                              method=method, **options)
+    torch.testing.assert_close(constant, torch.full_like(constant, 2.5), atol=1e-5, rtol=0)  # CG tolerance
+    with pytest.raises(GraphregError, match="method"):
+        densify_values(points, values, SHAPE, method="rbf")
+
