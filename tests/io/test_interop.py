@@ -110,6 +110,46 @@ def test_transform_file_of_a_coarse_cropped_working_field(fixed_grid, moving_gri
                                atol=1e-3)
 
 
+def test_transformix_reads_the_field_file(fixed_grid, moving_grid, tmp_path):
+    """elastix's transformix takes field.nii.gz (the working lattice covering the fixed image) as a
+    DeformationFieldTransform: points map as transform_points, images resample as warp."""
+    itk = pytest.importorskip("itk")
+    if not hasattr(itk, "TransformixFilter"):
+        pytest.skip("itk-elastix is not installed")
+    working = fixed_grid.cropped((2, 3, 3), (10, 12, 13)).with_spacing((2.0, 2.0, 2.0))
+    generator = torch.Generator().manual_seed(4)
+    disp = torch.randn((1, 3, *working.shape), generator=generator, dtype=torch.float64) * 0.3
+    registration = Registration(working_field=DisplacementField(disp, working), fixed_grid=fixed_grid,
+                                moving=_image(moving_grid, _linear), method="test", config={}, timings={})
+    out = registration.save(tmp_path / "out", outputs="field")
+    # elastix lists the direction matrix column by column
+    direction = np.asarray(fixed_grid.direction, dtype=np.float64).reshape(3, 3).T.ravel()
+    settings = {"Transform": "DeformationFieldTransform", "DeformationFieldFileName": str(out / "field.nii.gz"),
+                "DeformationFieldInterpolationOrder": "1", "NumberOfParameters": "0", "FixedImageDimension": "3",
+                "MovingImageDimension": "3", "Size": fixed_grid.size_xyz, "Index": (0, 0, 0),
+                "Spacing": fixed_grid.spacing, "Origin": fixed_grid.origin, "Direction": direction,
+                "UseDirectionCosines": "true", "InitialTransformParametersFileName": "NoInitialTransform",
+                "HowToCombineTransforms": "Compose", "ResampleInterpolator": "FinalLinearInterpolator",
+                "Resampler": "DefaultResampler", "DefaultPixelValue": "-1000", "FixedInternalImagePixelType": "float",
+                "MovingInternalImagePixelType": "float"}
+    parameters = itk.ParameterObject.New()
+    parameters.AddParameterMap({key: [str(v) for v in np.atleast_1d(value)] for key, value in settings.items()})
+    write_image(registration.moving, tmp_path / "moving.nii.gz")
+    moving = itk.imread(str(tmp_path / "moving.nii.gz"), itk.F)
+    points = fixed_grid.voxel_to_world(np.random.default_rng(6).uniform(0, np.array(fixed_grid.shape) - 1, (50, 3)))
+    (tmp_path / "points.txt").write_text(f"point\n{len(points)}\n" + "".join(f"{x} {y} {z}\n" for x, y, z in points))
+    transformix = itk.TransformixFilter.New(moving)
+    transformix.SetTransformParameterObject(parameters)
+    transformix.SetFixedPointSetFileName(str(tmp_path / "points.txt"))
+    transformix.SetOutputDirectory(str(tmp_path))
+    transformix.SetLogToConsole(False)
+    transformix.UpdateLargestPossibleRegion()
+    lines = (tmp_path / "outputpoints.txt").read_text().splitlines()
+    mapped = np.array([line.split("OutputPoint = [")[1].split("]")[0].split() for line in lines], dtype=float)
+    assert np.abs(mapped - registration.transform_points(points)).max() < 1e-4
+    np.testing.assert_allclose(itk.array_from_image(transformix.GetOutput()),
+                               registration.warp(registration.moving).array, atol=1e-2)
+
 def test_convention_h5_layout_is_itk_displacement_field(smooth, tmp_path):
     """ITK's HDF5 transform: fixed parameters = size, origin, spacing, direction of the field's grid."""
     path = write_itk_transform(smooth.field, tmp_path / "t.h5")
