@@ -450,7 +450,7 @@ def summary_tables(data: ResultData) -> dict[str, dict]:
     if isinstance(report.get("timings_s"), dict):
         tables["Timings (s)"] = stage_timings(report)
     if isinstance(report.get("keypoint_uncertainty_mm"), dict):
-        tables["Keypoint uncertainty (mm)"] = report["keypoint_uncertainty_mm"]
+        tables["Keypoint spread (mm, uncalibrated)"] = report["keypoint_uncertainty_mm"]
     if isinstance(report.get("uncertainty_map"), dict):
         tables["Uncertainty map (mm)"] = _flatten(report["uncertainty_map"])
     if data.keypoints_mm is not None:
@@ -634,7 +634,7 @@ def write_report(result_dir, out_dir=None, *, data: Optional[ResultData] = None,
         parts.append(f"<p class=\"status-{html.escape(status)}\"><b>Status: {html.escape(status)}</b> &mdash; "
                      f"{html.escape(str(tables['Quality checks']['reasons']))}</p>")
     for title in ("Overview", "Quality checks", "Pre-alignment", "Landmark error (TRE, mm)", "Jacobian determinant", "Timings (s)",
-                  "Keypoints", "Keypoint uncertainty (mm)", "Uncertainty map (mm)"):
+                  "Keypoints", "Keypoint spread (mm, uncalibrated)", "Uncertainty map (mm)"):
         if title in tables:
             parts.append(f"<h2>{html.escape(title)}</h2>{_table(tables[title])}")
     for name, path in figures.items():
