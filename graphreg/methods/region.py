@@ -93,7 +93,7 @@ def lung_region_field(field: DisplacementField, lungs: np.ndarray, global_mm: np
     """
     if np.asarray(lungs).shape != field.shape:
         raise GeometryError(f"lungs: expected the field's grid shape {field.shape}, got {np.asarray(lungs).shape}")
-    from graphreg.result.registration import resample_field
+    from graphreg.result.registration import extend_field
 
     def minus_global(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
         shift = grid.mm_vectors_to_voxel(torch.as_tensor(np.asarray(global_mm, dtype=np.float64)))
@@ -109,7 +109,7 @@ def lung_region_field(field: DisplacementField, lungs: np.ndarray, global_mm: np
     distance = distance_from(mask, grid)
     weight = torch.as_tensor(decay_weight(distance, config.margin_mm, decay),
                              dtype=field.dtype, device=field.device)[None, None]
-    registered = resample_field(field, grid).displacement
+    registered = extend_field(field, grid).displacement  # the same lattice: border values, no interpolation
     blended = registered - (1 - weight) * minus_global(registered, grid)
     valid = Volume((distance <= config.margin_mm).astype(np.uint8), grid)
     return DisplacementField(blended, grid), valid, decay
