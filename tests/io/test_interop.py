@@ -110,18 +110,43 @@ def test_transform_file_of_a_coarse_cropped_working_field(fixed_grid, moving_gri
                                atol=1e-3)
 
 
+def _saved_coarse_registration(fixed_grid, moving_grid, folder):
+    """A random working field on a coarse lattice cropped inside ``fixed_grid``, saved with its
+    ``field.nii.gz`` into ``folder``; returns the registration and the folder."""
+    working = fixed_grid.cropped((2, 3, 3), (10, 12, 13)).with_spacing((2.0, 2.0, 2.0))
+    generator = torch.Generator().manual_seed(4)
+    disp = torch.randn((1, 3, *working.shape), generator=generator, dtype=torch.float64) * 0.3
+    registration = Registration(working_field=DisplacementField(disp, working), fixed_grid=fixed_grid,
+                                moving=_image(moving_grid, _linear), method="test", config={}, timings={})
+    return registration, registration.save(folder, outputs="field")
+
+
+def test_ants_reads_the_field_file(fixed_grid, moving_grid, tmp_path):
+    """ANTs (antspyx) takes field.nii.gz as a displacement-field transform: images resample as warp,
+    points map as transform_points."""
+    ants = pytest.importorskip("ants")
+    pd = pytest.importorskip("pandas")
+    registration, out = _saved_coarse_registration(fixed_grid, moving_grid, tmp_path / "out")
+    write_image(registration.moving, tmp_path / "moving.nii.gz")
+    write_image(Volume(np.zeros(fixed_grid.shape, np.float32), fixed_grid), tmp_path / "fixed.nii.gz")
+    warped = ants.apply_transforms(ants.image_read(str(tmp_path / "fixed.nii.gz")),
+                                   ants.image_read(str(tmp_path / "moving.nii.gz")),
+                                   transformlist=[str(out / "field.nii.gz")], interpolator="linear", defaultvalue=-1000)
+    np.testing.assert_allclose(warped.numpy().transpose(2, 1, 0), registration.warp(registration.moving).array,
+                               atol=1e-2)
+    points = fixed_grid.voxel_to_world(np.random.default_rng(6).uniform(0, np.array(fixed_grid.shape) - 1, (50, 3)))
+    mapped = ants.apply_transforms_to_points(3, pd.DataFrame(points, columns=["x", "y", "z"]),
+                                             [str(out / "field.nii.gz")]).to_numpy()
+    assert np.abs(mapped - registration.transform_points(points)).max() < 1e-4
+
+
 def test_transformix_reads_the_field_file(fixed_grid, moving_grid, tmp_path):
     """elastix's transformix takes field.nii.gz (the working lattice covering the fixed image) as a
     DeformationFieldTransform: points map as transform_points, images resample as warp."""
     itk = pytest.importorskip("itk")
     if not hasattr(itk, "TransformixFilter"):
         pytest.skip("itk-elastix is not installed")
-    working = fixed_grid.cropped((2, 3, 3), (10, 12, 13)).with_spacing((2.0, 2.0, 2.0))
-    generator = torch.Generator().manual_seed(4)
-    disp = torch.randn((1, 3, *working.shape), generator=generator, dtype=torch.float64) * 0.3
-    registration = Registration(working_field=DisplacementField(disp, working), fixed_grid=fixed_grid,
-                                moving=_image(moving_grid, _linear), method="test", config={}, timings={})
-    out = registration.save(tmp_path / "out", outputs="field")
+    registration, out = _saved_coarse_registration(fixed_grid, moving_grid, tmp_path / "out")
     # elastix lists the direction matrix column by column
     direction = np.asarray(fixed_grid.direction, dtype=np.float64).reshape(3, 3).T.ravel()
     settings = {"Transform": "DeformationFieldTransform", "DeformationFieldFileName": str(out / "field.nii.gz"),
