@@ -82,6 +82,9 @@ class DensifyConfig:
     #: B-spline: weight of the control grid's bending energy (``pipeline.driver.densify_options``)
     smoothing: float = 0.2
     grid_step: int = 3  #: TPS evaluated every ``grid_step`` voxels, then upsampled
+    #: TPS only: each keypoint's smoothing is ``smoothing * (spread / median spread)^2`` (its search
+    #: level's spread), so uncertain keypoints pull the field less (``densify.confidence_smoothing``)
+    confidence_weighting: bool = False
     control_spacing: int = 4  #: B-spline control-point spacing (working voxels)
 
 

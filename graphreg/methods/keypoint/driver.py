@@ -19,7 +19,7 @@ from graphreg.errors import ConfigError, GeometryError
 from graphreg.core.field import DisplacementField
 from graphreg.core.spatial import sample_points, warp
 from graphreg.methods.keypoint.correlation import candidate_displacements, correlation_cost
-from graphreg.methods.keypoint.densify import densify
+from graphreg.methods.keypoint.densify import confidence_smoothing, densify
 from graphreg.methods.keypoint.graph import knn_graph
 from graphreg.methods.keypoint.instance_opt import instance_features, optimise_with_config
 from graphreg.methods.keypoint.keypoints import foerstner_keypoints
@@ -238,7 +238,7 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             previous = sample_points(dense, keypoints)[0].T if index else torch.zeros_like(keypoints)
             sparse = previous + delta
             dense = timed("densify", densify, keypoints, sparse, shape, method=config.densify.method,
-                          **densify_options(config))
+                          **densify_options(config, level_spread))
             say(f"level {index + 1}: ±{level.radius * level.step:g} voxels in steps of {level.step:g}, "
                 f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
 
@@ -271,15 +271,24 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
                           timings=timings)
 
 
-def densify_options(config: RegistrationConfig) -> dict:
+def densify_options(config: RegistrationConfig, spread: Optional[torch.Tensor] = None) -> dict:
     """Keyword arguments of :func:`graphreg.methods.keypoint.densify.densify` for ``config.densify``.
 
     The TPS smoothing is configured in mm (the unit of the spline's kernel ``|x - p|``) and
     passed in working voxels, ``smoothing / spacing_mm``: the same spline in mm at any working
-    spacing. The B-spline smoothing is a weight of the control grid's bending energy and passes
-    as it is.
+    spacing; with ``confidence_weighting`` and a ``spread`` ``(N,)`` it becomes per keypoint
+    (:func:`~graphreg.methods.keypoint.densify.confidence_smoothing`). The B-spline smoothing is
+    a weight of the control grid's bending energy and passes as it is.
+
+    Raises:
+        ConfigError: ``confidence_weighting`` with the B-spline.
     """
     options = config.densify
+    if options.confidence_weighting and options.method != "tps":
+        raise ConfigError(f"densify.confidence_weighting: expected method 'tps', got {options.method!r}")
     if options.method == "tps":
-        return {"smoothing": options.smoothing / config.preprocess.spacing_mm, "grid_step": options.grid_step}
+        smoothing = options.smoothing / config.preprocess.spacing_mm
+        if options.confidence_weighting and spread is not None:
+            smoothing = confidence_smoothing(smoothing, spread)
+        return {"smoothing": smoothing, "grid_step": options.grid_step}
     return {"smoothing": options.smoothing, "control_spacing": options.control_spacing}
