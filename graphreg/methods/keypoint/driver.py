@@ -24,6 +24,7 @@ from graphreg.methods.keypoint.graph import knn_graph
 from graphreg.methods.keypoint.instance_opt import instance_features, optimise_with_config
 from graphreg.methods.keypoint.keypoints import foerstner_keypoints
 from graphreg.ops.mind import mind_ssc
+from graphreg.result.uncertainty import SCALES
 from graphreg.ops.unfold import FOLD_FLOOR, repair_folds
 from graphreg.methods.keypoint.preprocess import WorkingPair
 from graphreg.methods.keypoint.regularise import (combine_symmetric_marginals, distribution_moments, regularise_mst_bp,
@@ -182,6 +183,27 @@ def learned_search(model, fixed_features: torch.Tensor, moving_features: torch.T
     return distribution_moments(logits, candidates)
 
 
+def blend_regularisers(learned: tuple[torch.Tensor, torch.Tensor], classical: tuple[torch.Tensor, torch.Tensor],
+                       mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per keypoint, the network's and the classical regulariser's displacements combined by their
+    calibrated predicted errors ``e = scale_median * spread`` (:data:`graphreg.result.uncertainty.SCALES`):
+    ``"choose"`` the one of lower ``e``, ``"mean"`` the inverse-variance mean (weights ``1 / e^2``).
+
+    Shapes:
+        learned, classical: displacements ``(N, 3)`` and spreads ``(N,)`` voxels.
+        returns: displacements ``(N, 3)`` and the predicted error ``(N,)`` voxels as the spread.
+    """
+    error_net = SCALES["graphregnet"].scale_median * learned[1]
+    error_cls = SCALES["corrfield"].scale_median * classical[1]
+    if mode == "choose":
+        net = error_net <= error_cls
+        return torch.where(net[:, None], learned[0], classical[0]), torch.where(net, error_net, error_cls)
+    inv_net = 1.0 / error_net.clamp_min(1e-6) ** 2
+    inv_cls = 1.0 / error_cls.clamp_min(1e-6) ** 2
+    weight = (inv_net / (inv_net + inv_cls))[:, None]
+    return weight * learned[0] + (1 - weight) * classical[0], (inv_net + inv_cls).rsqrt()
+
+
 def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method: str = "corrfield",
                           progress: Optional[Callable[[str], None]] = None, model=None,
                           given: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
@@ -229,6 +251,12 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             elif method == "graphregnet" and index == 0:
                 delta, level_spread = timed(f"search_{index + 1}", learned_search, model, fixed_features, warped,
                                             keypoints, level)
+                if config.regulariser.blend != "off":
+                    classical = timed(f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints,
+                                      level, config.regulariser.k, config.regulariser.symmetric,
+                                      config.regulariser.inference)
+                    delta, level_spread = blend_regularisers((delta, level_spread), classical,
+                                                             config.regulariser.blend)
             else:
                 delta, level_spread = timed(
                     f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints, level,

@@ -11,6 +11,7 @@ from graphreg.methods.keypoint.densify import (
     bspline_axis_matrix,
     bspline_control_shape,
     bspline_dense_field,
+    confidence_smoothing,
     densify,
     evaluate_bspline,
     fit_bspline,
@@ -161,3 +162,55 @@ def test_configured_tps_smoothing_gives_the_same_spline_in_mm_at_any_working_spa
     # the same smoothing in voxels is another spline in mm
     plain = [thin_plate_spline(points_mm / h, values_mm / h, smoothing=10.0 / 2)(query_mm / h) * h for h in (1.5, 2.5)]
     assert (plain[0] - plain[1]).abs().max() > 0.01
+
+
+def test_uniform_per_point_smoothing_is_the_scalar_smoothing():
+    points = keypoints()
+    values = smooth(points)
+    query = grid_points()[::29]
+    scalar = thin_plate_spline(points, values, smoothing=3.0)(query)
+    per_point = thin_plate_spline(points, values, smoothing=torch.full((80,), 3.0))(query)
+    torch.testing.assert_close(per_point, scalar, atol=1e-10, rtol=0)
+    weights = confidence_smoothing(3.0, torch.full((80,), 0.7))  # equal spreads: equal weights
+    torch.testing.assert_close(thin_plate_spline(points, values, smoothing=weights)(query), scalar,
+                               atol=1e-10, rtol=0)
+
+
+def test_a_point_with_huge_smoothing_barely_pulls_the_field():
+    """An outlier added to an affine field: interpolated it moves the field at its position by its
+    whole offset; with a huge smoothing of its own it moves it by almost nothing, while the other
+    points keep interpolating."""
+    points = keypoints()
+    values = affine(points)
+    values[0] += torch.tensor([10.0, -8.0, 6.0], dtype=torch.float64)
+    truth = affine(points)
+    plain = thin_plate_spline(points, values)(points)
+    assert (plain[0] - truth[0]).norm() > 10
+    smoothing = torch.zeros(80, dtype=torch.float64)
+    smoothing[0] = 1e8
+    robust = thin_plate_spline(points, values, smoothing=smoothing)(points)
+    assert (robust[0] - truth[0]).norm() < 0.01
+    assert (robust[1:] - truth[1:]).abs().max() < 0.01
+
+
+def test_confidence_smoothing_grows_with_the_squared_spread_ratio():
+    spread = torch.tensor([1.0, 2.0, 4.0])
+    torch.testing.assert_close(confidence_smoothing(0.5, spread), torch.tensor([0.125, 0.5, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(confidence_smoothing(0.5, torch.zeros(3)), torch.full((3,), 0.5, dtype=torch.float64))
+    with pytest.raises(ShapeError, match="spread"):
+        confidence_smoothing(0.5, torch.zeros(3, 1))
+    with pytest.raises(GraphregError, match="smoothing"):
+        thin_plate_spline(keypoints(), smooth(keypoints()), smoothing=-torch.ones(80))
+    with pytest.raises(ShapeError, match="smoothing"):
+        thin_plate_spline(keypoints(), smooth(keypoints()), smoothing=torch.ones(79))
+
+
+def test_configured_confidence_weighting():
+    config = RegistrationConfig()
+    config.densify.confidence_weighting = True
+    spread = torch.tensor([1.0, 1.0, 3.0])
+    torch.testing.assert_close(densify_options(config, spread)["smoothing"],
+                               torch.tensor([0.1, 0.1, 0.9], dtype=torch.float64))
+    config.densify.method = "bspline"
+    with pytest.raises(GraphregError, match="confidence_weighting"):
+        densify_options(config, spread)
