@@ -64,8 +64,10 @@ def _check_grid_shape(shape: Sequence[int]) -> tuple[int, int, int]:
 class ThinPlateSpline:
     """3D thin-plate spline ``f(x) = sum_i w_i ||x - p_i|| + a_0 + A x``.
 
-    Fitted in float64 by solving ``[[K + diag(smoothing), P], [P^T, 0]] [w; a] = [values; 0]``
-    with ``K_ij = ||p_i - p_j||`` and ``P = [1, p]``. ``smoothing = 0`` interpolates the values;
+    Fitted in float64 by solving ``[[K - diag(smoothing), P], [P^T, 0]] [w; a] = [values; 0]``
+    with ``K_ij = ||p_i - p_j||`` and ``P = [1, p]`` (``-K`` is the conditionally positive
+    definite kernel, so the smoothing enters with this sign; the same spline as
+    ``scipy.interpolate.RBFInterpolator(kernel="linear", degree=1)``). ``smoothing = 0`` interpolates the values;
     larger values trade fidelity for smoothness (same units as the kernel, voxels); a per-point
     ``smoothing`` lets uncertain points pull the spline less (:func:`confidence_smoothing`).
     Affine functions are reproduced exactly for any smoothing.
@@ -93,7 +95,7 @@ class ThinPlateSpline:
         self.points = points - self.centre
         rhs_values = values.detach().to(device=points.device, dtype=torch.float64)
         kernel = torch.cdist(self.points, self.points)
-        kernel += torch.diag(diagonal.expand(n))
+        kernel -= torch.diag(diagonal.expand(n))  # -|r| is the positive definite kernel
         poly = torch.cat([torch.ones(n, 1, dtype=torch.float64, device=points.device),
                           self.points], 1)
         system = torch.zeros(n + 4, n + 4, dtype=torch.float64, device=points.device)

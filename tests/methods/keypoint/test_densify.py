@@ -68,6 +68,19 @@ def test_tps_large_smoothing_tends_to_affine_least_squares():
     torch.testing.assert_close(spline(query), query @ fit[1:] + fit[0], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.9, 5.0, 50.0])
+def test_tps_smoothing_is_scipys_linear_rbf(smoothing):
+    """Smoothing of the right sign: with ``K + smoothing I`` (the wrong one) the system turns
+    singular once the smoothing reaches an eigenvalue of ``-K`` (about 1 voxel here) and blows up."""
+    points = keypoints(200, seed=3) * 3
+    values = smooth(points) + torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    query = grid_points()[::23] * 3
+    reference = scipy.interpolate.RBFInterpolator(points.numpy(), values.numpy(), kernel="linear",
+                                                  smoothing=smoothing, degree=1)(query.numpy())
+    torch.testing.assert_close(thin_plate_spline(points, values, smoothing)(query),
+                               torch.from_numpy(reference), atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 5.0])
 def test_tps_dense_field_reproduces_affine(smoothing):
     points = keypoints()
