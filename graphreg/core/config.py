@@ -73,8 +73,8 @@ class RegulariserConfig:
     inference: str = "sum-product"  #: tree belief propagation: ``"sum-product"`` or ``"min-sum"``
     #: GraphRegNet only: also run the classical regulariser at the first level and, per keypoint, take
     #: ``"choose"`` the one of lower calibrated predicted error or ``"mean"`` their inverse-variance
-    #: mean (``result.uncertainty.SCALES``); ``"off"`` the network alone
-    blend: str = "off"
+    #: mean (``result.uncertainty.SCALES``); ``"none"`` the network alone
+    blend: str = "none"
 
 
 @dataclass
@@ -213,7 +213,7 @@ RULES: dict[type, dict[str, Rule]] = {
     MindConfig: {"radius": _at_least(0), "dilation": _at_least(1)},
     SearchLevel: {"radius": _at_least(0), "step": _POSITIVE, "alpha": _at_least(0), "gamma": _POSITIVE},
     RegulariserConfig: {"k": _at_least(1), "inference": _one_of("sum-product", "min-sum"),
-                        "blend": _one_of("off", "choose", "mean")},
+                        "blend": _one_of("none", "choose", "mean")},
     DensifyConfig: {"method": _one_of("tps", "bspline"), "smoothing": _at_least(0), "grid_step": _at_least(1),
                     "control_spacing": _at_least(1)},
     RefineConfig: {"iterations": _at_least(0), "lr": _POSITIVE, "lambda_diffusion": _at_least(0),

@@ -191,17 +191,21 @@ def blend_regularisers(learned: tuple[torch.Tensor, torch.Tensor], classical: tu
 
     Shapes:
         learned, classical: displacements ``(N, 3)`` and spreads ``(N,)`` voxels.
-        returns: displacements ``(N, 3)`` and the predicted error ``(N,)`` voxels as the spread.
+        returns: displacements ``(N, 3)`` and their spread ``(N,)`` voxels: the combined predicted
+        error in the network's spread units (``/ SCALES["graphregnet"].scale_median``), so the
+        network's calibration turns it back into the predicted error.
     """
     error_net = SCALES["graphregnet"].scale_median * learned[1]
     error_cls = SCALES["corrfield"].scale_median * classical[1]
     if mode == "choose":
         net = error_net <= error_cls
-        return torch.where(net[:, None], learned[0], classical[0]), torch.where(net, error_net, error_cls)
-    inv_net = 1.0 / error_net.clamp_min(1e-6) ** 2
-    inv_cls = 1.0 / error_cls.clamp_min(1e-6) ** 2
-    weight = (inv_net / (inv_net + inv_cls))[:, None]
-    return weight * learned[0] + (1 - weight) * classical[0], (inv_net + inv_cls).rsqrt()
+        blended, error = torch.where(net[:, None], learned[0], classical[0]), torch.where(net, error_net, error_cls)
+    else:
+        inv_net = 1.0 / error_net.clamp_min(1e-6) ** 2
+        inv_cls = 1.0 / error_cls.clamp_min(1e-6) ** 2
+        weight = (inv_net / (inv_net + inv_cls))[:, None]
+        blended, error = weight * learned[0] + (1 - weight) * classical[0], (inv_net + inv_cls).rsqrt()
+    return blended, error / SCALES["graphregnet"].scale_median
 
 
 def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method: str = "corrfield",
@@ -251,7 +255,7 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             elif method == "graphregnet" and index == 0:
                 delta, level_spread = timed(f"search_{index + 1}", learned_search, model, fixed_features, warped,
                                             keypoints, level)
-                if config.regulariser.blend != "off":
+                if config.regulariser.blend != "none":
                     classical = timed(f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints,
                                       level, config.regulariser.k, config.regulariser.symmetric,
                                       config.regulariser.inference)
