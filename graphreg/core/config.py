@@ -252,6 +252,8 @@ def validate_config(config: Any, prefix: str = "") -> Any:
                                                      and config.hu_min < config.hu_max):
         raise ConfigError(f"config key '{prefix}hu_max': expected a finite value above hu_min {config.hu_min}, "
                           f"got {config.hu_max}")
+    if isinstance(config, DensifyConfig) and config.confidence_weighting and config.method != "tps":
+        raise ConfigError(f"config key '{prefix}confidence_weighting': expected method 'tps', got {config.method!r}")
     return config
 
 

@@ -95,7 +95,7 @@ class ThinPlateSpline:
         self.points = points - self.centre
         rhs_values = values.detach().to(device=points.device, dtype=torch.float64)
         kernel = torch.cdist(self.points, self.points)
-        kernel -= torch.diag(diagonal.expand(n))  # -|r| is the positive definite kernel
+        kernel -= torch.diag(diagonal.expand(n))  # -|r| is the conditionally positive definite kernel
         poly = torch.cat([torch.ones(n, 1, dtype=torch.float64, device=points.device),
                           self.points], 1)
         system = torch.zeros(n + 4, n + 4, dtype=torch.float64, device=points.device)

@@ -24,8 +24,8 @@ from graphreg.methods.keypoint.graph import knn_graph
 from graphreg.methods.keypoint.instance_opt import instance_features, optimise_with_config
 from graphreg.methods.keypoint.keypoints import foerstner_keypoints
 from graphreg.ops.mind import mind_ssc
-from graphreg.result.uncertainty import SCALES
 from graphreg.ops.unfold import FOLD_FLOOR, repair_folds
+from graphreg.result.uncertainty import SCALES
 from graphreg.methods.keypoint.preprocess import WorkingPair
 from graphreg.methods.keypoint.regularise import (combine_symmetric_marginals, distribution_moments, regularise_mst_bp,
                          soft_displacements)
@@ -311,13 +311,8 @@ def densify_options(config: RegistrationConfig, spread: Optional[torch.Tensor] =
     spacing; with ``confidence_weighting`` and a ``spread`` ``(N,)`` it becomes per keypoint
     (:func:`~graphreg.methods.keypoint.densify.confidence_smoothing`). The B-spline smoothing is
     a weight of the control grid's bending energy and passes as it is.
-
-    Raises:
-        ConfigError: ``confidence_weighting`` with the B-spline.
     """
     options = config.densify
-    if options.confidence_weighting and options.method != "tps":
-        raise ConfigError(f"densify.confidence_weighting: expected method 'tps', got {options.method!r}")
     if options.method == "tps":
         smoothing = options.smoothing / config.preprocess.spacing_mm
         if options.confidence_weighting and spread is not None:

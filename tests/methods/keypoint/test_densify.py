@@ -5,7 +5,7 @@ import pytest
 import scipy.interpolate
 import torch
 
-from graphreg.core.config import RegistrationConfig
+from graphreg.core.config import RegistrationConfig, load_config
 from graphreg.errors import GraphregError, ShapeError
 from graphreg.methods.keypoint.densify import (
     bspline_axis_matrix,
@@ -224,6 +224,5 @@ def test_configured_confidence_weighting():
     spread = torch.tensor([1.0, 1.0, 3.0])
     torch.testing.assert_close(densify_options(config, spread)["smoothing"],
                                torch.tensor([0.1, 0.1, 0.9], dtype=torch.float64))
-    config.densify.method = "bspline"
-    with pytest.raises(GraphregError, match="confidence_weighting"):
-        densify_options(config, spread)
+    with pytest.raises(GraphregError, match="config key 'densify.confidence_weighting': expected method 'tps'"):
+        load_config({"densify": {"method": "bspline", "confidence_weighting": True}})
