@@ -71,6 +71,10 @@ class RegulariserConfig:
     k: int = 8  #: neighbours in the keypoint graph
     symmetric: bool = False  #: combine forward and backward estimates (twice the search time)
     inference: str = "sum-product"  #: tree belief propagation: ``"sum-product"`` or ``"min-sum"``
+    #: GraphRegNet only: also run the classical regulariser at the first level and, per keypoint, take
+    #: ``"choose"`` the one of lower calibrated predicted error or ``"mean"`` their inverse-variance
+    #: mean (``result.uncertainty.SCALES``); ``"none"`` the network alone
+    blend: str = "none"
 
 
 @dataclass
@@ -82,6 +86,9 @@ class DensifyConfig:
     #: B-spline: weight of the control grid's bending energy (``pipeline.driver.densify_options``)
     smoothing: float = 0.2
     grid_step: int = 3  #: TPS evaluated every ``grid_step`` voxels, then upsampled
+    #: TPS only: each keypoint's smoothing is ``smoothing * (spread / median spread)^2`` (its search
+    #: level's spread), so uncertain keypoints pull the field less (``densify.confidence_smoothing``)
+    confidence_weighting: bool = False
     control_spacing: int = 4  #: B-spline control-point spacing (working voxels)
 
 
@@ -205,7 +212,8 @@ RULES: dict[type, dict[str, Rule]] = {
     KeypointConfig: {"sigma": _POSITIVE, "nms_size": _ODD, "num_points": _at_least(1), "erode_mask": _at_least(0)},
     MindConfig: {"radius": _at_least(0), "dilation": _at_least(1)},
     SearchLevel: {"radius": _at_least(0), "step": _POSITIVE, "alpha": _at_least(0), "gamma": _POSITIVE},
-    RegulariserConfig: {"k": _at_least(1), "inference": _one_of("sum-product", "min-sum")},
+    RegulariserConfig: {"k": _at_least(1), "inference": _one_of("sum-product", "min-sum"),
+                        "blend": _one_of("none", "choose", "mean")},
     DensifyConfig: {"method": _one_of("tps", "bspline"), "smoothing": _at_least(0), "grid_step": _at_least(1),
                     "control_spacing": _at_least(1)},
     RefineConfig: {"iterations": _at_least(0), "lr": _POSITIVE, "lambda_diffusion": _at_least(0),
@@ -244,6 +252,8 @@ def validate_config(config: Any, prefix: str = "") -> Any:
                                                      and config.hu_min < config.hu_max):
         raise ConfigError(f"config key '{prefix}hu_max': expected a finite value above hu_min {config.hu_min}, "
                           f"got {config.hu_max}")
+    if isinstance(config, DensifyConfig) and config.confidence_weighting and config.method != "tps":
+        raise ConfigError(f"config key '{prefix}confidence_weighting': expected method 'tps', got {config.method!r}")
     return config
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import scipy.fft
@@ -34,6 +34,7 @@ __all__ = [
     "bspline_axis_matrix",
     "bspline_control_shape",
     "bspline_dense_field",
+    "confidence_smoothing",
     "densify",
     "densify_values",
     "evaluate_bspline",
@@ -65,30 +66,38 @@ def _check_grid_shape(shape: Sequence[int]) -> tuple[int, int, int]:
 class ThinPlateSpline:
     """3D thin-plate spline ``f(x) = sum_i w_i ||x - p_i|| + a_0 + A x``.
 
-    Fitted in float64 by solving ``[[K + smoothing I, P], [P^T, 0]] [w; a] = [values; 0]`` with
-    ``K_ij = ||p_i - p_j||`` and ``P = [1, p]``. ``smoothing = 0`` interpolates the values;
-    larger values trade fidelity for smoothness (same units as the kernel, voxels).
+    Fitted in float64 by solving ``[[K - diag(smoothing), P], [P^T, 0]] [w; a] = [values; 0]``
+    with ``K_ij = ||p_i - p_j||`` and ``P = [1, p]`` (``-K`` is the conditionally positive
+    definite kernel, so the smoothing enters with this sign; the same spline as
+    ``scipy.interpolate.RBFInterpolator(kernel="linear", degree=1)``). ``smoothing = 0`` interpolates the values;
+    larger values trade fidelity for smoothness (same units as the kernel, voxels); a per-point
+    ``smoothing`` lets uncertain points pull the spline less (:func:`confidence_smoothing`).
     Affine functions are reproduced exactly for any smoothing.
 
     Shapes:
-        control_points: ``(N, 3)`` voxels (N >= 4, not coplanar); values: ``(N, C)``.
+        control_points: ``(N, 3)`` voxels (N >= 4, not coplanar); values: ``(N, C)``;
+        smoothing: a number or ``(N,)``, voxels.
         ``__call__(query)``: ``(M, 3)`` -> ``(M, C)`` in ``query``'s dtype.
     """
 
     def __init__(self, control_points: torch.Tensor, values: torch.Tensor,
-                 smoothing: float = 0.0) -> None:
+                 smoothing: Union[float, torch.Tensor] = 0.0) -> None:
         _check_pairs(control_points, values, "control_points", "values")
-        if smoothing < 0:
-            raise GraphregError(f"smoothing: expected >= 0, got {smoothing}")
         n = control_points.shape[0]
         if n < 4:
             raise GraphregError(f"control_points: expected at least 4 points, got {n}")
         points = control_points.detach().to(torch.float64)
+        diagonal = torch.as_tensor(smoothing, dtype=torch.float64, device=points.device)
+        check_shape("smoothing", diagonal, f"a number or ({n},)",
+                    diagonal.ndim == 0 or tuple(diagonal.shape) == (n,))
+        check_finite("smoothing", diagonal)
+        if (diagonal < 0).any():
+            raise GraphregError(f"smoothing: expected >= 0, got minimum {float(diagonal.min())}")
         self.centre = points.mean(0)
         self.points = points - self.centre
         rhs_values = values.detach().to(device=points.device, dtype=torch.float64)
         kernel = torch.cdist(self.points, self.points)
-        kernel += smoothing * torch.eye(n, dtype=torch.float64, device=points.device)
+        kernel -= torch.diag(diagonal.expand(n))  # -|r| is the conditionally positive definite kernel
         poly = torch.cat([torch.ones(n, 1, dtype=torch.float64, device=points.device),
                           self.points], 1)
         system = torch.zeros(n + 4, n + 4, dtype=torch.float64, device=points.device)
@@ -118,7 +127,7 @@ class ThinPlateSpline:
 
 
 def thin_plate_spline(control_points: torch.Tensor, values: torch.Tensor,
-                      smoothing: float = 0.0) -> ThinPlateSpline:
+                      smoothing: Union[float, torch.Tensor] = 0.0) -> ThinPlateSpline:
     """Fit a :class:`ThinPlateSpline` (a callable evaluating ``(M, 3)`` -> ``(M, C)``)."""
     return ThinPlateSpline(control_points, values, smoothing)
 
@@ -138,7 +147,7 @@ def _tps_on_coarse_nodes(points: torch.Tensor, values: torch.Tensor, shape: tupl
 
 def tps_dense_field(keypoints: torch.Tensor, displacements: torch.Tensor,
                     shape: Sequence[int], grid_step: int = 3,
-                    smoothing: float = 0.0) -> torch.Tensor:
+                    smoothing: Union[float, torch.Tensor] = 0.0) -> torch.Tensor:
     """Thin-plate spline through keypoint displacements, evaluated densely.
 
     The spline is evaluated on a coarse grid of ``ceil((n - 1) / grid_step) + 1`` nodes per axis
@@ -147,7 +156,8 @@ def tps_dense_field(keypoints: torch.Tensor, displacements: torch.Tensor,
     exact for affine fields and within the interpolation error of a smooth field elsewhere.
 
     Shapes:
-        keypoints: ``(N, 3)`` voxels; displacements: ``(N, 3)`` voxels; shape: ``(D, H, W)``.
+        keypoints: ``(N, 3)`` voxels; displacements: ``(N, 3)`` voxels; shape: ``(D, H, W)``;
+        smoothing: a number or ``(N,)`` voxels (see :class:`ThinPlateSpline`).
         returns: ``(1, 3, D, H, W)`` voxels, dtype/device of ``displacements``.
     """
     _check_pairs(keypoints, displacements, "keypoints", "displacements")
@@ -161,6 +171,26 @@ def tps_dense_field(keypoints: torch.Tensor, displacements: torch.Tensor,
     field = resize_field(field * to_coarse.view(1, 3, 1, 1, 1), shape)
     return field.to(dtype=displacements.dtype if displacements.is_floating_point()
                     else torch.float32)
+
+
+def confidence_smoothing(smoothing: float, spread: torch.Tensor) -> torch.Tensor:
+    """Per-keypoint TPS smoothing growing with the spread: ``smoothing * (s_i / median(s))^2``.
+
+    The keypoint of median spread gets ``smoothing``; one twice as uncertain four times as much
+    (the diagonal of a smoothing spline is a noise variance). All-zero spreads (e.g. given
+    displacements) give ``smoothing`` everywhere.
+
+    Shapes:
+        spread: ``(N,)`` (any unit, only ratios matter); returns ``(N,)`` float64, the unit of
+        ``smoothing``.
+    """
+    check_shape("spread", spread, "(N,)", spread.ndim == 1 and spread.shape[0] > 0)
+    check_finite("spread", spread)
+    spread = spread.detach().to(torch.float64)
+    median = spread.median()
+    if median <= 0:
+        return torch.full_like(spread, float(smoothing))
+    return float(smoothing) * (spread / median) ** 2
 
 
 def _cubic_weights(t: torch.Tensor) -> torch.Tensor:

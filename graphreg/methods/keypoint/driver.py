@@ -19,12 +19,13 @@ from graphreg.errors import ConfigError, GeometryError
 from graphreg.core.field import DisplacementField
 from graphreg.core.spatial import sample_points, warp
 from graphreg.methods.keypoint.correlation import candidate_displacements, correlation_cost
-from graphreg.methods.keypoint.densify import densify
+from graphreg.methods.keypoint.densify import confidence_smoothing, densify
 from graphreg.methods.keypoint.graph import knn_graph
 from graphreg.methods.keypoint.instance_opt import instance_features, optimise_with_config
 from graphreg.methods.keypoint.keypoints import foerstner_keypoints
 from graphreg.ops.mind import mind_ssc
 from graphreg.ops.unfold import FOLD_FLOOR, repair_folds
+from graphreg.result.uncertainty import SCALES
 from graphreg.methods.keypoint.preprocess import WorkingPair
 from graphreg.methods.keypoint.regularise import (combine_symmetric_marginals, distribution_moments, regularise_mst_bp,
                          soft_displacements)
@@ -182,6 +183,31 @@ def learned_search(model, fixed_features: torch.Tensor, moving_features: torch.T
     return distribution_moments(logits, candidates)
 
 
+def blend_regularisers(learned: tuple[torch.Tensor, torch.Tensor], classical: tuple[torch.Tensor, torch.Tensor],
+                       mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per keypoint, the network's and the classical regulariser's displacements combined by their
+    calibrated predicted errors ``e = scale_median * spread`` (:data:`graphreg.result.uncertainty.SCALES`):
+    ``"choose"`` the one of lower ``e``, ``"mean"`` the inverse-variance mean (weights ``1 / e^2``).
+
+    Shapes:
+        learned, classical: displacements ``(N, 3)`` and spreads ``(N,)`` voxels.
+        returns: displacements ``(N, 3)`` and their spread ``(N,)`` voxels: the combined predicted
+        error in the network's spread units (``/ SCALES["graphregnet"].scale_median``), so the
+        network's calibration turns it back into the predicted error.
+    """
+    error_net = SCALES["graphregnet"].scale_median * learned[1]
+    error_cls = SCALES["corrfield"].scale_median * classical[1]
+    if mode == "choose":
+        net = error_net <= error_cls
+        blended, error = torch.where(net[:, None], learned[0], classical[0]), torch.where(net, error_net, error_cls)
+    else:
+        inv_net = 1.0 / error_net.clamp_min(1e-6) ** 2
+        inv_cls = 1.0 / error_cls.clamp_min(1e-6) ** 2
+        weight = (inv_net / (inv_net + inv_cls))[:, None]
+        blended, error = weight * learned[0] + (1 - weight) * classical[0], (inv_net + inv_cls).rsqrt()
+    return blended, error / SCALES["graphregnet"].scale_median
+
+
 def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method: str = "corrfield",
                           progress: Optional[Callable[[str], None]] = None, model=None,
                           given: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
@@ -229,6 +255,12 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             elif method == "graphregnet" and index == 0:
                 delta, level_spread = timed(f"search_{index + 1}", learned_search, model, fixed_features, warped,
                                             keypoints, level)
+                if config.regulariser.blend != "none":
+                    classical = timed(f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints,
+                                      level, config.regulariser.k, config.regulariser.symmetric,
+                                      config.regulariser.inference)
+                    delta, level_spread = blend_regularisers((delta, level_spread), classical,
+                                                             config.regulariser.blend)
             else:
                 delta, level_spread = timed(
                     f"search_{index + 1}", regularised_search, fixed_features, warped, keypoints, level,
@@ -238,7 +270,7 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
             previous = sample_points(dense, keypoints)[0].T if index else torch.zeros_like(keypoints)
             sparse = previous + delta
             dense = timed("densify", densify, keypoints, sparse, shape, method=config.densify.method,
-                          **densify_options(config))
+                          **densify_options(config, level_spread))
             say(f"level {index + 1}: ±{level.radius * level.step:g} voxels in steps of {level.step:g}, "
                 f"mean |d| {sparse.norm(dim=1).mean():.2f} voxels ({timings[f'search_{index + 1}']:.1f} s)")
 
@@ -271,15 +303,19 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
                           timings=timings)
 
 
-def densify_options(config: RegistrationConfig) -> dict:
+def densify_options(config: RegistrationConfig, spread: Optional[torch.Tensor] = None) -> dict:
     """Keyword arguments of :func:`graphreg.methods.keypoint.densify.densify` for ``config.densify``.
 
     The TPS smoothing is configured in mm (the unit of the spline's kernel ``|x - p|``) and
     passed in working voxels, ``smoothing / spacing_mm``: the same spline in mm at any working
-    spacing. The B-spline smoothing is a weight of the control grid's bending energy and passes
-    as it is.
+    spacing; with ``confidence_weighting`` and a ``spread`` ``(N,)`` it becomes per keypoint
+    (:func:`~graphreg.methods.keypoint.densify.confidence_smoothing`). The B-spline smoothing is
+    a weight of the control grid's bending energy and passes as it is.
     """
     options = config.densify
     if options.method == "tps":
-        return {"smoothing": options.smoothing / config.preprocess.spacing_mm, "grid_step": options.grid_step}
+        smoothing = options.smoothing / config.preprocess.spacing_mm
+        if options.confidence_weighting and spread is not None:
+            smoothing = confidence_smoothing(smoothing, spread)
+        return {"smoothing": smoothing, "grid_step": options.grid_step}
     return {"smoothing": options.smoothing, "control_spacing": options.control_spacing}

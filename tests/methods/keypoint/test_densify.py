@@ -5,12 +5,13 @@ import pytest
 import scipy.interpolate
 import torch
 
-from graphreg.core.config import RegistrationConfig
+from graphreg.core.config import RegistrationConfig, load_config
 from graphreg.errors import GraphregError, ShapeError
 from graphreg.methods.keypoint.densify import (
     bspline_axis_matrix,
     bspline_control_shape,
     bspline_dense_field,
+    confidence_smoothing,
     densify,
     densify_values,
     evaluate_bspline,
@@ -66,6 +67,19 @@ def test_tps_large_smoothing_tends_to_affine_least_squares():
     fit = torch.linalg.lstsq(design, values).solution
     query = grid_points()[::37]
     torch.testing.assert_close(spline(query), query @ fit[1:] + fit[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.9, 5.0, 50.0])
+def test_tps_smoothing_is_scipys_linear_rbf(smoothing):
+    """Smoothing of the right sign: with ``K + smoothing I`` (the wrong one) the system turns
+    singular once the smoothing reaches an eigenvalue of ``-K`` (about 1 voxel here) and blows up."""
+    points = keypoints(200, seed=3) * 3
+    values = smooth(points) + torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    query = grid_points()[::23] * 3
+    reference = scipy.interpolate.RBFInterpolator(points.numpy(), values.numpy(), kernel="linear",
+                                                  smoothing=smoothing, degree=1)(query.numpy())
+    torch.testing.assert_close(thin_plate_spline(points, values, smoothing)(query),
+                               torch.from_numpy(reference), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 5.0])
@@ -182,3 +196,53 @@ def test_densify_values_interpolates_channels_like_the_displacements(method, opt
     with pytest.raises(GraphregError, match="method"):
         densify_values(points, values, SHAPE, method="rbf")
 
+
+def test_uniform_per_point_smoothing_is_the_scalar_smoothing():
+    points = keypoints()
+    values = smooth(points)
+    query = grid_points()[::29]
+    scalar = thin_plate_spline(points, values, smoothing=3.0)(query)
+    per_point = thin_plate_spline(points, values, smoothing=torch.full((80,), 3.0))(query)
+    torch.testing.assert_close(per_point, scalar, atol=1e-10, rtol=0)
+    weights = confidence_smoothing(3.0, torch.full((80,), 0.7))  # equal spreads: equal weights
+    torch.testing.assert_close(thin_plate_spline(points, values, smoothing=weights)(query), scalar,
+                               atol=1e-10, rtol=0)
+
+
+def test_a_point_with_huge_smoothing_barely_pulls_the_field():
+    """An outlier added to an affine field: interpolated it moves the field at its position by its
+    whole offset; with a huge smoothing of its own it moves it by almost nothing, while the other
+    points keep interpolating."""
+    points = keypoints()
+    values = affine(points)
+    values[0] += torch.tensor([10.0, -8.0, 6.0], dtype=torch.float64)
+    truth = affine(points)
+    plain = thin_plate_spline(points, values)(points)
+    assert (plain[0] - truth[0]).norm() > 10
+    smoothing = torch.zeros(80, dtype=torch.float64)
+    smoothing[0] = 1e8
+    robust = thin_plate_spline(points, values, smoothing=smoothing)(points)
+    assert (robust[0] - truth[0]).norm() < 0.01
+    assert (robust[1:] - truth[1:]).abs().max() < 0.01
+
+
+def test_confidence_smoothing_grows_with_the_squared_spread_ratio():
+    spread = torch.tensor([1.0, 2.0, 4.0])
+    torch.testing.assert_close(confidence_smoothing(0.5, spread), torch.tensor([0.125, 0.5, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(confidence_smoothing(0.5, torch.zeros(3)), torch.full((3,), 0.5, dtype=torch.float64))
+    with pytest.raises(ShapeError, match="spread"):
+        confidence_smoothing(0.5, torch.zeros(3, 1))
+    with pytest.raises(GraphregError, match="smoothing"):
+        thin_plate_spline(keypoints(), smooth(keypoints()), smoothing=-torch.ones(80))
+    with pytest.raises(ShapeError, match="smoothing"):
+        thin_plate_spline(keypoints(), smooth(keypoints()), smoothing=torch.ones(79))
+
+
+def test_configured_confidence_weighting():
+    config = RegistrationConfig()
+    config.densify.confidence_weighting = True
+    spread = torch.tensor([1.0, 1.0, 3.0])
+    torch.testing.assert_close(densify_options(config, spread)["smoothing"],
+                               torch.tensor([0.1, 0.1, 0.9], dtype=torch.float64))
+    with pytest.raises(GraphregError, match="config key 'densify.confidence_weighting': expected method 'tps'"):
+        load_config({"densify": {"method": "bspline", "confidence_weighting": True}})

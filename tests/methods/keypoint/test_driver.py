@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from graphreg.core.config import SearchLevel
-from graphreg.methods.keypoint.driver import residual_search
+from graphreg.methods.keypoint.driver import blend_regularisers, residual_search
+from graphreg.result.uncertainty import SCALES
 from graphreg.ops.mind import mind_ssc
 
 
@@ -30,3 +31,20 @@ def test_residual_search_is_small_around_the_right_field_and_finds_missed_motion
     assert (around_right.norm(dim=1) > 2).float().mean() < 0.05
     assert (around_zero.norm(dim=1) > 2).float().mean() > 0.9
     assert around_zero[:, 0].median() > 3 and around_zero[:, 1:].abs().median() < 1  # towards the missed +6 in z
+
+
+def test_blend_takes_the_regulariser_of_lower_predicted_error():
+    """Keypoint 0: the classical spread is tiny (classical wins), 1: huge (network wins), 2: both
+    predict the same error (choose: the network; mean: halfway)."""
+    ratio = SCALES["graphregnet"].scale_median / SCALES["corrfield"].scale_median
+    net = (torch.zeros(3, 3), torch.ones(3))
+    classical = (torch.ones(3, 3), torch.tensor([0.01, 100.0, ratio]))
+    chosen, error = blend_regularisers(net, classical, "choose")
+    torch.testing.assert_close(chosen[:, 0], torch.tensor([1.0, 0.0, 0.0]))
+    predicted = error * SCALES["graphregnet"].scale_median  # the network's calibration of the spread
+    torch.testing.assert_close(predicted, torch.tensor([SCALES["corrfield"].scale_median * 0.01,
+                                                        SCALES["graphregnet"].scale_median,
+                                                        SCALES["graphregnet"].scale_median]))
+    mean, _ = blend_regularisers(net, classical, "mean")
+    assert mean[0, 0] > 0.99 and mean[1, 0] < 0.01
+    torch.testing.assert_close(mean[2], torch.full((3,), 0.5))

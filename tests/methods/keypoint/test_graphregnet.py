@@ -224,6 +224,11 @@ def test_register_with_graphregnet_on_the_demo_pair(tmp_path):
     result.save(tmp_path / "out")
     report = __import__("json").loads((tmp_path / "out" / "report.json").read_text())
     assert report["method"] == "graphregnet" and "keypoint_uncertainty_mm" in report
+    blended = register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method="graphregnet",
+                       config={**config, "regulariser": {"blend": "mean"},
+                               "densify": {"smoothing": 20.0, "confidence_weighting": True}}, model=net)
+    errors = landmark_errors(blended.transform_points(pair.fixed_landmarks_mm), pair.moving_landmarks_mm)
+    assert errors.mean() < 0.5 * before and np.isfinite(blended.keypoint_uncertainty_mm).all()
     wrong = GraphRegNet(radius=level.radius + 1, step=level.step)
     with pytest.raises(ConfigError, match="levels"):
         register(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, method="graphregnet",
