@@ -55,8 +55,7 @@ BACKENDS = ("auto", "open3d", "matplotlib")
 #: every scene with matplotlib
 _NO_GL: list[str] = []
 _FIXED_RGB = (0.12, 0.38, 0.85)
-_MOVING_RGB = (0.90, 0.45, 0.05)
-_MOVED_RGB = (0.10, 0.65, 0.25)
+_MOVING_RGB = (0.10, 0.10, 0.10)
 _BEFORE_RGB = (0.55, 0.55, 0.55)
 _SURFACE_RGB = (0.55, 0.70, 0.85)
 
@@ -273,7 +272,7 @@ def keypoint_scene(points_mm, displacement_mm, surface=None, vmax: Optional[floa
 
 
 def landmark_scene(fixed_mm, moving_mm, moved_mm=None, surface=None, vmax: Optional[float] = None,
-                   cmap: str = "plasma", show_before: bool = True) -> Scene:
+                   cmap: str = "RdYlGn_r", show_before: bool = True) -> Scene:
     """Landmark pairs before and after registration, error vectors coloured by TRE.
 
     Shapes:
@@ -282,9 +281,9 @@ def landmark_scene(fixed_mm, moving_mm, moved_mm=None, surface=None, vmax: Optio
         None (then only the situation before registration is drawn).
 
     Drawn:
-        fixed landmarks (blue), moving landmarks (orange), mapped landmarks (green); the
-        initial offsets fixed -> moving (grey, ``show_before``) and the residual errors
-        mapped -> moving coloured by their length (the TRE, colour bar in mm).
+        fixed landmarks (blue), moving landmarks (black), mapped landmarks and the residual
+        errors mapped -> moving coloured by the error's length (the TRE, colour bar in mm); the
+        initial offsets fixed -> moving (grey, ``show_before``).
     """
     fixed = _points("fixed_mm", fixed_mm)
     moving = _points("moving_mm", moving_mm)
@@ -308,13 +307,14 @@ def landmark_scene(fixed_mm, moving_mm, moved_mm=None, surface=None, vmax: Optio
     after = np.linalg.norm(moving - moved, axis=1)
     if show_before:
         scene.add("error_before", vector_lines(fixed, moving, uniform=_BEFORE_RGB), "lines")
-    scene.add("landmarks_moved", point_cloud(moved, uniform=_MOVED_RGB), "points")
     if vmax is None:  # at least 1 mm, so that a near-perfect result does not look alarming
         vmax = max(float(np.percentile(after, 99)), 1.0)
     colors, lo, hi = colorize(after, cmap, 0.0, vmax)
+    # residuals are often shorter than a point is wide: the mapped points carry the TRE colour too
+    scene.add("landmarks_moved", point_cloud(moved, colors), "points")
     scene.add("error_after", vector_lines(moved, moving, colors), "lines")
     scene.title = (f"{len(fixed)} landmarks: TRE {before.mean():.2f} -> {after.mean():.2f} mm "
-                   f"(blue fixed, orange moving, green mapped)")
+                   f"(blue fixed, black moving, mapped coloured by TRE)")
     scene.colorbar = ColorBar("TRE after (mm)", cmap, lo, hi)
     return scene
 
