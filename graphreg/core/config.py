@@ -83,7 +83,7 @@ class DensifyConfig:
 
     method: str = "tps"  #: ``"tps"`` (thin-plate spline) or ``"bspline"``
     #: TPS: regularisation lambda in mm (the kernel's unit), the same spline at any working spacing;
-    #: B-spline: weight of the control grid's bending energy (``pipeline.driver.densify_options``)
+    #: B-spline: weight of the control grid's bending energy (``methods.keypoint.densify.densify_options``)
     smoothing: float = 0.2
     grid_step: int = 3  #: TPS evaluated every ``grid_step`` voxels, then upsampled
     #: TPS only: each keypoint's smoothing is ``smoothing * (spread / median spread)^2`` (its search

@@ -98,7 +98,7 @@ def graph_error_map(method: str, config: dict, grid: "Grid", keypoints_mm: np.nd
 
     The keypoints' predicted errors are interpolated by the densifier of ``config["densify"]``
     (:func:`graphreg.methods.keypoint.densify.densify_values` with
-    :func:`graphreg.methods.keypoint.driver.densify_options`, as the displacements are) and
+    :func:`graphreg.methods.keypoint.densify.densify_options`, as the displacements are) and
     clipped at 0 (the spline can undershoot between large and small values). Multiplying by
     ``scale_p90 / scale_median`` gives the dense 90 % bound (the interpolant is linear).
 
@@ -118,8 +118,7 @@ def graph_error_map(method: str, config: dict, grid: "Grid", keypoints_mm: np.nd
 
     from graphreg.core.config import load_config
     from graphreg.core.volume import Volume
-    from graphreg.methods.keypoint.densify import densify_values
-    from graphreg.methods.keypoint.driver import densify_options
+    from graphreg.methods.keypoint.densify import densify_options, densify_values
 
     predicted = graph_error_mm(method, spread_mm)
     if predicted is None:

@@ -29,7 +29,7 @@ from graphreg.apps.bench.sources import open_pairs
 from graphreg.core.config import load_config
 from graphreg.core.field import DisplacementField
 from graphreg.methods.keypoint.densify import densify
-from graphreg.methods.keypoint.driver import densify_options
+from graphreg.methods.keypoint.densify import densify_options
 from graphreg.result.uncertainty import SCALES
 
 

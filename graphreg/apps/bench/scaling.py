@@ -242,7 +242,8 @@ def measure_keypoint_stages(pair_dir: str, overrides: dict, crop: float = 1.0, t
     from graphreg.core.config import load_config
     from graphreg.datasets.pairs import read_pair
     from graphreg.methods.keypoint.densify import densify
-    from graphreg.methods.keypoint.driver import densify_options, regularised_search
+    from graphreg.methods.keypoint.densify import densify_options
+    from graphreg.methods.keypoint.driver import regularised_search
     from graphreg.ops.mind import mind_ssc
     from graphreg.methods.keypoint.preprocess import working_pair
 

@@ -31,7 +31,8 @@ from graphreg.core.config import RegistrationConfig
 from graphreg.errors import ConfigError, is_int_at_least
 from graphreg.io.atomic import atomic_output
 from graphreg.methods.keypoint.densify import ThinPlateSpline
-from graphreg.methods.keypoint.driver import densify_options, keypoints_and_features, level_cost
+from graphreg.methods.keypoint.densify import densify_options
+from graphreg.methods.keypoint.driver import keypoints_and_features, level_cost
 from graphreg.methods.keypoint.preprocess import WorkingPair, working_pair
 from graphreg.core.spatial import sample_points
 from graphreg.core.volume import Volume

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import scipy.fft
@@ -29,6 +29,9 @@ from graphreg.errors import GraphregError, check_finite, check_shape
 from graphreg.core.geometry import ALIGN_CORNERS
 from graphreg.core.spatial import resize_field, voxel_scale
 
+if TYPE_CHECKING:  # pragma: no cover
+    from graphreg.core.config import RegistrationConfig
+
 __all__ = [
     "ThinPlateSpline",
     "bspline_axis_matrix",
@@ -36,6 +39,7 @@ __all__ = [
     "bspline_dense_field",
     "confidence_smoothing",
     "densify",
+    "densify_options",
     "densify_values",
     "evaluate_bspline",
     "fit_bspline",
@@ -426,3 +430,21 @@ def densify_values(points: torch.Tensor, values: torch.Tensor, shape: Sequence[i
         coefficients = fit_bspline(points, values, shape, **kwargs)
         return evaluate_bspline(coefficients, shape, kwargs.get("control_spacing", 8.0)).to(dtype=dtype)
     raise GraphregError(f"method: expected 'tps' or 'bspline', got {method!r}")
+
+
+def densify_options(config: "RegistrationConfig", spread: Optional[torch.Tensor] = None) -> dict:
+    """Keyword arguments of :func:`densify` (and :func:`densify_values`) for ``config.densify``.
+
+    The TPS smoothing is configured in mm (the unit of the spline's kernel ``|x - p|``) and
+    passed in working voxels, ``smoothing / spacing_mm``: the same spline in mm at any working
+    spacing; with ``confidence_weighting`` and a ``spread`` ``(N,)`` it becomes per keypoint
+    (:func:`confidence_smoothing`). The B-spline smoothing is a weight of the control grid's
+    bending energy and passes as it is.
+    """
+    options = config.densify
+    if options.method == "tps":
+        smoothing = options.smoothing / config.preprocess.spacing_mm
+        if options.confidence_weighting and spread is not None:
+            smoothing = confidence_smoothing(smoothing, spread)
+        return {"smoothing": smoothing, "grid_step": options.grid_step}
+    return {"smoothing": options.smoothing, "control_spacing": options.control_spacing}

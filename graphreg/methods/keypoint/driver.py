@@ -19,7 +19,7 @@ from graphreg.errors import ConfigError, GeometryError
 from graphreg.core.field import DisplacementField
 from graphreg.core.spatial import sample_points, warp
 from graphreg.methods.keypoint.correlation import candidate_displacements, correlation_cost
-from graphreg.methods.keypoint.densify import confidence_smoothing, densify
+from graphreg.methods.keypoint.densify import densify, densify_options
 from graphreg.methods.keypoint.graph import knn_graph
 from graphreg.methods.keypoint.instance_opt import instance_features, optimise_with_config
 from graphreg.methods.keypoint.keypoints import foerstner_keypoints
@@ -303,19 +303,3 @@ def run_keypoint_pipeline(pair: WorkingPair, config: RegistrationConfig, method:
                           timings=timings)
 
 
-def densify_options(config: RegistrationConfig, spread: Optional[torch.Tensor] = None) -> dict:
-    """Keyword arguments of :func:`graphreg.methods.keypoint.densify.densify` for ``config.densify``.
-
-    The TPS smoothing is configured in mm (the unit of the spline's kernel ``|x - p|``) and
-    passed in working voxels, ``smoothing / spacing_mm``: the same spline in mm at any working
-    spacing; with ``confidence_weighting`` and a ``spread`` ``(N,)`` it becomes per keypoint
-    (:func:`~graphreg.methods.keypoint.densify.confidence_smoothing`). The B-spline smoothing is
-    a weight of the control grid's bending energy and passes as it is.
-    """
-    options = config.densify
-    if options.method == "tps":
-        smoothing = options.smoothing / config.preprocess.spacing_mm
-        if options.confidence_weighting and spread is not None:
-            smoothing = confidence_smoothing(smoothing, spread)
-        return {"smoothing": smoothing, "grid_step": options.grid_step}
-    return {"smoothing": options.smoothing, "control_spacing": options.control_spacing}

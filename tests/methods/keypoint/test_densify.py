@@ -13,13 +13,13 @@ from graphreg.methods.keypoint.densify import (
     bspline_dense_field,
     confidence_smoothing,
     densify,
+    densify_options,
     densify_values,
     evaluate_bspline,
     fit_bspline,
     thin_plate_spline,
     tps_dense_field,
 )
-from graphreg.methods.keypoint.driver import densify_options
 from graphreg.core.spatial import identity_grid
 
 SHAPE = (20, 18, 22)
