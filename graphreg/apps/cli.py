@@ -242,7 +242,8 @@ def train(config: Path = typer.Option(..., help=f"Training recipe: a YAML file o
 
     with command_threads(threads):
         result = train_from_config(config, out, resume=resume, max_minutes=max_minutes, variant=variant)
-    typer.echo(f"trained to step {result.step}; wrote {out}")
+    stopped = "" if result.stopped == "completed" else f" ({result.stopped}: run the same command again to continue)"
+    typer.echo(f"trained to step {result.step}{stopped}; wrote {out}")
 
 
 @app.command()

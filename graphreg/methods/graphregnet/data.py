@@ -20,6 +20,7 @@ Convention:
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -143,11 +144,14 @@ class GraphTrainingData:
         seed: seed of the sampler, the loss points and the per-step sample choice.
         sampler: further :class:`~graphreg.datasets.training.TrainingPairSampler` arguments.
         source: the CT the sampler moves (default: the POPI CT).
+        build_deadline: a ``time.perf_counter()`` value after which :meth:`prepare` builds no new
+            sample (cached ones are still loaded); None: no limit.
     """
 
     def __init__(self, out_dir: Union[str, Path], config: RegistrationConfig, pool_size: int = 32,
                  validation_size: int = 4, loss_points: int = 4000, seed: int = 0,
-                 sampler: Optional[dict] = None, source: Optional[str] = None, progress: bool = True) -> None:
+                 sampler: Optional[dict] = None, source: Optional[str] = None, progress: bool = True,
+                 build_deadline: Optional[float] = None) -> None:
         for name, value, minimum in (("pool_size", pool_size, 1), ("validation_size", validation_size, 0),
                                      ("loss_points", loss_points, 1)):
             if not is_int_at_least(value, minimum):
@@ -160,6 +164,7 @@ class GraphTrainingData:
         if source is not None:
             self.sampler_options["source"] = source
         self.progress = progress
+        self.build_deadline = build_deadline
         self._sampler = None
         self._cache: dict = {}
 
@@ -173,11 +178,15 @@ class GraphTrainingData:
         except TypeError as error:
             raise ConfigError(f"data.sampler: {error}") from None
 
+    def path(self, index: int) -> Path:
+        """The cache file of sample ``index``."""
+        return self.out_dir / "graphs" / f"sample_{index:04d}.pt"
+
     def sample(self, index: int) -> KeypointGraphSample:
         """Pool sample ``index`` (built and cached on first use)."""
         if index in self._cache:
             return self._cache[index]
-        path = self.out_dir / "graphs" / f"sample_{index:04d}.pt"
+        path = self.path(index)
         if path.is_file():
             item = KeypointGraphSample.load(path)
         else:
@@ -191,12 +200,21 @@ class GraphTrainingData:
         return item
 
     def prepare(self) -> None:
-        """Build (or load) every training and validation sample now."""
+        """Build (or load) every training and validation sample now, building none once
+        ``build_deadline`` has passed (:meth:`missing` then counts the rest; calling again
+        continues)."""
         from tqdm.auto import tqdm
 
         for index in tqdm(range(self.pool_size + self.validation_size), desc="keypoint graphs",
                           disable=not self.progress):
+            if (self.build_deadline is not None and time.perf_counter() >= self.build_deadline
+                    and index not in self._cache and not self.path(index).is_file()):
+                return
             self.sample(index)
+
+    def missing(self) -> int:
+        """How many training and validation samples are not cached yet."""
+        return sum(not self.path(index).is_file() for index in range(self.pool_size + self.validation_size))
 
     def validation_samples(self) -> list[KeypointGraphSample]:
         return [self.sample(self.pool_size + i) for i in range(self.validation_size)]

@@ -36,7 +36,7 @@ from graphreg.methods.keypoint.graph import knn_graph
 from graphreg.methods.keypoint.regularise import distribution_moments
 from graphreg.core.spatial import sample_points
 from graphreg.training.checkpoint import build_model
-from graphreg.training.loop import TrainingResult, train
+from graphreg.training.loop import TrainingResult, latest_checkpoint, train
 from graphreg.training.recipes import prepared, train_settings
 from graphreg.methods.graphregnet.data import GraphTrainingData, KeypointGraphSample
 
@@ -110,7 +110,9 @@ def train_graphregnet(recipe: dict, out_dir: Union[str, Path], resume: bool = Tr
 
     Args:
         recipe: the parsed recipe (:func:`graphreg.training.read_recipe`).
-        max_minutes: wall-time budget including building the samples.
+        max_minutes: wall-time budget including building the samples; spent before every sample is
+            built, the run stops without training (``stopped="time limit"``) and the next call
+            continues building from the cache.
 
     Raises:
         ConfigError: a bad recipe, or ``model`` radius/step that differ from ``registration``'s first
@@ -123,10 +125,16 @@ def train_graphregnet(recipe: dict, out_dir: Union[str, Path], resume: bool = Tr
     check_learned_level(model, registration.levels[0])
     try:
         loss_fn = graph_loss_fn(**recipe["loss"])
-        data = GraphTrainingData(out_dir, registration, seed=settings.seed, progress=progress, **recipe["data"])
+        deadline = None if settings.max_minutes is None else settings.start + 60.0 * settings.max_minutes
+        data = GraphTrainingData(out_dir, registration, seed=settings.seed, progress=progress,
+                                 build_deadline=deadline, **recipe["data"])
     except TypeError as error:
         raise ConfigError(f"loss/data: {error}") from None
     with prepared(data, settings.options.get("device"), progress):
+        if data.missing():
+            latest = latest_checkpoint(out_dir)
+            return TrainingResult(step=0 if latest is None else int(latest.stem.split("_")[1]),
+                                  checkpoint=latest, model_path=None, stopped="time limit")
         stored = copy.deepcopy(recipe)
         stored["registration"] = registration.to_dict()
         validation = data.validation_samples()

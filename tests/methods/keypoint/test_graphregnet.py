@@ -186,6 +186,35 @@ def test_validation_reports_keypoint_error():
     assert result["initial_mm"] == pytest.approx(sample.initial_error_mm)
 
 
+def test_pool_building_stops_at_its_deadline_and_continues_from_the_cache(tmp_path):
+    import time
+
+    from graphreg.methods.graphregnet.data import GraphTrainingData
+
+    data = GraphTrainingData(tmp_path, load_config({}), pool_size=2, validation_size=1,
+                             build_deadline=time.perf_counter())
+    _synthetic_sample().save(data.path(0))
+    data.prepare()  # past the deadline: sample 0 is loaded from the cache, 1 and 2 are not built
+    assert data.missing() == 2 and sorted(p.name for p in (tmp_path / "graphs").iterdir()) == ["sample_0000.pt"]
+    for index in (1, 2):
+        _synthetic_sample(seed=index).save(data.path(index))
+    data.prepare()
+    assert data.missing() == 0
+    torch.testing.assert_close(data.validation_samples()[0].target, _synthetic_sample(seed=2).target)
+
+
+def test_training_spent_while_building_the_pool_stops_before_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from graphreg.apps.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--config", "graphregnet", "--out", str(tmp_path),
+                                      "--max-minutes", "1e-9", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "trained to step 0 (time limit: run the same command again to continue)" in result.output
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "graphs").exists()
+
+
 def test_checkpoint_round_trip(tmp_path):
     net = _net("coordinates")
     save_checkpoint(tmp_path / "model.pt", net)
