@@ -72,15 +72,17 @@ def checkpoint_path(out_dir: Union[str, Path], step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"step_{step:07d}.pt"
 
 
+def checkpoints_by_step(out_dir: Union[str, Path]) -> list[tuple[int, Path]]:
+    """The training checkpoints in ``out_dir/checkpoints`` as ``(step, path)``, oldest first."""
+    folder = Path(out_dir) / "checkpoints"
+    paths = folder.glob("step_*.pt") if folder.is_dir() else []
+    return sorted((int(match.group(1)), path) for path in paths if (match := _CHECKPOINT_NAME.match(path.name)))
+
+
 def latest_checkpoint(out_dir: Union[str, Path]) -> Optional[Path]:
     """The training checkpoint with the highest step in ``out_dir/checkpoints``, or None."""
-    folder = Path(out_dir) / "checkpoints"
-    found = []
-    for path in folder.glob("step_*.pt") if folder.is_dir() else []:
-        match = _CHECKPOINT_NAME.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    found = checkpoints_by_step(out_dir)
+    return found[-1][1] if found else None
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -273,11 +275,9 @@ def _iterating(data: Iterable) -> Callable[[int], Any]:
 
 def _prune(out_dir: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest training checkpoints."""
-    folder = out_dir / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in folder.glob("step_*.pt")
-                   if (m := _CHECKPOINT_NAME.match(p.name)))
-    for _, path in found[:-keep]:
+    for _, path in checkpoints_by_step(out_dir)[:-keep]:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["LossFn", "TrainingResult", "checkpoint_path", "latest_checkpoint", "to_device", "train"]
+__all__ = ["LossFn", "TrainingResult", "checkpoint_path", "checkpoints_by_step", "latest_checkpoint", "to_device",
+           "train"]

@@ -36,7 +36,7 @@ from graphreg.methods.keypoint.graph import knn_graph
 from graphreg.methods.keypoint.regularise import distribution_moments
 from graphreg.core.spatial import sample_points
 from graphreg.training.checkpoint import build_model
-from graphreg.training.loop import TrainingResult, latest_checkpoint, train
+from graphreg.training.loop import TrainingResult, checkpoints_by_step, train
 from graphreg.training.recipes import prepared, train_settings
 from graphreg.methods.graphregnet.data import GraphTrainingData, KeypointGraphSample
 
@@ -132,9 +132,8 @@ def train_graphregnet(recipe: dict, out_dir: Union[str, Path], resume: bool = Tr
         raise ConfigError(f"loss/data: {error}") from None
     with prepared(data, settings.options.get("device"), progress):
         if data.missing():
-            latest = latest_checkpoint(out_dir)
-            return TrainingResult(step=0 if latest is None else int(latest.stem.split("_")[1]),
-                                  checkpoint=latest, model_path=None, stopped="time limit")
+            step, latest = (checkpoints_by_step(out_dir) or [(0, None)])[-1]
+            return TrainingResult(step=step, checkpoint=latest, model_path=None, stopped="time limit")
         stored = copy.deepcopy(recipe)
         stored["registration"] = registration.to_dict()
         validation = data.validation_samples()
