@@ -432,6 +432,7 @@ def plot_displacement(field: DisplacementField, fixed: Optional[Volume] = None,
     cuts = {p: field_slice_mm(field, frame, p, chosen[p]) for p in PLANES}
     if vmax is None:
         vmax = max(float(np.percentile(np.linalg.norm(c, axis=-1), 99.5)) for c in cuts.values()) or 1.0
+    window = None if fixed is None else intensity_window(fixed)
     figure = _figure(3, 1, height=4.0)
     panels = figure.subplots(1, 3, squeeze=False)[0]
     for axes, plane in zip(panels, PLANES):
@@ -439,7 +440,7 @@ def plot_displacement(field: DisplacementField, fixed: Optional[Volume] = None,
         vectors = cuts[plane]
         magnitude = np.linalg.norm(vectors, axis=-1)
         if fixed is not None:
-            lo, hi = intensity_window(fixed)
+            lo, hi = window
             _show(axes, frame, plane, frame.take(fixed.array, plane, chosen[plane]), cmap="gray",
                   vmin=lo, vmax=hi)
         artist = _show(axes, frame, plane, magnitude, cmap="viridis", vmin=0.0, vmax=vmax,
@@ -522,12 +523,13 @@ def plot_uncertainty(error_map: Volume, fixed: Optional[Volume] = None, mask: Op
         vmax = float(np.percentile(values[inside], 99))
     vmax = max(vmax, 1e-6)
     chosen = _slices(frame, slices, mask)
+    window = None if fixed is None else intensity_window(fixed)
     figure = _figure(3, 1, height=4.0)
     panels = figure.subplots(1, 3, squeeze=False)[0]
     for axes, plane in zip(panels, PLANES):
         index = chosen[plane]
         if fixed is not None:
-            lo, hi = intensity_window(fixed)
+            lo, hi = window
             _show(axes, frame, plane, frame.take(fixed.array, plane, index), cmap="gray", vmin=lo, vmax=hi)
         cut, region = frame.take(values, plane, index), frame.take(inside, plane, index)
         artist = _show(axes, frame, plane, np.ma.masked_where(~region, cut), cmap="magma", vmin=0.0, vmax=vmax)
