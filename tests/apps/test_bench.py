@@ -418,6 +418,32 @@ def test_elastix_recovers_translation():
     assert errors.mean() < 1.5  # from 7.5 mm; the opposite sign would give 15 mm
 
 
+def test_ants_field_applies_the_affine_after_the_warp(tmp_path):
+    """ANTs' forward list ``[warp, affine]`` maps a fixed point p to ``affine(warp(p))``."""
+    import SimpleITK as sitk
+
+    from graphreg.apps.bench.peers import ants_field_mm
+
+    grid = Grid((6, 7, 8), spacing=(2.0, 2.0, 3.0), origin=(-5.0, 4.0, 1.0))
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix([0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # 90 degrees about z
+    affine.SetTranslation((3.0, -2.0, 1.0))
+    sitk.WriteTransform(affine, str(tmp_path / "0GenericAffine.mat"))
+    warp = np.zeros((*grid.shape, 3))
+    warp[..., 0] = 4.0  # 4 mm along x everywhere
+    warp_image = sitk.GetImageFromArray(warp, isVector=True)
+    warp_image.SetSpacing(grid.spacing)
+    warp_image.SetOrigin(grid.origin)
+    sitk.WriteImage(warp_image, str(tmp_path / "1Warp.nii.gz"))
+    field_mm = ants_field_mm([str(tmp_path / "1Warp.nii.gz"), str(tmp_path / "0GenericAffine.mat")], grid)
+    points = grid.voxel_to_world(np.argwhere(np.ones(grid.shape)).astype(float))
+    warped = points + [4.0, 0.0, 0.0]
+    expected = warped @ np.array(affine.GetMatrix()).reshape(3, 3).T + affine.GetTranslation()
+    np.testing.assert_allclose(points + field_mm.reshape(-1, 3), expected, atol=1e-9)
+    np.testing.assert_allclose(ants_field_mm([str(tmp_path / "1Warp.nii.gz")], grid).reshape(-1, 3),
+                               np.broadcast_to([4.0, 0.0, 0.0], points.shape), atol=1e-12)
+
+
 @pytest.mark.slow
 def test_ants_maps_points_fixed_to_moving(tmp_path, monkeypatch):
     pytest.importorskip("ants")
@@ -426,14 +452,16 @@ def test_ants_maps_points_fixed_to_moving(tmp_path, monkeypatch):
     from graphreg.apps.bench.peers import AntsSettings, ants_register
 
     pair = translation_pair()
-    settings = AntsSettings(iterations=(20, 10), metric_radius=2, affine_sampling=1.0)  # repeatable
+    # SyN alone: ANTs' affine stage on this small phantom ends 0-16 mm off from run to run, even
+    # with a seed and one thread; SyN alone ends at the same 2.26 mm every time
+    settings = AntsSettings(transform="SyNOnly", iterations=(40, 20, 10), metric_radius=2)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     field_mm, timings = ants_register(pair.fixed, pair.moving, None, settings)
     assert list(tmp_path.iterdir()) == []  # ANTs' transform files are removed
     assert field_mm.shape == (*SHAPE, 3) and {"import", "register", "deformation_field"} <= set(timings)
     field = DisplacementField.from_mm_array(field_mm, pair.fixed.grid)
     errors = np.linalg.norm(field.transform_points(pair.fixed_landmarks_mm) - pair.moving_landmarks_mm, axis=1)
-    assert errors.mean() < 1.5  # from 7.5 mm; the opposite direction would give 15 mm
+    assert errors.mean() < 3.0  # from 7.5 mm; the opposite direction would give 15 mm
 
 
 # ---------------------------------------------------------------------- NAME@CONFIG

@@ -349,9 +349,9 @@ class AntsSettings:
         grad_step: SyN gradient step (``grad_step``).
         flow_sigma: smoothing of the update field (voxels, ``flow_sigma``).
         total_sigma: smoothing of the total field (voxels, ``total_sigma``).
-        affine_sampling: share of voxels the affine stage's metric samples at random (ANTs'
-            default 0.2: two runs on one pair can end millimetres apart, and antspyx offers no
-            per-call seed; 1: every voxel, repeatable).
+        affine_sampling: share of voxels the affine stage's metric samples (ANTs' default 0.2).
+            The affine stage is not repeatable: on the tests' small phantom it ended 0-25 mm off
+            from run to run at 0.2 and at 1.0, with one ITK thread and antspyx's random seed set.
     """
 
     transform: str = "SyN"
@@ -376,14 +376,22 @@ def _to_ants(volume: Volume):
 
 
 def ants_field_mm(forward_transforms: list[str], grid: Grid) -> np.ndarray:
-    """ANTs' forward transforms ``[warp, affine]`` as a displacement in mm on ``grid``.
+    """ANTs' forward transforms (``[warp, affine]`` for SyN, ``[affine]`` for an affine
+    ``type_of_transform``) as a displacement in mm on ``grid``.
+
+    ANTs lists them as ``antsApplyTransforms -t`` takes them: a fixed point goes through the last
+    first, so for SyN ``affine(warp(p))``. Displacement fields are ``.nii.gz`` files, the rest ITK
+    transform files.
 
     Shapes:
-        returns ``(z, y, x, 3)`` world mm ``(x, y, z)``, fixed -> moving: ``affine(warp(p)) - p``.
+        returns ``(z, y, x, 3)`` world mm ``(x, y, z)``, fixed -> moving.
     """
-    warp_path, affine_path = forward_transforms
-    warp = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(warp_path), sitk.sitkVectorFloat64))
-    composite = sitk.CompositeTransform([sitk.ReadTransform(affine_path), warp])  # applies the last first
+    def read(path: str) -> sitk.Transform:
+        if str(path).endswith((".nii.gz", ".nii")):
+            return sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(path), sitk.sitkVectorFloat64))
+        return sitk.ReadTransform(path)
+
+    composite = sitk.CompositeTransform([read(path) for path in reversed(forward_transforms)])  # last added runs first
     field = sitk.TransformToDisplacementField(composite, sitk.sitkVectorFloat64, list(grid.size_xyz),
                                               list(grid.origin), list(grid.spacing), list(grid.direction))
     return sitk.GetArrayFromImage(field)
