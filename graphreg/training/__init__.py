@@ -55,7 +55,7 @@ DENSE_ARCHITECTURES = ("voxelmorph", "bspline-cnn", "linear-deformable")
 GRAPH_ARCHITECTURES = ("graphregnet",)
 _SECTIONS = {"architecture", "model", "data", "loss", "train", "gpu", "registration", "variants"}
 _TRAIN_KEYS = {"steps", "lr", "checkpoint_every", "keep_checkpoints", "validate_every", "seed", "device",
-               "grad_clip", "batch_size", "max_minutes"}
+               "grad_clip", "batch_size", "max_minutes", "lr_schedule"}
 
 
 @dataclass

@@ -24,6 +24,7 @@ Convention:
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ LossOutput = Union[torch.Tensor, tuple[torch.Tensor, dict]]
 LossFn = Callable[[torch.nn.Module, Any], LossOutput]
 
 _CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
+#: learning-rate schedules of :func:`train`
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -122,7 +125,8 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
           max_minutes: Optional[float] = None,
           validate: Optional[Callable[[torch.nn.Module], dict]] = None, validate_every: Optional[int] = None,
           config: Optional[dict] = None, device: Union[str, torch.device, None] = None,
-          grad_clip: Optional[float] = None, progress: bool = True) -> TrainingResult:
+          grad_clip: Optional[float] = None, lr_schedule: str = "constant",
+          progress: bool = True) -> TrainingResult:
     """Train ``model`` with Adam for ``steps`` steps, checkpointing and resuming.
 
     Runs with :func:`graphreg.runtime.allocator.reusing_freed_memory` (freed memory is reused instead of
@@ -135,7 +139,9 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
         data: ``data(step) -> batch`` or an iterable of batches.
         steps: total number of optimiser steps (earlier runs included when resumed).
         out_dir: folder of checkpoints, ``history.jsonl`` and the final ``model.pt``.
-        lr: Adam learning rate.
+        lr: Adam learning rate (the start of a schedule).
+        lr_schedule: ``"constant"``, or ``"cosine"``: step ``s`` (0-based) uses
+            ``lr * (1 + cos(pi * s / steps)) / 2``, so a resumed run continues on the same curve.
         seed: torch seed of a fresh run (a resumed run restores the saved random state).
         checkpoint_every: steps between training checkpoints.
         keep_checkpoints: how many of the newest training checkpoints are kept.
@@ -161,6 +167,8 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
         raise ConfigError(f"lr: expected a number > 0, got {lr!r}")
     if max_minutes is not None and not (isinstance(max_minutes, (int, float)) and max_minutes > 0):
         raise ConfigError(f"max_minutes: expected a number > 0 or None, got {max_minutes!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     ddp = init_distributed(device)
     is_main = ddp is None or ddp.is_main
     if ddp is not None:
@@ -223,6 +231,8 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
             batch = next_batch(step)
             batch = to_device(batch if ddp is None else ddp.shard(batch), device)
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(lr, lr_schedule, step, steps)
             loss, parts = _split_loss(loss_fn(network, batch), step)
             loss.backward()
             if grad_clip is not None:
@@ -261,6 +271,13 @@ def train(model: LoadableModel, loss_fn: LossFn, data: Union[Callable[[int], Any
     return TrainingResult(step, last_checkpoint, model_path, history, start_step, stopped)
 
 
+def scheduled_lr(lr: float, schedule: str, step: int, steps: int) -> float:
+    """The learning rate of 0-based ``step`` of ``steps`` under ``schedule`` (see :func:`train`)."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    return lr
+
+
 def _iterating(data: Iterable) -> Callable[[int], Any]:
     iterator = iter(data)
 
@@ -279,5 +296,5 @@ def _prune(out_dir: Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["LossFn", "TrainingResult", "checkpoint_path", "checkpoints_by_step", "latest_checkpoint", "to_device",
-           "train"]
+__all__ = ["LR_SCHEDULES", "LossFn", "TrainingResult", "checkpoint_path", "checkpoints_by_step", "latest_checkpoint",
+           "scheduled_lr", "to_device", "train"]

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 from collections import namedtuple
 
 import pytest
@@ -92,7 +93,15 @@ def test_ddp_step_equals_single_process_step(tmp_path, monkeypatch):
     # takes seconds: import it once here rather than in both ranks (spawned ranks work the same, slower)
     import torch._dynamo  # noqa: F401
 
-    mp.start_processes(_rank_main, args=(2, _free_port(), tmp_path), nprocs=2, join=True, start_method="fork")
+    ranks = mp.start_processes(_rank_main, args=(2, _free_port(), tmp_path), nprocs=2, join=False,
+                               start_method="fork")
+    # a forked rank once hung (the other had ended) with this process's threads busy: fail, never hang CI
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the two DDP ranks did not finish within 300 s")
     ranks = [torch.load(tmp_path / f"result{r}.pt", weights_only=True) for r in range(2)]
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -1,6 +1,7 @@
 """The generic training loop, checkpoints and the recipe runner (tiny CPU networks and pairs)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -72,6 +73,31 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert [r["step"] for r in result.history] == [1, 2, 3, 4]
     for a, b in zip(straight.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_cosine_schedule_lowers_the_rate_to_zero_and_resumes_on_its_curve(tmp_path, monkeypatch):
+    from graphreg.training import loop
+
+    assert loop.scheduled_lr(0.01, "cosine", 0, 4) == pytest.approx(0.01)
+    assert loop.scheduled_lr(0.01, "cosine", 2, 4) == pytest.approx(0.005)
+    assert loop.scheduled_lr(0.01, "constant", 3, 4) == 0.01
+    seen = []
+    step_before = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step_before(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    batch = _batch()
+    first = train(_tiny_model(), LOSS, lambda step: batch, steps=4, out_dir=tmp_path, lr=0.01,
+                  lr_schedule="cosine", max_minutes=1e-6, progress=False)
+    assert first.stopped == "time limit" and first.step == 1
+    train(_tiny_model(), LOSS, lambda step: batch, steps=4, out_dir=tmp_path, lr=0.01, lr_schedule="cosine",
+          progress=False)  # resumed at step 1
+    assert seen == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)])
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        train(_tiny_model(), LOSS, lambda step: batch, steps=1, out_dir=tmp_path / "bad", lr_schedule="step")
 
 
 def test_time_limit_stops_with_a_checkpoint(tmp_path):

@@ -47,26 +47,35 @@ class KeypointGraphSample:
         keypoints ``(N, 3)``; cost ``(N, L)``; target ``(N, 3)`` working voxels (ground truth);
         points ``(S, 3)`` voxels in the fixed lungs; fixed_features ``(S, C)``;
         tps_operator ``(S, N)`` (``u(points) = tps_operator @ d``); moving_features
-        ``(C, D, H, W)`` float16.
+        ``(C, D, H, W)`` float16. The last four serve only the unsupervised loss (None when
+        loaded without it: about a tenth of the memory).
     """
 
     keypoints: torch.Tensor
     cost: torch.Tensor
     target: torch.Tensor
-    points: torch.Tensor
-    fixed_features: torch.Tensor
-    tps_operator: torch.Tensor
-    moving_features: torch.Tensor
+    points: Optional[torch.Tensor]
+    fixed_features: Optional[torch.Tensor]
+    tps_operator: Optional[torch.Tensor]
+    moving_features: Optional[torch.Tensor]
     initial_error_mm: float
     spacing_mm: float
+
+    #: the fields only the unsupervised (image) loss reads
+    IMAGE_LOSS_FIELDS = ("points", "fixed_features", "tps_operator", "moving_features")
 
     def save(self, path: Union[str, Path]) -> None:
         with atomic_output(path) as tmp:
             torch.save(asdict(self), tmp)
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "KeypointGraphSample":
-        return cls(**torch.load(path, weights_only=True))
+    def load(cls, path: Union[str, Path], image_loss: bool = True) -> "KeypointGraphSample":
+        """Read a cached sample; ``image_loss=False`` drops :attr:`IMAGE_LOSS_FIELDS` (set to None)."""
+        stored = torch.load(path, weights_only=True, mmap=not image_loss)
+        if not image_loss:
+            stored.update(dict.fromkeys(cls.IMAGE_LOSS_FIELDS))
+            stored = {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in stored.items()}
+        return cls(**stored)
 
 
 def tps_operator(keypoints: torch.Tensor, points: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -146,12 +155,14 @@ class GraphTrainingData:
         source: the CT the sampler moves (default: the POPI CT).
         build_deadline: a ``time.perf_counter()`` value after which :meth:`prepare` builds no new
             sample (cached ones are still loaded); None: no limit.
+        image_loss: keep what the unsupervised loss needs in memory (False for the supervised
+            loss: about 10 instead of 95 MB per realistic sample).
     """
 
     def __init__(self, out_dir: Union[str, Path], config: RegistrationConfig, pool_size: int = 32,
                  validation_size: int = 4, loss_points: int = 4000, seed: int = 0,
                  sampler: Optional[dict] = None, source: Optional[str] = None, progress: bool = True,
-                 build_deadline: Optional[float] = None) -> None:
+                 build_deadline: Optional[float] = None, image_loss: bool = True) -> None:
         for name, value, minimum in (("pool_size", pool_size, 1), ("validation_size", validation_size, 0),
                                      ("loss_points", loss_points, 1)):
             if not is_int_at_least(value, minimum):
@@ -165,6 +176,7 @@ class GraphTrainingData:
             self.sampler_options["source"] = source
         self.progress = progress
         self.build_deadline = build_deadline
+        self.image_loss = image_loss
         self._sampler = None
         self._cache: dict = {}
 
@@ -187,15 +199,13 @@ class GraphTrainingData:
         if index in self._cache:
             return self._cache[index]
         path = self.path(index)
-        if path.is_file():
-            item = KeypointGraphSample.load(path)
-        else:
+        if not path.is_file():
             if self._sampler is None:
                 self._sampler = self._make_sampler()
             rng = np.random.default_rng([self.seed, 104729, index])
             drawn = self._sampler[index]
-            item = build_sample(drawn, self._sampler.sample_grid(drawn), self.config, self.loss_points, rng)
-            item.save(path)
+            build_sample(drawn, self._sampler.sample_grid(drawn), self.config, self.loss_points, rng).save(path)
+        item = KeypointGraphSample.load(path, self.image_loss)
         self._cache[index] = item
         return item
 

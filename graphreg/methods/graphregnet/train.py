@@ -17,7 +17,8 @@ Losses (per sample; ``d`` = soft-argmax keypoint displacements, voxels):
   plus ``smoothness`` x the mean squared difference of ``d`` along the kNN graph's edges.
 - ``supervised``: mean Euclidean distance (voxels) between ``d`` and the generator's ground truth.
 
-Both report ``error_mm``, the mean keypoint error against the ground truth, for monitoring.
+Both report ``error_mm``, the mean keypoint error against the ground truth, for monitoring;
+validation also reports ``classical_mm``, the classical regulariser's error on the same samples.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from typing import Optional, Union
 
 import torch
 
-from graphreg.core.config import load_config
+from graphreg.core.config import RegistrationConfig, load_config
 from graphreg.errors import ConfigError
 from graphreg.methods.keypoint.correlation import candidate_displacements
 from graphreg.methods.keypoint.driver import check_learned_level
 from graphreg.methods.keypoint.graph import knn_graph
-from graphreg.methods.keypoint.regularise import distribution_moments
+from graphreg.methods.keypoint.regularise import distribution_moments, regularise_mst_bp
 from graphreg.core.spatial import sample_points
 from graphreg.training.checkpoint import build_model
 from graphreg.training.loop import TrainingResult, checkpoints_by_step, train
@@ -94,12 +95,30 @@ def graph_loss_fn(supervision: str = "unsupervised", smoothness: float = 0.01):
     return loss_fn
 
 
-def graph_validation(samples: list[KeypointGraphSample]):
-    """``validate(model) -> {"error_mm", "initial_mm"}`` over held-out samples."""
+def classical_error_mm(samples: list[KeypointGraphSample], config: RegistrationConfig) -> float:
+    """Mean keypoint error (mm) of the classical regulariser (tree belief propagation with
+    ``config``'s first level and regulariser settings) on the same cost volumes: the bar a trained
+    network has to clear."""
+    level, regulariser = config.levels[0], config.regulariser
+    errors = []
+    with torch.no_grad():
+        for sample in samples:
+            candidates = candidate_displacements(level.radius, level.step).to(sample.cost)
+            mean, _ = regularise_mst_bp(sample.cost, candidates, sample.keypoints, k=regulariser.k,
+                                        alpha=level.alpha, gamma=level.gamma, inference=regulariser.inference)
+            errors.append(float(keypoint_error_mm(sample, mean)))
+    return sum(errors) / len(errors)
+
+
+def graph_validation(samples: list[KeypointGraphSample], config: Optional[RegistrationConfig] = None):
+    """``validate(model) -> {"error_mm", "initial_mm"}`` over held-out samples, plus
+    ``"classical_mm"`` (:func:`classical_error_mm`, computed once) when ``config`` is given."""
+    initial = sum(sample.initial_error_mm for sample in samples) / len(samples)
+    reference = {} if config is None else {"classical_mm": classical_error_mm(samples, config)}
+
     def validate(model) -> dict:
         errors = [float(keypoint_error_mm(sample, predict(model, sample)[0])) for sample in samples]
-        initial = [sample.initial_error_mm for sample in samples]
-        return {"error_mm": sum(errors) / len(errors), "initial_mm": sum(initial) / len(initial)}
+        return {"error_mm": sum(errors) / len(errors), "initial_mm": initial, **reference}
 
     return validate
 
@@ -126,8 +145,9 @@ def train_graphregnet(recipe: dict, out_dir: Union[str, Path], resume: bool = Tr
     try:
         loss_fn = graph_loss_fn(**recipe["loss"])
         deadline = None if settings.max_minutes is None else settings.start + 60.0 * settings.max_minutes
+        image_loss = recipe["loss"].get("supervision", "unsupervised") == "unsupervised"
         data = GraphTrainingData(out_dir, registration, seed=settings.seed, progress=progress,
-                                 build_deadline=deadline, **recipe["data"])
+                                 build_deadline=deadline, image_loss=image_loss, **recipe["data"])
     except TypeError as error:
         raise ConfigError(f"loss/data: {error}") from None
     with prepared(data, settings.options.get("device"), progress):
@@ -138,5 +158,5 @@ def train_graphregnet(recipe: dict, out_dir: Union[str, Path], resume: bool = Tr
         stored["registration"] = registration.to_dict()
         validation = data.validation_samples()
         return train(model, loss_fn, data, out_dir=out_dir, resume=resume, max_minutes=settings.remaining_minutes(),
-                     validate=graph_validation(validation) if validation else None, config=stored,
+                     validate=graph_validation(validation, registration) if validation else None, config=stored,
                      seed=settings.seed, progress=progress, **settings.options)

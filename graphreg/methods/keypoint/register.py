@@ -16,7 +16,7 @@ import torch
 
 from graphreg.core.config import RegionConfig, RegistrationConfig, config_label, load_config
 from graphreg.runtime.device import resolve_device
-from graphreg.errors import GraphregError
+from graphreg.errors import ConfigError, GraphregError
 from graphreg.methods.registry import method_info
 from graphreg.methods.keypoint.preprocess import WorkingPair
 from graphreg.result.registration import Registration
@@ -50,6 +50,10 @@ def register_keypoint(fixed: Any, moving: Any, fixed_mask: Any = None, moving_ma
     if given is None and method_info(method).family != "keypoint":
         raise GraphregError(f"method: expected a keypoint method, got {method!r}")
     cfg: RegistrationConfig = load_config(config)
+    if given is None and method != "graphregnet" and cfg.regulariser.blend != "none":
+        raise ConfigError(f"config key 'regulariser.blend': {cfg.regulariser.blend!r} blends GraphRegNet with the "
+                          f"classical regulariser, so it needs method 'graphregnet' (got {method!r}); "
+                          f"use 'none' with {method!r}")
     if region is not None:
         cfg.region = region
     if progress:

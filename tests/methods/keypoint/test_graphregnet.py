@@ -184,6 +184,34 @@ def test_validation_reports_keypoint_error():
     mean, _, _ = predict(_net(), sample)
     assert result["error_mm"] == pytest.approx(float((mean - sample.target).norm(dim=1).mean()), rel=1e-5)
     assert result["initial_mm"] == pytest.approx(sample.initial_error_mm)
+    assert "classical_mm" not in result
+
+
+def test_validation_compares_with_the_classical_regulariser():
+    from graphreg.methods.keypoint.regularise import regularise_mst_bp
+
+    sample = _synthetic_sample()
+    config = load_config({"levels": [{"radius": RADIUS, "step": 1.0, "alpha": 1.0, "gamma": 5.0}]})
+    result = graph_validation([sample], config)(_net())
+    mean, _ = regularise_mst_bp(sample.cost, candidate_displacements(RADIUS, 1.0), sample.keypoints,
+                                k=config.regulariser.k, alpha=1.0, gamma=5.0, inference=config.regulariser.inference)
+    expected = float((mean - sample.target).norm(dim=1).mean())
+    assert result["classical_mm"] == pytest.approx(expected, rel=1e-5)
+    assert result["classical_mm"] < 0.5 * sample.initial_error_mm  # the noisy costs are regularised
+
+
+def test_supervised_pool_keeps_only_what_the_supervised_loss_reads(tmp_path):
+    from graphreg.methods.graphregnet.data import GraphTrainingData
+
+    data = GraphTrainingData(tmp_path, load_config({}), pool_size=1, validation_size=0, image_loss=False)
+    _synthetic_sample().save(data.path(0))
+    light = data(0)
+    assert all(getattr(light, name) is None for name in KeypointGraphSample.IMAGE_LOSS_FIELDS)
+    torch.testing.assert_close(light.cost, _synthetic_sample().cost)
+    loss, parts = graph_loss_fn("supervised")(_net(), light)
+    assert torch.isfinite(loss) and set(parts) == {"error_mm"}
+    full = GraphTrainingData(tmp_path, load_config({}), pool_size=1, validation_size=0)(0)
+    torch.testing.assert_close(full.moving_features, _synthetic_sample().moving_features)
 
 
 def test_pool_building_stops_at_its_deadline_and_continues_from_the_cache(tmp_path):
@@ -306,3 +334,11 @@ def test_a_checkpoint_of_another_method_is_refused():
         register(pair.fixed, pair.moving, method="voxelmorph", model=default_weights("graphregnet"))
     with pytest.raises(GraphregError, match="expected a 'graphregnet' network"):
         register(pair.fixed, pair.moving, method="graphregnet", model=default_weights("voxelmorph"))
+
+
+def test_blend_without_graphregnet_is_refused_before_any_work(tmp_path):
+    from graphreg import register
+
+    with pytest.raises(ConfigError, match="regulariser.blend.*graphregnet"):
+        register(tmp_path / "missing_fixed.nii.gz", tmp_path / "missing_moving.nii.gz", method="corrfield",
+                 config={"regulariser": {"blend": "choose"}})
