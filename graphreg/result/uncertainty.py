@@ -45,8 +45,9 @@ class ErrorScale:
 
 
 #: Fitted on 4 held-out realistic pairs (training anatomies 10500-10503, DIR-Lab motion sets
-#: 4dct5-4dct8, seed 77; 2 mm; default config, shipped GraphRegNet weights); docs/uncertainty.md.
-SCALES = {"corrfield": ErrorScale(0.136, 0.310), "graphregnet": ErrorScale(0.244, 0.603)}
+#: 4dct5-4dct8, seed 77; 2 mm; default config, shipped GraphRegNet weights of 2026-12-07);
+#: docs/uncertainty.md.
+SCALES = {"corrfield": ErrorScale(0.136, 0.310), "graphregnet": ErrorScale(0.195, 0.423)}
 
 #: What the calibrated numbers predict, as named in ``report.json``.
 PREDICTS = "graph-stage keypoint error |d - d_true| (before densification and instance optimisation)"

@@ -319,11 +319,13 @@ for _name in method_names("cnn"):
                     f"{METHODS[_name].description}, shipped weights, network alone")
     register_method(f"{_name}+io", functools.partial(cnn_method, _name, True),
                     f"{METHODS[_name].description}, shipped weights, + Adam instance optimisation (MIND)")
-#: ablation weights shipped beside the default GraphRegNet (assets/graphregnet/ablations/<name>.pt)
-GRAPHREGNET_ABLATIONS = {"noedge": "encoder/decoder only, no EdgeConv",
-                         "coords": "EdgeConv on keypoint coordinates only",
-                         "sup": "trained with ground-truth supervision (the shipped model is unsupervised)",
-                         "realistic": "trained on realistic pairs (a new anatomy per pair, two acquisitions)"}
+#: ablation weights shipped beside the default GraphRegNet (assets/graphregnet/ablations/<name>.pt;
+#: the default: supervised, 127 realistic pairs of 127 training anatomies)
+GRAPHREGNET_ABLATIONS = {"pool64": "as the default, on 64 of its 127 pairs for 4000 of its 8000 steps",
+                         "pool_unsup": "unsupervised (image loss), on the default's 127 realistic pairs",
+                         "realistic16": "unsupervised, on 16 realistic pairs of 16 training anatomies",
+                         "one_anatomy": "the previous default: unsupervised, 16 pairs of one anatomy",
+                         "one_anatomy_sup": "supervised, on 16 pairs of one anatomy"}
 for _name, _description in GRAPHREGNET_ABLATIONS.items():
     _weights = str(asset_path("graphregnet", "ablations", f"{_name}.pt"))
     register_method(f"graphregnet-{_name}-noio",

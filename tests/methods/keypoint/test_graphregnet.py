@@ -308,7 +308,9 @@ def test_shipped_recipe_and_its_ablation_variants():
     assert base["architecture"] == "graphregnet" and "variants" not in base
     level = load_config(base["registration"]).levels[0]
     assert (base["model"]["radius"], base["model"]["step"]) == (level.radius, level.step)
-    assert read_recipe(recipe_path, "supervised")["loss"]["supervision"] == "supervised"
+    assert base["loss"]["supervision"] == "supervised" and base["data"]["sampler"]["realistic"]
+    assert read_recipe(recipe_path, "one_anatomy")["loss"]["supervision"] == "unsupervised"
+    assert not read_recipe(recipe_path, "one_anatomy_sup")["data"]["sampler"]["realistic"]
     assert read_recipe(recipe_path, "noedge")["model"]["graph"] == "none"
     assert read_recipe(recipe_path, "coords")["model"]["graph"] == "coordinates"
     with pytest.raises(ConfigError, match="no variant 'gat'"):
@@ -316,11 +318,16 @@ def test_shipped_recipe_and_its_ablation_variants():
 
 
 def test_shipped_weights_load_and_match_the_default_config():
+    from graphreg.apps.bench.methods import GRAPHREGNET_ABLATIONS
+    from graphreg.io.resources import asset_path
     from graphreg.training.checkpoint import default_weights
 
     net = load_model(default_weights("graphregnet"), "graphregnet")
     level = load_config({}).levels[0]
     assert (net.radius, net.step, net.graph) == (level.radius, level.step, "edgeconv")
+    for name in GRAPHREGNET_ABLATIONS:  # every ablation the benchmark lists is shipped
+        ablation = load_model(asset_path("graphregnet", "ablations", f"{name}.pt"), "graphregnet")
+        assert (ablation.radius, ablation.step) == (level.radius, level.step)
 
 
 def test_a_checkpoint_of_another_method_is_refused():
