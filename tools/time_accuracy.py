@@ -51,6 +51,7 @@ def markdown(name: str, result: dict) -> str:
 
 def main(out_png: str, runs: list[str]) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter
 
     figure = Figure(figsize=(5.0 * len(runs), 4.0), layout="constrained", dpi=100)
     for index, spec in enumerate(runs):
@@ -68,6 +69,8 @@ def main(out_png: str, runs: list[str]) -> None:
         axes.set(title=f"{name}: mean TRE against wall time",
                  xlabel="median seconds per pair (fresh process, 1 thread)",
                  ylabel="mean landmark TRE (mm)", yscale="log")
+        axes.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        axes.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
         axes.grid(True, alpha=0.3)
         axes.legend()
     figure.savefig(out_png)

@@ -322,6 +322,7 @@ for _name in method_names("cnn"):
 #: ablation weights shipped beside the default GraphRegNet (assets/graphregnet/ablations/<name>.pt;
 #: the default: supervised, 127 realistic pairs of 127 training anatomies)
 GRAPHREGNET_ABLATIONS = {"noedge": "as the default, encoder/decoder only (no EdgeConv)",
+                         "coords": "as the default, EdgeConv on the keypoint coordinates only",
                          "pool64": "as the default, on 64 of its 127 pairs for 4000 of its 8000 steps",
                          "pool_unsup": "unsupervised (image loss), on the default's 127 realistic pairs",
                          "realistic16": "unsupervised, on 16 realistic pairs of 16 training anatomies",
