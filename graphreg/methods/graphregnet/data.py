@@ -21,7 +21,7 @@ Convention:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -67,6 +67,10 @@ class KeypointGraphSample:
     def save(self, path: Union[str, Path]) -> None:
         with atomic_output(path) as tmp:
             torch.save(asdict(self), tmp)
+
+    def without_image_loss(self) -> "KeypointGraphSample":
+        """This sample with :attr:`IMAGE_LOSS_FIELDS` set to None."""
+        return replace(self, **dict.fromkeys(self.IMAGE_LOSS_FIELDS))
 
     @classmethod
     def load(cls, path: Union[str, Path], image_loss: bool = True) -> "KeypointGraphSample":
@@ -199,13 +203,17 @@ class GraphTrainingData:
         if index in self._cache:
             return self._cache[index]
         path = self.path(index)
-        if not path.is_file():
+        if path.is_file():
+            item = KeypointGraphSample.load(path, self.image_loss)
+        else:
             if self._sampler is None:
                 self._sampler = self._make_sampler()
             rng = np.random.default_rng([self.seed, 104729, index])
             drawn = self._sampler[index]
-            build_sample(drawn, self._sampler.sample_grid(drawn), self.config, self.loss_points, rng).save(path)
-        item = KeypointGraphSample.load(path, self.image_loss)
+            item = build_sample(drawn, self._sampler.sample_grid(drawn), self.config, self.loss_points, rng)
+            item.save(path)
+            if not self.image_loss:
+                item = item.without_image_loss()
         self._cache[index] = item
         return item
 

@@ -32,9 +32,9 @@ import torch
 from graphreg.core.config import RegistrationConfig, load_config
 from graphreg.errors import ConfigError
 from graphreg.methods.keypoint.correlation import candidate_displacements
-from graphreg.methods.keypoint.driver import check_learned_level
+from graphreg.methods.keypoint.driver import check_learned_level, level_tree_bp
 from graphreg.methods.keypoint.graph import knn_graph
-from graphreg.methods.keypoint.regularise import distribution_moments, regularise_mst_bp
+from graphreg.methods.keypoint.regularise import distribution_moments
 from graphreg.core.spatial import sample_points
 from graphreg.training.checkpoint import build_model
 from graphreg.training.loop import TrainingResult, checkpoints_by_step, train
@@ -100,12 +100,12 @@ def classical_error_mm(samples: list[KeypointGraphSample], config: RegistrationC
     ``config``'s first level and regulariser settings) on the same cost volumes: the bar a trained
     network has to clear."""
     level, regulariser = config.levels[0], config.regulariser
+    candidates = candidate_displacements(level.radius, level.step)
     errors = []
     with torch.no_grad():
         for sample in samples:
-            candidates = candidate_displacements(level.radius, level.step).to(sample.cost)
-            mean, _ = regularise_mst_bp(sample.cost, candidates, sample.keypoints, k=regulariser.k,
-                                        alpha=level.alpha, gamma=level.gamma, inference=regulariser.inference)
+            mean, _ = level_tree_bp(sample.cost, candidates.to(sample.cost), sample.keypoints, level,
+                                    regulariser.k, regulariser.inference)
             errors.append(float(keypoint_error_mm(sample, mean)))
     return sum(errors) / len(errors)
 

@@ -116,6 +116,18 @@ def level_cost(fixed_features: torch.Tensor, moving_features: torch.Tensor, keyp
     return cost.reshape(len(keypoints), -1), candidates
 
 
+def level_tree_bp(cost: torch.Tensor, candidates: torch.Tensor, keypoints: torch.Tensor, level: SearchLevel,
+                  k: int, inference: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classical regulariser of one level: :func:`~graphreg.methods.keypoint.regularise.regularise_mst_bp`
+    on its cost volume with the level's ``alpha`` and ``gamma``.
+
+    Returns:
+        displacements ``(N, 3)`` and marginals ``(N, L)`` (voxels, as ``regularise_mst_bp``).
+    """
+    return regularise_mst_bp(cost, candidates, keypoints, k=k, alpha=level.alpha, gamma=level.gamma,
+                             inference=inference)
+
+
 def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tensor, keypoints: torch.Tensor,
                        level: SearchLevel, k: int, symmetric: bool, inference: str,
                        moving_shift: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,12 +142,11 @@ def regularised_search(fixed_features: torch.Tensor, moving_features: torch.Tens
     if symmetric and moving_shift is not None:
         raise ConfigError("symmetric: the symmetric search has no moving_shift")
     cost, candidates = level_cost(fixed_features, moving_features, keypoints, level, moving_shift)
-    options = {"k": k, "alpha": level.alpha, "gamma": level.gamma, "inference": inference}
-    forward, marginals = regularise_mst_bp(cost, candidates, keypoints, **options)
+    forward, marginals = level_tree_bp(cost, candidates, keypoints, level, k, inference)
     if symmetric:
         moved = keypoints + forward
         cost_back, _ = level_cost(moving_features, fixed_features, moved, level)
-        _, marginals_back = regularise_mst_bp(cost_back, candidates, moved, **options)
+        _, marginals_back = level_tree_bp(cost_back, candidates, moved, level, k, inference)
         marginals = combine_symmetric_marginals(marginals, marginals_back, candidates)
         forward = soft_displacements(marginals, candidates, level.gamma)
     return forward, displacement_spread(marginals, candidates, level.gamma)
